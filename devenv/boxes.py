@@ -1,0 +1,168 @@
+"""Box recipes (boxes/NAME.toml) and box references.
+
+A recipe names a box, its version and the ordered sources it can be made from; drivers turn
+a recipe into their own artifact (the Docker driver: an image tagged devenv-box/NAME:VERSION).
+Recipes are looked up in the project's own boxes/ folder first, then in the boxes bundled
+with devenv.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib as _toml
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devenv.errors import BoxError, DevfileError
+from devenv.schema import MISSING, Field, ListOf, Problem, Str, Table, did_you_mean
+from devenv.tomlpos import key_lines, line_of
+
+BUNDLED = Path(__file__).resolve().parent.parent / "boxes"
+IMAGE_REPO = "devenv-box"
+LABEL_BOX = "devenv.box"
+LABEL_VERSION = "devenv.box.version"
+
+SOURCE_TYPES = ("image", "debootstrap", "busybox")
+
+
+@dataclass(frozen=True)
+class BoxRef:
+    """What a Devfile's `box` names."""
+
+    kind: str  # "recipe" | "image" | "file"
+    name: str
+    version: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "image":
+            return f"docker:{self.name}"
+        return f"{self.name}@{self.version}" if self.version else self.name
+
+
+def parse_ref(text: str) -> BoxRef:
+    if text.startswith("docker:"):
+        return BoxRef("image", text[len("docker:") :])
+    if text.endswith(".box") or "://" in text:
+        return BoxRef("file", text)
+    name, _, version = text.partition("@")
+    return BoxRef("recipe", name, version or None)
+
+
+def _check_source(src: dict, path: tuple, problems: list) -> None:
+    t = src.get("type")
+    need = {"image": ("image",), "debootstrap": ("suite",), "busybox": ()}.get(t, ())
+    for k in need:
+        if k not in src:
+            problems.append(Problem(path + (k,), f"is required for a '{t}' source"))
+
+
+_SOURCE = Table(
+    {
+        "type": Field(Str(choices=SOURCE_TYPES), required=True),
+        "image": Field(Str(description="Engine image used when present (pulled only with --pull)")),
+        "suite": Field(Str(description="Debian suite for debootstrap, e.g. bookworm")),
+        "variant": Field(Str(choices=("minbase", "buildd", "fakechroot")), default="minbase"),
+        "include": Field(ListOf(Str()), default=list),
+        "mirror": Field(Str(description="Debian mirror; default: the one the host's apt sources use")),
+    },
+    check_fn=_check_source,
+)
+
+_RECIPE = Table(
+    {
+        "name": Field(Str(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*", pattern_help="letters, digits, . _ -"), required=True),
+        "version": Field(
+            Str(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*", pattern_help="letters, digits, . _ -"), required=True
+        ),
+        "description": Field(Str(), default=""),
+        "sources": Field(ListOf(_SOURCE), required=True),
+        "outputs": Field(ListOf(Str(choices=("docker",))), default=lambda: ["docker"]),
+    },
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: str
+    description: str
+    sources: tuple[dict, ...]
+    outputs: tuple[str, ...]
+    path: Path
+    root: Path = field(default=Path("."))  # where the recipe's relative paths start
+
+    @property
+    def docker_tag(self) -> str:
+        return f"{IMAGE_REPO}/{self.name}:{self.version}"
+
+
+def recipe_dirs(project_root: Path | None) -> list[Path]:
+    dirs = []
+    if project_root is not None:
+        dirs.append(project_root / "boxes")
+    if BUNDLED not in dirs:
+        dirs.append(BUNDLED)
+    return [d for d in dirs if d.is_dir()]
+
+
+def load_recipe(path: Path) -> Recipe:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = _toml.loads(text)
+    except _toml.TOMLDecodeError as exc:
+        raise DevfileError(f"{path}: TOML syntax error: {exc}") from exc
+    problems: list[Problem] = []
+    r = _RECIPE.check(data, (), problems)
+    if problems or r is MISSING:
+        locs = key_lines(text)
+        lines = [f"{path}:{line_of(locs, p.path) or 1}: {p.key}: {p.message}" for p in problems]
+        raise DevfileError(f"box recipe {path} is invalid", lines)
+    if not r["sources"]:
+        raise DevfileError(f"box recipe {path} is invalid", [f"{path}:1: sources: needs at least one source"])
+    return Recipe(
+        name=r["name"],
+        version=r["version"],
+        description=r["description"],
+        sources=tuple(r["sources"]),
+        outputs=tuple(r["outputs"]),
+        path=path,
+        root=path.parent.parent,
+    )
+
+
+def list_recipes(project_root: Path | None) -> dict[str, Recipe]:
+    found: dict[str, Recipe] = {}
+    for d in recipe_dirs(project_root):
+        for p in sorted(d.glob("*.toml")):
+            try:
+                r = load_recipe(p)
+            except DevfileError as exc:
+                from devenv import ui
+
+                ui.warn(f"skipping {exc.message}: " + "; ".join(map(str, exc.problems)))
+                continue
+            found.setdefault(r.name, r)
+    return found
+
+
+def find_recipe(ref: BoxRef, project_root: Path | None) -> Recipe:
+    for d in recipe_dirs(project_root):
+        p = d / f"{ref.name}.toml"
+        if p.is_file():
+            r = load_recipe(p)
+            if ref.version and ref.version != r.version:
+                raise BoxError(
+                    f"box {ref.name}@{ref.version} is not available: the recipe {p} makes version {r.version}",
+                    hint=f'use box = "{ref.name}" or "{ref.name}@{r.version}"',
+                )
+            return r
+    known = list(list_recipes(project_root))
+    raise BoxError(
+        f"unknown box '{ref.name}'{did_you_mean(ref.name, known)}",
+        hint=(f"known boxes: {', '.join(sorted(known))}; " if known else "")
+        + 'add boxes/NAME.toml to the project, or use box = "docker:IMAGE" for an engine image',
+    )
+
+
+def image_name_ok(name: str) -> bool:
+    return re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]*", name) is not None

@@ -1,0 +1,475 @@
+"""The devenv command line (typer). The only place a DevenvError becomes an exit code.
+
+Exit codes: 0 ok; 1 unexpected internal error; 2 bad usage or invalid Devfile; 3 engine
+unavailable; 4 machine not in a state the verb needs; 5 a provision step failed; 6 a command
+devenv ran failed; 7 box error; 8 unreadable state; 9 project lock timeout; 10 unsupported by
+the driver; 11 host port in use; 130 interrupted. `ssh -c` and `exec` exit with the command's code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from devenv import __version__, ui
+from devenv.errors import DevenvError, DevfileError
+
+app = typer.Typer(
+    name="devenv",
+    help="Local development environments from a Devfile: containers and VMs, one tool.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+box_app = typer.Typer(help="Build, list and remove boxes (machine images).", no_args_is_help=True)
+app.add_typer(box_app, name="box")
+
+_options: dict[str, Any] = {"file": None}
+
+
+def _exit_for(exc: BaseException) -> int:
+    if isinstance(exc, DevenvError):
+        ui.error(exc.message, None if isinstance(exc, DevfileError) and exc.problems else exc.hint)
+        if isinstance(exc, DevfileError) and exc.problems:
+            for p in exc.problems:
+                sys.stderr.write(f"  {p}\n")
+            if exc.hint:
+                ui.hint(exc.hint)
+        return exc.exit_code
+    return 1
+
+
+def handle_errors(fn):
+    """Expected failures become one message and an exit code; tracebacks only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            rv = fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except DevenvError as exc:
+            if ui.debug_enabled():
+                traceback.print_exc()
+            raise typer.Exit(_exit_for(exc)) from None
+        except KeyboardInterrupt:
+            if ui.debug_enabled():
+                traceback.print_exc()
+            ui.error("interrupted: what was being created has been removed")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            if ui.debug_enabled():
+                traceback.print_exc()
+            ui.error(
+                f"internal error: {type(exc).__name__}: {ui.mask(str(exc))}",
+                "this is a bug in devenv; run again with --debug for the traceback and report it",
+            )
+            raise typer.Exit(1) from None
+        if isinstance(rv, int) and rv:
+            raise typer.Exit(rv)
+        return rv
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"devenv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    file: Annotated[
+        Optional[Path], typer.Option("-f", "--file", help="Devfile to use (default: search upwards)")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and engine details")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only print results and errors")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version")
+    ] = False,
+) -> None:
+    _options["file"] = file
+    ui.configure(quiet=quiet, debug=debug or bool(os.environ.get("DEVENV_DEBUG")))
+
+
+def _devfile():
+    from devenv import devfile
+
+    path = _options["file"]
+    return devfile.load(path.resolve() if path else None)
+
+
+def _project():
+    from devenv.project import Project
+
+    return Project(_devfile())
+
+
+NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Machines (default: all)", show_default=False)]
+
+
+# -- Devfile commands ---------------------------------------------------------------------------
+
+
+_TEMPLATE = """\
+# Devfile: the machines of this project. Docs: `devenv schema` prints the full JSON Schema.
+
+[project]
+name = "{name}"
+
+[defaults]
+driver = "docker"
+box = "{box}"
+
+[machines.dev]
+# cpus = 2
+# memory = "1GiB"
+sync = [{{ host = ".", guest = "/src" }}]
+# ports = [{{ guest = 8000, host = 8000 }}]     # binds 127.0.0.1 unless host_ip says otherwise
+provision = [
+  {{ type = "shell", inline = "echo provisioned > /etc/devenv-provisioned" }},
+]
+"""
+
+
+@app.command()
+@handle_errors
+def init(
+    box: Annotated[str, typer.Option(help="Box for the first machine")] = "debian-12",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing Devfile")] = False,
+) -> None:
+    """Write a starter Devfile in the current folder."""
+    from devenv.devfile import default_project_name
+
+    path = Path(_options["file"] or "Devfile")
+    if path.exists() and not force:
+        raise DevenvError(f"{path} already exists", hint="edit it, or pass --force to overwrite it")
+    path.write_text(_TEMPLATE.format(name=default_project_name(Path.cwd()), box=box))
+    ui.info(None, f"wrote {path}; next: `devenv up`")
+
+
+@app.command()
+@handle_errors
+def validate(json_out: Annotated[bool, typer.Option("--json", help="Problems as JSON")] = False) -> int:
+    """Check the Devfile and report every problem at once."""
+    from devenv import devfile
+
+    path = _options["file"].resolve() if _options["file"] else devfile.find_devfile()
+    df, problems = devfile.check_file(path)
+    if json_out:
+        print(json.dumps({"valid": not problems, "problems": [p.as_dict() for p in problems]}, indent=2))
+        return 2 if problems else 0
+    if problems:
+        for p in problems:
+            sys.stderr.write(f"{p}\n")
+        ui.error(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {devfile.display_path(path)}")
+        return 2
+    assert df is not None
+    ui.say(f"{devfile.display_path(path)} is valid: {len(df.machines)} machine(s): {', '.join(df.machines)}")
+    return 0
+
+
+@app.command()
+@handle_errors
+def schema() -> None:
+    """Print the JSON Schema of the Devfile (for editors)."""
+    from devenv.devfile import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def _sigterm_as_interrupt() -> None:
+    # `kill PID` gets the same cleanup as Ctrl-C: no half-created machine is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+@app.command()
+@handle_errors
+def up(
+    names: NamesArg = None,
+    no_provision: Annotated[bool, typer.Option("--no-provision", help="Do not run provision steps")] = False,
+) -> None:
+    """Create, start and provision machines (dependencies first)."""
+    _sigterm_as_interrupt()
+    _project().up(names, provision=not no_provision)
+
+
+@app.command()
+@handle_errors
+def halt(
+    names: NamesArg = None,
+    force: Annotated[bool, typer.Option("--force", help="Power off without a clean shutdown")] = False,
+) -> None:
+    """Stop machines (they keep their disks; `up` starts them again)."""
+    _project().halt(names, force=force)
+
+
+@app.command()
+@handle_errors
+def reload(
+    names: NamesArg = None,
+    no_provision: Annotated[bool, typer.Option("--no-provision")] = False,
+) -> None:
+    """Restart machines, recreating them when their Devfile settings changed."""
+    _sigterm_as_interrupt()
+    _project().reload(names, provision=not no_provision)
+
+
+@app.command()
+@handle_errors
+def provision(
+    names: NamesArg = None,
+    force: Annotated[bool, typer.Option("--force", help="Rerun every step")] = False,
+    with_: Annotated[Optional[list[str]], typer.Option("--with", help="Run only these steps (name or index)")] = None,
+) -> None:
+    """Run the provision steps that changed (and every step after them)."""
+    _project().provision(names, force=force, only=with_)
+
+
+@app.command()
+@handle_errors
+def destroy(
+    names: NamesArg = None,
+    force: Annotated[bool, typer.Option("-f", "--force", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Remove machines and everything devenv made for them."""
+    project = _project()
+    wanted = project.names(names)
+    if not force and sys.stdin.isatty():
+        if not typer.confirm(f"Destroy {', '.join(wanted)}?", default=False):
+            ui.info(None, "nothing destroyed")
+            return
+    project.destroy(names)
+
+
+@app.command()
+@handle_errors
+def suspend(names: NamesArg = None) -> None:
+    """Freeze machines in memory (Docker: pause)."""
+    _project().suspend(names)
+
+
+@app.command()
+@handle_errors
+def resume(names: NamesArg = None) -> None:
+    """Resume suspended machines."""
+    _project().resume(names)
+
+
+# -- inspection --------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def status(
+    names: NamesArg = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per machine, in an array")] = False,
+) -> None:
+    """Show each machine's state, provisioning drift and ports (asked live from the engine)."""
+    rows = _project().status(names)
+    if json_out:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    width = max((len(r.name) for r in rows), default=4)
+    for r in rows:
+        colour = {"running": "green", "stopped": "yellow"}.get(str(r.state), "dim")
+        line = f"{r.name:<{width}}  {ui.style(f'{str(r.state):<11}', colour)}  {r.driver:<7}  {r.box or '-'}"
+        ui.say(line)
+        if r.provision not in ("up to date", "no steps", "not created"):
+            ui.say(f"{'':<{width}}  provision: {r.provision}")
+        if r.settings != "up to date":
+            ui.say(f"{'':<{width}}  settings: {r.settings}")
+        for p in r.ports:
+            ui.say(f"{'':<{width}}  port {p}")
+
+
+@app.command()
+@handle_errors
+def port(
+    name: Annotated[str, typer.Argument(help="Machine")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List a machine's forwarded ports."""
+    bindings = _project().ports(name)
+    if json_out:
+        print(
+            json.dumps(
+                [{"host_ip": b.host_ip, "host": b.host, "guest": b.guest, "protocol": b.protocol} for b in bindings],
+                indent=2,
+            )
+        )
+        return
+    if not bindings:
+        ui.say("(no forwarded ports)")
+    for b in bindings:
+        ui.say(f"{b.guest}/{b.protocol} -> {b.host_ip}:{b.host}")
+
+
+@app.command("global-status")
+@handle_errors
+def global_status(
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Forget machines whose project or machine is gone")] = False,
+) -> None:
+    """Every machine devenv made on this host, across projects."""
+    from devenv.drivers import MachineState, get_driver
+    from devenv.state import GlobalIndex
+
+    index = GlobalIndex()
+    rows = []
+    for e in index.entries():
+        try:
+            live = str(get_driver(e["driver"]).state(e["handle"]))
+        except DevenvError:
+            live = "unknown (engine unreachable)"
+        gone = not Path(e.get("root", "")).is_dir() or live == str(MachineState.NOT_CREATED)
+        if prune and gone:
+            index.forget(e["project_id"], e["machine"])
+            why = "machine gone" if live == "not created" else "project folder gone"
+            ui.info(None, f"forgot {e['project']}/{e['machine']} ({why})")
+            continue
+        rows.append({**e, "state": live})
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        ui.say("no machines")
+    for r in rows:
+        ui.say(f"{r['project']:<16} {r['machine']:<12} {r['driver']:<7} {r['state']:<12} {r['root']}")
+
+
+# -- in the machine ----------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def ssh(
+    name: Annotated[str, typer.Argument(help="Machine")],
+    command: Annotated[Optional[str], typer.Option("-c", "--command", help="Run this and exit with its code")] = None,
+) -> int:
+    """Open a shell in a machine, or run one command with -c."""
+    return _project().ssh(name, command)
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+@handle_errors
+def exec_(
+    name: Annotated[str, typer.Argument(help="Machine")],
+    argv: Annotated[list[str], typer.Argument(help="Command and arguments (after --)")],
+    interactive: Annotated[
+        bool, typer.Option("-i", "--interactive", help="Attach stdin (and a TTY when there is one)")
+    ] = False,
+) -> int:
+    """Run a command in a machine without a shell: devenv exec NAME -- ARGV..."""
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise DevenvError("no command given", hint=f"devenv exec {name} -- COMMAND [ARGS...]")
+    return _project().exec(name, argv, interactive=interactive)
+
+
+# -- boxes -------------------------------------------------------------------------------------
+
+
+def _project_root() -> Path | None:
+    from devenv import devfile
+
+    try:
+        path = _options["file"].resolve() if _options["file"] else devfile.find_devfile()
+        return path.parent
+    except DevenvError:
+        return None
+
+
+@box_app.command("build")
+@handle_errors
+def box_build(
+    name: Annotated[str, typer.Argument(help="Box recipe name (boxes/NAME.toml)")],
+    pull: Annotated[bool, typer.Option("--pull", help="Allow pulling a base image from a registry")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when the box exists")] = False,
+) -> None:
+    """Build a box from its recipe and tag it with its version."""
+    from devenv import boxes
+    from devenv.drivers import get_driver
+
+    recipe = boxes.find_recipe(boxes.parse_ref(name), _project_root())
+    driver = get_driver("docker")
+    driver.check_available()
+    if not force:
+        for b in driver.list_boxes():
+            if b["tag"] == recipe.docker_tag:
+                ui.info(None, f"box {recipe.name}@{recipe.version} exists ({b['digest'][:19]}); --force rebuilds it")
+                return
+    img = driver.build_box(recipe, pull=pull)
+    ui.info(None, f"built {recipe.docker_tag} ({img.id[:19]})")
+
+
+@box_app.command("list")
+@handle_errors
+def box_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List built boxes and the recipes that can be built."""
+    from devenv import boxes
+    from devenv.drivers import get_driver
+
+    driver = get_driver("docker")
+    driver.check_available()
+    built = driver.list_boxes()
+    recipes = boxes.list_recipes(_project_root())
+    if json_out:
+        print(
+            json.dumps(
+                {
+                    "built": built,
+                    "recipes": [
+                        {"name": r.name, "version": r.version, "description": r.description, "path": str(r.path)}
+                        for r in recipes.values()
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    ui.say("built:")
+    if not built:
+        ui.say("  (none)")
+    for b in built:
+        size = f"{(b['size'] or 0) / 1e6:.0f} MB"
+        ui.say(f"  {b['name']}@{b['version']:<12} {b['provider']:<7} {size:>8}  {b['digest'][:19]}")
+    ui.say("recipes:")
+    for r in recipes.values():
+        ui.say(f"  {r.name}@{r.version:<12} {r.description}")
+
+
+@box_app.command("remove")
+@handle_errors
+def box_remove(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]) -> None:
+    """Remove a built box (all its versions unless one is named)."""
+    from devenv import boxes
+    from devenv.drivers import get_driver
+
+    ref = boxes.parse_ref(name)
+    driver = get_driver("docker")
+    driver.check_available()
+    removed = driver.remove_box(ref.name, ref.version)
+    if not removed:
+        raise DevenvError(f"no built box named {name}", hint="`devenv box list` shows the built boxes")
+    for tag in removed:
+        ui.info(None, f"removed {tag}")
+
+
+def main() -> None:
+    app(prog_name="devenv")

@@ -1,0 +1,680 @@
+"""Find, load and validate a Devfile into an immutable model; export its JSON Schema.
+
+Validation never stops at the first problem: every problem is collected with its file, line
+and key path, so one `devenv validate` run shows them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib as _toml
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devenv import drivers, provisioners
+from devenv.errors import DevfileError
+from devenv.schema import (
+    MISSING,
+    AnyOf,
+    Bool,
+    Custom,
+    Field,
+    Int,
+    IPAddress,
+    ListOf,
+    MapOf,
+    Number,
+    Problem,
+    Size,
+    Str,
+    Table,
+    did_you_mean,
+    format_path,
+)
+from devenv.tomlpos import key_lines, line_of
+
+DEVFILE_NAMES = ("Devfile", "Devfile.toml")
+NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,40}"
+NAME_HELP = "lower-case letters, digits and '-', starting with a letter or digit, at most 41 characters"
+HOSTNAME_PATTERN = (
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+BOX_PATTERN = r"docker:\S+|[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._-]+)?|\S+\.box|(file|https?)://\S+"
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+@dataclass(frozen=True)
+class Secret:
+    """An env value read from the host at use time; never written to state or shown."""
+
+    from_env: str | None = None
+    from_file: str | None = None
+
+    def describe(self) -> str:
+        return f"from_env:{self.from_env}" if self.from_env else f"from_file:{self.from_file}"
+
+
+@dataclass(frozen=True)
+class Port:
+    guest: int
+    host: int | None = None  # None: the driver picks a free port
+    host_ip: str = "127.0.0.1"
+    protocol: str = "tcp"
+    auto_correct: bool = False
+
+
+@dataclass(frozen=True)
+class SyncFolder:
+    host: Path  # absolute
+    guest: str
+    read_only: bool = False
+    type: str = "auto"
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int
+    type: str
+    config: dict = field(hash=False, compare=True)
+    run: str = "once"
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        prov = provisioners.get_provisioner(self.type)
+        return f"[{self.index}] {self.name or prov.describe(self.config)}"
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    driver: str
+    box: str | None
+    cpus: float | None
+    memory: int | None  # bytes
+    hostname: str
+    env: dict = field(hash=False)
+    ports: tuple[Port, ...] = ()
+    sync: tuple[SyncFolder, ...] = ()
+    provision: tuple[Step, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    options: dict = field(default_factory=dict, hash=False)  # driver tables by driver name
+    line: int | None = None
+
+    def driver_options(self) -> dict:
+        return self.options.get(self.driver, {})
+
+
+@dataclass(frozen=True)
+class Devfile:
+    path: Path
+    root: Path
+    project_name: str
+    machines: dict[str, Machine] = field(hash=False)
+
+    @property
+    def project_id(self) -> str:
+        """Stable per project folder: two checkouts of one repo never share machines."""
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
+        return f"{self.project_name}-{digest}"
+
+    def order(self, names: list[str] | None = None) -> list[str]:
+        """Machines in depends_on order; with names, those machines and what they depend on."""
+        wanted = list(self.machines) if not names else list(names)
+        out: list[str] = []
+
+        def visit(n: str) -> None:
+            if n in out:
+                return
+            for d in self.machines[n].depends_on:
+                visit(d)
+            out.append(n)
+
+        for n in wanted:
+            visit(n)
+        return out
+
+    def levels(self, names: list[str] | None = None) -> list[list[str]]:
+        """Group machines so that each group depends only on earlier groups (parallel up)."""
+        order = self.order(names)
+        depth: dict[str, int] = {}
+        for n in order:
+            depth[n] = 1 + max((depth[d] for d in self.machines[n].depends_on), default=-1)
+        groups: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+        for n in order:
+            groups[depth[n]].append(n)
+        return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Located problems and errors
+
+
+@dataclass(frozen=True)
+class LocatedProblem:
+    file: str
+    line: int | None
+    key: str
+    message: str
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.column:
+            where += f":{self.column}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "line": self.line, "column": self.column, "key": self.key, "message": self.message}
+
+
+def display_path(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+
+def _port_shorthand(value: Any, path: tuple, problems: list) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        text = value
+    m = re.fullmatch(r"(?:(?:(\[?[0-9A-Fa-f:.]+\]?):)?(\d+):)?(\d+)(?:/(tcp|udp))?", text)
+    if not m:
+        problems.append(
+            Problem(path, f"'{text}' is not a port: use a table {{ guest = 80, host = 8080 }} or \"HOST:GUEST[/udp]\"")
+        )
+        return MISSING
+    ip, host, guest, proto = m.groups()
+    table: dict = {"guest": int(guest)}
+    if host:
+        table["host"] = int(host)
+    if ip:
+        table["host_ip"] = ip.strip("[]")
+    if proto:
+        table["protocol"] = proto
+    return _PORT_TABLE.check(table, path, problems)
+
+
+def _port_check(port: dict, path: tuple, problems: list) -> None:
+    ip = port.get("host_ip", "127.0.0.1")
+    if ip not in ("127.0.0.1", "::1", "localhost") and ip.split(".")[0] != "127":
+        # Allowed, but it is a choice to expose a machine beyond this host; say so in the output.
+        port["exposed"] = True
+
+
+_PORT_TABLE = Table(
+    {
+        "guest": Field(Int(minimum=1, maximum=65535, description="Port inside the machine"), required=True),
+        "host": Field(Int(minimum=1, maximum=65535, description="Port on the host (free one chosen when absent)")),
+        "host_ip": Field(IPAddress(description="Host address to bind; default 127.0.0.1"), default="127.0.0.1"),
+        "protocol": Field(Str(choices=("tcp", "udp")), default="tcp"),
+        "auto_correct": Field(Bool(description="Pick the next free host port when taken"), default=False),
+    },
+    description="A forwarded port",
+    check_fn=_port_check,
+)
+
+_PORT = AnyOf(
+    {
+        dict: _PORT_TABLE,
+        str: Custom(_port_shorthand, {"type": "string"}),
+        int: Custom(_port_shorthand, {"type": "integer"}),
+    },
+    expected='a port table or "HOST:GUEST"',
+)
+
+
+def _sync_check(sync: dict, path: tuple, problems: list) -> None:
+    guest = sync.get("guest")
+    if guest and not guest.startswith("/"):
+        problems.append(Problem(path + ("guest",), f"must be an absolute path in the machine, got '{guest}'"))
+
+
+_SYNC_TABLE = Table(
+    {
+        "host": Field(Str(description="Folder on the host, relative to the project"), required=True),
+        "guest": Field(Str(description="Absolute path in the machine"), required=True),
+        "read_only": Field(Bool(), default=False),
+        "type": Field(Str(choices=("auto", "bind", "rsync", "virtiofs", "9p", "vboxsf")), default="auto"),
+        "exclude": Field(ListOf(Str()), default=list),
+        "allow_outside_project": Field(Bool(description="Allow a host path outside the project"), default=False),
+    },
+    description="A folder shared from the host into the machine",
+    check_fn=_sync_check,
+)
+
+
+def _sync_shorthand(value: Any, path: tuple, problems: list) -> Any:
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        problems.append(
+            Problem(
+                path, f'\'{value}\' is not a sync folder: use {{ host = ".", guest = "/src" }} or "HOST:GUEST[:ro]"'
+            )
+        )
+        return MISSING
+    table: dict = {"host": parts[0], "guest": parts[1]}
+    if len(parts) == 3:
+        table["read_only"] = parts[2] == "ro"
+    return _SYNC_TABLE.check(table, path, problems)
+
+
+_SYNC = AnyOf(
+    {dict: _SYNC_TABLE, str: Custom(_sync_shorthand, {"type": "string"})}, expected='a sync table or "HOST:GUEST"'
+)
+
+
+def _secret_check(value: dict, path: tuple, problems: list) -> None:
+    if len(value) != 1:
+        problems.append(Problem(path, "a secret needs exactly one of 'from_env' or 'from_file'"))
+
+
+_SECRET = Table(
+    {
+        "from_env": Field(Str(pattern=ENV_NAME, pattern_help="an environment variable name")),
+        "from_file": Field(Str(description="A host file whose content is the value")),
+    },
+    description="A value read from the host when the machine starts; never stored",
+    check_fn=_secret_check,
+)
+
+
+def _env_value(value: Any, path: tuple, problems: list) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    if isinstance(value, dict):
+        t = _SECRET.check(value, path, problems)
+        if t is MISSING or len(t) != 1:
+            return MISSING
+        return Secret(from_env=t.get("from_env"), from_file=t.get("from_file"))
+    problems.append(Problem(path, "expected a string, number, boolean or { from_env = ... } / { from_file = ... }"))
+    return MISSING
+
+
+_ENV = MapOf(
+    Custom(_env_value, {"anyOf": [{"type": ["string", "number", "boolean"]}, _SECRET.json_schema()]}),
+    key_pattern=ENV_NAME,
+    key_help="letters, digits and '_', not starting with a digit",
+    description="Environment variables of the machine",
+)
+
+
+def _step(value: Any, path: tuple, problems: list) -> Any:
+    if not isinstance(value, dict):
+        problems.append(Problem(path, 'expected a step table like { type = "shell", script = "..." }'))
+        return MISSING
+    t = value.get("type")
+    if t is None:
+        problems.append(
+            Problem(path + ("type",), f"is required (one of: {', '.join(provisioners.provisioner_types())})")
+        )
+        return MISSING
+    if t not in provisioners.BUILTIN:
+        problems.append(
+            Problem(
+                path + ("type",),
+                f"unknown provisioner type '{t}' (known: {', '.join(provisioners.provisioner_types())})"
+                + did_you_mean(str(t), provisioners.BUILTIN),
+            )
+        )
+        return MISSING
+    before = len(problems)
+    out = provisioners.get_provisioner(t).options.check(value, path, problems)
+    if out is MISSING or len(problems) > before:
+        return MISSING
+    return out
+
+
+def _step_schema() -> dict:
+    return {"anyOf": [provisioners.get_provisioner(t).options.json_schema() for t in provisioners.provisioner_types()]}
+
+
+def _driver_tables(value: dict, path: tuple, problems: list) -> dict[str, Any]:
+    return {
+        name: drivers.driver_class(name).options.check(value[name], path + (name,), problems)
+        for name in drivers.driver_names()
+        if name in value
+    }
+
+
+def machine_table(required: bool) -> Table:
+    """The schema of a [machines.NAME] table; [defaults] uses it with nothing required."""
+    return Table(
+        {
+            "driver": Field(Str(choices=tuple(drivers.driver_names()), description="docker (more drivers follow)")),
+            "box": Field(
+                Str(
+                    pattern=BOX_PATTERN,
+                    pattern_help='a box name ("debian-12", "debian-12@VERSION"), "docker:IMAGE", or a .box path/URL',
+                    description="What the machine boots",
+                ),
+            ),
+            "cpus": Field(Number(exclusive_minimum=0, description="CPU limit (containers) or vCPUs (VMs)")),
+            "memory": Field(Size(description='Memory limit, e.g. "1GiB"')),
+            "hostname": Field(Str(pattern=HOSTNAME_PATTERN, pattern_help="an RFC 1123 host name")),
+            "env": Field(_ENV),
+            "ports": Field(ListOf(_PORT, description="Ports forwarded from the host")),
+            "sync": Field(ListOf(_SYNC, description="Folders shared into the machine")),
+            "provision": Field(ListOf(Custom(_step, _step_schema()), description="Ordered provision steps")),
+            "depends_on": Field(ListOf(Str(), unique=True, description="Machines brought up first")),
+        },
+        description="A machine",
+        extra_keys=_driver_tables,
+        extra_schema={n: drivers.driver_class(n).options.json_schema() for n in drivers.driver_names()},
+    )
+
+
+_PROJECT = Table(
+    {
+        "name": Field(
+            Str(pattern=NAME_PATTERN, pattern_help=NAME_HELP, description="Project name (default: folder name)")
+        )
+    },
+    description="The project",
+)
+
+
+def json_schema() -> dict:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "devenv Devfile",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "project": _PROJECT.json_schema(),
+            "defaults": machine_table(False).json_schema(),
+            "machines": {
+                "type": "object",
+                "propertyNames": {"pattern": f"^(?:{NAME_PATTERN})$"},
+                "additionalProperties": machine_table(True).json_schema(),
+            },
+        },
+        "required": ["machines"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def find_devfile(start: Path | None = None) -> Path:
+    """The Devfile in ``start`` or the nearest parent folder, like Vagrant's Vagrantfile search."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        for n in DEVFILE_NAMES:
+            p = folder / n
+            if p.is_file():
+                return p
+    raise DevfileError(
+        f"no Devfile found in {here} or any parent folder",
+        hint="create one with `devenv init`, or name one with `devenv -f PATH`",
+    )
+
+
+def default_project_name(root: Path) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", root.name.lower()).strip("-")[:41]
+    return slug or "project"
+
+
+def _slug_hostname(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", name)[:63].strip("-") or "machine"
+
+
+def load(path: Path | None = None) -> Devfile:
+    """Load and fully validate a Devfile; raise DevfileError listing every problem."""
+    path = (path or find_devfile()).resolve() if path is None or Path(path).exists() else Path(path)
+    if not path.exists():
+        raise DevfileError(f"Devfile not found: {path}", hint="check the path given with -f")
+    devfile, problems = check_file(path)
+    if problems:
+        raise DevfileError(
+            f"{display_path(path)} has {len(problems)} problem{'s' if len(problems) != 1 else ''}",
+            problems,
+            hint="fix them and run `devenv validate`",
+        )
+    assert devfile is not None
+    return devfile
+
+
+def check_file(path: Path) -> tuple[Devfile | None, list[LocatedProblem]]:
+    path = Path(path).resolve()
+    shown = display_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [LocatedProblem(shown, None, "", f"cannot read the Devfile: {exc}")]
+    return check_text(text, path)
+
+
+def check_text(text: str, path: Path) -> tuple[Devfile | None, list[LocatedProblem]]:
+    shown = display_path(path)
+    try:
+        data = _toml.loads(text)
+    except _toml.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        col = getattr(exc, "colno", None)
+        msg = getattr(exc, "msg", str(exc))
+        if line is None:
+            m = re.search(r"line (\d+), column (\d+)", str(exc))
+            if m:
+                line, col = int(m.group(1)), int(m.group(2))
+            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        return None, [LocatedProblem(shown, line, "", f"TOML syntax error: {msg}", column=col)]
+    locs = key_lines(text)
+    problems: list[Problem] = []
+    devfile = _build(data, path, problems)
+    located = [LocatedProblem(shown, line_of(locs, p.path), p.key, p.message) for p in problems]
+    located.sort(key=lambda p: p.line or 0)
+    return (None if located else devfile), located
+
+
+def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
+    root = path.parent
+    for k in data:
+        if k not in ("project", "defaults", "machines"):
+            problems.append(Problem((k,), f"unknown key{did_you_mean(k, ('project', 'defaults', 'machines'))}"))
+
+    project = _PROJECT.check(data.get("project", {}), ("project",), problems)
+    name = (project or {}).get("name") or default_project_name(root)
+
+    defaults = machine_table(False).check(data.get("defaults", {}), ("defaults",), problems) or {}
+
+    raw_machines = data.get("machines")
+    if raw_machines is None:
+        problems.append(Problem(("machines",), "no machines defined: add a [machines.NAME] table"))
+        return None
+    if not isinstance(raw_machines, dict):
+        problems.append(Problem(("machines",), "expected a table of machines"))
+        return None
+    if not raw_machines:
+        problems.append(Problem(("machines",), "no machines defined: add a [machines.NAME] table"))
+
+    table = machine_table(True)
+    machines: dict[str, Machine] = {}
+    origins: dict[str, dict[str, tuple]] = {}
+    for mname, raw in raw_machines.items():
+        mpath = ("machines", mname)
+        if not re.fullmatch(NAME_PATTERN, mname):
+            problems.append(Problem(mpath, f"'{mname}' is not a valid machine name: {NAME_HELP}"))
+            continue
+        checked = table.check(raw, mpath, problems)
+        if checked is MISSING:
+            continue
+        merged, origin = _merge(defaults, checked, mname)
+        origins[mname] = origin
+        m = _make_machine(mname, merged, origin, root, problems)
+        if m is not None:
+            machines[mname] = m
+
+    _cross_check(machines, origins, root, problems)
+    return Devfile(path=path, root=root, project_name=name, machines=machines)
+
+
+def _merge(defaults: dict, machine: dict, mname: str) -> tuple[dict, dict[str, tuple]]:
+    """[defaults] under a machine: scalars and lists are replaced, env and driver tables merged."""
+    merged: dict = {}
+    origin: dict[str, tuple] = {}
+    for k, v in defaults.items():
+        merged[k] = v
+        origin[k] = ("defaults",)
+    for k, v in machine.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+        origin[k] = ("machines", mname)
+    return merged, origin
+
+
+def _make_machine(name: str, d: dict, origin: dict, root: Path, problems: list[Problem]) -> Machine | None:
+    def at(key: str, *rest) -> tuple:
+        return origin.get(key, ("machines", name)) + (key, *rest)
+
+    driver = d.get("driver", "docker")
+    if not d.get("box"):
+        problems.append(
+            Problem(("machines", name, "box"), 'is required, e.g. box = "debian-12" or box = "docker:IMAGE"')
+        )
+    sync = []
+    for i, s in enumerate(d.get("sync", [])):
+        host = Path(os.path.normpath(root / os.path.expanduser(s["host"])))
+        inside = host == root or root in host.parents
+        if not inside and not s.get("allow_outside_project"):
+            problems.append(
+                Problem(
+                    at("sync", i, "host"),
+                    f"'{s['host']}' is outside the project ({root}); "
+                    "set allow_outside_project = true on this entry if you mean it",
+                )
+            )
+            continue
+        if not host.is_dir():
+            problems.append(Problem(at("sync", i, "host"), f"folder not found: {s['host']}"))
+            continue
+        sync.append(
+            SyncFolder(
+                host=host,
+                guest=s["guest"],
+                read_only=s["read_only"],
+                type=s["type"],
+                exclude=tuple(s.get("exclude", ())),
+            )
+        )
+    steps = []
+    for i, s in enumerate(d.get("provision", [])):
+        prov = provisioners.get_provisioner(s["type"])
+        for p in prov.check(s, root, at("provision", i)):
+            problems.append(p)
+        steps.append(Step(index=i, type=s["type"], config=s, run=s.get("run", "once"), name=s.get("name")))
+    ports = tuple(
+        Port(
+            guest=p["guest"],
+            host=p.get("host"),
+            host_ip=p["host_ip"],
+            protocol=p["protocol"],
+            auto_correct=p["auto_correct"],
+        )
+        for p in d.get("ports", [])
+    )
+    options = {k: d[k] for k in drivers.driver_names() if k in d}
+    return Machine(
+        name=name,
+        driver=driver,
+        box=d.get("box"),
+        cpus=d.get("cpus"),
+        memory=d.get("memory"),
+        hostname=d.get("hostname") or _slug_hostname(name),
+        env=dict(d.get("env", {})),
+        ports=ports,
+        sync=tuple(sync),
+        provision=tuple(steps),
+        depends_on=tuple(d.get("depends_on", ())),
+        options=options,
+    )
+
+
+def _overlap(a: str, b: str) -> bool:
+    wildcard = ("0.0.0.0", "::")
+    return a == b or a in wildcard or b in wildcard
+
+
+def _cross_check(machines: dict[str, Machine], origins: dict, root: Path, problems: list[Problem]) -> None:
+    def at(m: str, key: str, *rest) -> tuple:
+        return origins.get(m, {}).get(key, ("machines", m)) + (key, *rest)
+
+    for m in machines.values():
+        for i, dep in enumerate(m.depends_on):
+            if dep == m.name:
+                problems.append(Problem(at(m.name, "depends_on", i), "a machine cannot depend on itself"))
+            elif dep not in machines:
+                problems.append(
+                    Problem(at(m.name, "depends_on", i), f"unknown machine '{dep}'{did_you_mean(dep, machines)}")
+                )
+    # Cycles: report each once, at the machine where the walk closes it.
+    state: dict[str, int] = {}
+    reported: set[frozenset] = set()
+
+    def walk(n: str, stack: list[str]) -> None:
+        state[n] = 1
+        for i, d in enumerate(machines[n].depends_on):
+            if d not in machines or d == n:
+                continue
+            if state.get(d) == 1:
+                cycle = stack[stack.index(d) :] + [n, d] if d in stack else [n, d]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    problems.append(Problem(at(n, "depends_on", i), "dependency cycle: " + " -> ".join(cycle)))
+            elif state.get(d) is None:
+                walk(d, stack + [n])
+        state[n] = 2
+
+    for n in machines:
+        if state.get(n) is None:
+            walk(n, [])
+
+    seen: list[tuple[str, int, str, str, int]] = []  # (ip, host, proto, machine, index)
+    for m in machines.values():
+        for i, p in enumerate(m.ports):
+            if p.host is None:
+                continue
+            for ip, host, proto, other, j in seen:
+                if host == p.host and proto == p.protocol and _overlap(ip, p.host_ip):
+                    what = "this machine" if other == m.name else f"machine '{other}'"
+                    problems.append(
+                        Problem(
+                            at(m.name, "ports", i, "host"),
+                            f"host port {p.host}/{p.protocol} is already used by {what} (ports[{j}])",
+                        )
+                    )
+                    break
+            seen.append((p.host_ip, p.host, p.protocol, m.name, i))
+
+    for m in machines.values():
+        try:
+            driver = drivers.get_driver(m.driver)
+        except DevfileError as exc:
+            problems.append(Problem(at(m.name, "driver"), exc.message))
+            continue
+        for p in driver.validate(m):
+            problems.append(Problem(("machines", m.name) + p.path, p.message))
+
+
+def step_path(machine: str, index: int) -> str:
+    return format_path(("machines", machine, "provision", index))

@@ -1,0 +1,147 @@
+"""The driver seam: what every engine (Docker, libvirt, VirtualBox, Vagrant) must offer.
+
+Drivers own the machine lifecycle and never run commands in the guest: they hand out a
+Transport for that. Driver modules import their engine library lazily, so importing a driver
+(to validate its Devfile table) costs nothing at CLI start-up.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from devenv.errors import DevfileError
+
+if TYPE_CHECKING:
+    from devenv.devfile import Machine
+    from devenv.schema import Problem, Table
+    from devenv.transport import Transport
+
+LABEL_PROJECT = "devenv.project"
+LABEL_MACHINE = "devenv.machine"
+LABEL_ROOT = "devenv.root"
+
+
+class MachineState(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"
+    NOT_CREATED = "not created"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Target:
+    """One machine of one project, as a driver needs to see it."""
+
+    project_id: str
+    project_root: Path
+    machine: Machine
+
+    @property
+    def name(self) -> str:
+        return self.machine.name
+
+    @property
+    def resource_name(self) -> str:
+        """Deterministic engine-side name: found again even when .devenv/ is lost."""
+        return f"devenv-{self.project_id}-{self.machine.name}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_PROJECT: self.project_id,
+            LABEL_MACHINE: self.machine.name,
+            LABEL_ROOT: str(self.project_root),
+        }
+
+
+@dataclass(frozen=True)
+class BoxArtifact:
+    """What a driver boots: resolved from a box reference before create()."""
+
+    name: str  # "debian-12" or "docker:alpine:3"
+    version: str | None
+    ref: str  # engine-side reference (image tag, qcow2 path, ...)
+    digest: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    host_ip: str
+    host: int
+    guest: int
+    protocol: str = "tcp"
+
+    def __str__(self) -> str:
+        return f"{self.host_ip}:{self.host} -> {self.guest}/{self.protocol}"
+
+
+class Driver(Protocol):
+    name: ClassVar[str]
+    options: ClassVar[Table]  # the schema of [machines.NAME.<driver>]
+
+    def check_available(self) -> None: ...
+    def validate(self, machine: Machine) -> list[Problem]: ...
+    def prepare_box(self, target: Target, box: str) -> BoxArtifact: ...
+    def create(self, target: Target, box: BoxArtifact) -> str: ...
+    def find(self, target: Target) -> str | None: ...
+    def start(self, handle: str) -> None: ...
+    def stop(self, handle: str, *, force: bool = False) -> None: ...
+    def destroy(self, handle: str) -> None: ...
+    def state(self, handle: str) -> MachineState: ...
+    def ports(self, handle: str) -> list[PortBinding]: ...
+    def transport(self, handle: str) -> Transport: ...
+    def sweep(self, project_id: str) -> list[str]: ...
+
+
+@runtime_checkable
+class SupportsSnapshots(Protocol):
+    def snapshot_save(self, handle: str, name: str) -> None: ...
+    def snapshot_restore(self, handle: str, name: str) -> None: ...
+    def snapshot_list(self, handle: str) -> list[str]: ...
+    def snapshot_delete(self, handle: str, name: str) -> None: ...
+
+
+@runtime_checkable
+class SupportsSuspend(Protocol):
+    def suspend(self, handle: str) -> None: ...
+    def resume(self, handle: str) -> None: ...
+
+
+# Built-in drivers by name; third-party drivers come from the "devenv.drivers" entry point group,
+# looked up only when a name is not built in (entry point scans cost start-up time).
+BUILTIN: dict[str, str] = {
+    "docker": "devenv.drivers.docker:DockerDriver",
+}
+
+_instances: dict[str, Driver] = {}
+
+
+def driver_names() -> list[str]:
+    return sorted(BUILTIN)
+
+
+def driver_class(name: str) -> type:
+    spec = BUILTIN.get(name)
+    if spec is None:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="devenv.drivers"):
+            if ep.name == name:
+                return ep.load()
+        raise DevfileError(f"unknown driver '{name}' (known: {', '.join(driver_names())})")
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def get_driver(name: str) -> Driver:
+    if name not in _instances:
+        _instances[name] = driver_class(name)()
+    return _instances[name]

@@ -1,0 +1,510 @@
+"""Docker driver: one container per machine, through the docker SDK.
+
+The SDK is imported on first use, never at module import, so validating a Devfile or
+printing help does not pay for it. DOCKER_HOST (including ssh://) and the current docker
+context are honoured.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+from devenv import boxes, ui
+from devenv.drivers import (
+    LABEL_MACHINE,
+    LABEL_PROJECT,
+    BoxArtifact,
+    MachineState,
+    PortBinding,
+    Target,
+    keepalive,
+)
+from devenv.errors import BackendUnavailable, BoxError, DevenvError, MachineStateError
+from devenv.schema import Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
+
+
+class PortConflict(DevenvError):
+    exit_code = 11
+
+
+def _command(value: Any, path: tuple, problems: list) -> Any:
+    if isinstance(value, str):
+        return value
+    return ListOf(Str(nonempty=False)).check(value, path, problems)
+
+
+_OPTIONS = Table(
+    {
+        "command": Field(
+            Custom(
+                _command,
+                {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                description="Run the image's own entrypoint with these arguments instead of devenv's "
+                "keep-alive (a string or an array)",
+            )
+        ),
+        "use_image_command": Field(
+            Bool(description="Run the image's own entrypoint/command instead of devenv's keep-alive"), default=False
+        ),
+        "privileged": Field(Bool(description="Run privileged (off by default; think twice)"), default=False),
+        "cap_add": Field(ListOf(Str()), default=list),
+        "user": Field(Str(description="User the container's main process runs as")),
+        "workdir": Field(Str()),
+        "network": Field(Str(description="Docker network to join (default bridge)")),
+        "init": Field(Bool(description="Run Docker's init as PID 1 (reaps zombies)"), default=True),
+        "labels": Field(MapOf(Str(nonempty=False)), default=dict),
+        "shm_size": Field(Str()),
+    },
+    description="Options for the Docker driver",
+)
+
+
+class DockerDriver:
+    name: ClassVar[str] = "docker"
+    options: ClassVar[Table] = _OPTIONS
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._arch: str | None = None
+
+    # -- engine access -----------------------------------------------------------------------
+    def _endpoint(self) -> str:
+        host = os.environ.get("DOCKER_HOST")
+        if host:
+            return host
+        return "unix:///var/run/docker.sock"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> Any:
+        try:
+            import docker
+        except ImportError as exc:  # pragma: no cover - docker is a core dependency
+            raise BackendUnavailable("the docker Python package is missing", hint="pip install docker") from exc
+        endpoint = self._endpoint()
+        try:
+            if endpoint.startswith("ssh://"):
+                # The system ssh client honours ~/.ssh/config and agents; paramiko would not.
+                client = docker.DockerClient(base_url=endpoint, use_ssh_client=True, timeout=120)
+            elif "DOCKER_HOST" in os.environ:
+                client = docker.from_env(timeout=120)
+            else:
+                client = self._from_context(docker) or docker.DockerClient(base_url=endpoint, timeout=120)
+            client.api.ping()
+        except Exception as exc:  # noqa: BLE001 - every way the engine can be unreachable
+            raise self._unavailable(endpoint, exc) from exc
+        return client
+
+    def _from_context(self, docker: Any) -> Any:
+        """The current `docker context`, when it is not the default socket."""
+        name = os.environ.get("DOCKER_CONTEXT")
+        try:
+            from docker.context import ContextAPI
+
+            ctx = ContextAPI.get_context(name) if name else ContextAPI.get_current_context()
+        except Exception:  # noqa: BLE001 - no or broken context config: fall back to the socket
+            return None
+        if ctx is None or ctx.name == "default" or not ctx.Host:
+            return None
+        return docker.DockerClient(base_url=ctx.Host, use_ssh_client=ctx.Host.startswith("ssh://"), timeout=120)
+
+    def _unavailable(self, endpoint: str, exc: Exception) -> BackendUnavailable:
+        text = str(exc)
+        if endpoint.startswith("unix://"):
+            sock = endpoint[len("unix://") :]
+            if not os.path.exists(sock):
+                return BackendUnavailable(
+                    f"the Docker engine is not running: no socket at {sock}",
+                    hint="start it: `sudo systemctl start docker` (or run `dockerd` as root); "
+                    "scripts/engines.sh in the devenv repository installs and starts it",
+                )
+            if "Permission denied" in text or isinstance(getattr(exc, "__context__", None), PermissionError):
+                return BackendUnavailable(
+                    f"permission denied on the Docker socket {sock}",
+                    hint="add your user to the 'docker' group (`sudo usermod -aG docker $USER`, then log in again) "
+                    "or run as root",
+                )
+            if "Connection refused" in text:
+                return BackendUnavailable(
+                    f"the Docker engine does not answer on {sock} (connection refused)",
+                    hint="the socket is stale: restart the engine (`sudo systemctl restart docker` or `dockerd`)",
+                )
+        return BackendUnavailable(
+            f"cannot reach the Docker engine at {endpoint}: {text.splitlines()[0] if text else type(exc).__name__}",
+            hint="check DOCKER_HOST / `docker context` and that the engine runs (`docker info`)",
+        )
+
+    def _errors(self) -> Any:
+        import docker.errors
+
+        return docker.errors
+
+    def check_available(self) -> None:
+        self.client  # noqa: B018 - connecting is the check
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Call the engine, turning a connection lost mid-command into BackendUnavailable."""
+        import requests
+
+        try:
+            return fn(*args, **kwargs)
+        except requests.exceptions.ConnectionError as exc:
+            self._client = None
+            raise self._unavailable(self._endpoint(), exc) from exc
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, machine) -> list[Problem]:
+        problems: list[Problem] = []
+        if machine.box:
+            ref = boxes.parse_ref(machine.box)
+            if ref.kind == "file":
+                problems.append(
+                    Problem(
+                        ("box",), 'the docker driver cannot boot a .box file; use a box recipe name or "docker:IMAGE"'
+                    )
+                )
+            elif ref.kind == "image" and not boxes.image_name_ok(ref.name):
+                problems.append(Problem(("box",), f"'{ref.name}' is not a valid image reference"))
+        for i, s in enumerate(machine.sync):
+            if s.type not in ("auto", "bind"):
+                problems.append(
+                    Problem(
+                        ("sync", i, "type"),
+                        f"the docker driver syncs with bind mounts; "
+                        f'type \'{s.type}\' is not supported (use "auto" or "bind")',
+                    )
+                )
+        return problems
+
+    # -- boxes ---------------------------------------------------------------------------------
+    def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
+        ref = boxes.parse_ref(box)
+        errors = self._errors()
+        if ref.kind == "image":
+            try:
+                img = self._call("inspect image", self.client.images.get, ref.name)
+            except errors.ImageNotFound:
+                img = self._pull(ref.name, target.name)
+            return BoxArtifact(name=str(ref), version=None, ref=ref.name, digest=img.id)
+        recipe = boxes.find_recipe(ref, target.project_root)
+        try:
+            img = self._call("inspect image", self.client.images.get, recipe.docker_tag)
+        except errors.ImageNotFound:
+            img = self.build_box(recipe, machine=target.name, pull=pull)
+        return BoxArtifact(name=recipe.name, version=recipe.version, ref=recipe.docker_tag, digest=img.id)
+
+    def _pull(self, image: str, machine: str | None) -> Any:
+        errors = self._errors()
+        repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+        try:
+            with ui.progress(machine, f"pulling image {image}"):
+                for ev in self.client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                    if "error" in ev:
+                        raise errors.APIError(ev["error"])
+            return self.client.images.get(image)
+        except errors.APIError as exc:
+            raise BoxError(
+                f"image {image} is not on the engine and cannot be pulled: {exc.explanation or exc}",
+                hint="load or build it first (`docker load`, `docker import`, `docker build`), or use a box recipe",
+            ) from exc
+
+    def build_box(self, recipe: boxes.Recipe, *, machine: str | None = None, pull: bool = False) -> Any:
+        """Make the recipe's image from the first source that works, tagged devenv-box/NAME:VERSION."""
+        errors = self._errors()
+        failures: list[str] = []
+        for src in recipe.sources:
+            kind = src["type"]
+            try:
+                if kind == "image":
+                    try:
+                        base = self.client.images.get(src["image"])
+                    except errors.ImageNotFound:
+                        if not pull:
+                            failures.append(f"image {src['image']}: not on the engine (pull with --pull)")
+                            continue
+                        base = self._pull(src["image"], machine)
+                    base.tag(f"{boxes.IMAGE_REPO}/{recipe.name}", tag=recipe.version)
+                    return self.client.images.get(recipe.docker_tag)
+                return self._build_from_rootfs(recipe, src, machine)
+            except BoxError as exc:
+                failures.append(f"{kind}: {exc.message}")
+                if exc.hint:
+                    failures.append(f"  ({exc.hint})")
+        raise BoxError(
+            f"box {recipe.name}@{recipe.version} could not be built from any of its sources:\n  "
+            + "\n  ".join(failures),
+            hint=f"fix the first source in {recipe.path} or make the image yourself and tag it {recipe.docker_tag}",
+        )
+
+    def _build_from_rootfs(self, recipe: boxes.Recipe, src: dict, machine: str | None) -> Any:
+        from devenv import rootfs
+
+        with tempfile.TemporaryDirectory(prefix="devenv-box-") as tmp:
+            root = Path(tmp) / "rootfs"
+            root.mkdir()
+            label = f"building box {recipe.name}@{recipe.version} ({src['type']})"
+            with ui.progress(machine, label):
+                if src["type"] == "busybox":
+                    rootfs.build_busybox_rootfs(root)
+                else:
+                    rootfs.build_debootstrap_rootfs(
+                        root,
+                        suite=src["suite"],
+                        variant=src.get("variant", "minbase"),
+                        include=list(src.get("include", [])),
+                        mirror=src.get("mirror"),
+                        on_output=lambda line: ui.detail(machine, line) if ui.debug_enabled() else None,
+                    )
+                tar = Path(tmp) / "rootfs.tar"
+                rootfs.make_tar(root, tar)
+                changes = [
+                    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    'CMD ["/bin/sh"]',
+                    f"LABEL {boxes.LABEL_BOX}={recipe.name} {boxes.LABEL_VERSION}={recipe.version}",
+                ]
+                self.client.api.import_image_from_file(
+                    str(tar), repository=f"{boxes.IMAGE_REPO}/{recipe.name}", tag=recipe.version, changes=changes
+                )
+            return self.client.images.get(recipe.docker_tag)
+
+    def list_boxes(self) -> list[dict]:
+        out = []
+        for img in self._call("list images", self.client.images.list, filters={"label": boxes.LABEL_BOX}):
+            for tag in img.tags or [None]:
+                out.append(
+                    {
+                        "name": img.labels.get(boxes.LABEL_BOX),
+                        "version": img.labels.get(boxes.LABEL_VERSION),
+                        "tag": tag,
+                        "digest": img.id,
+                        "size": img.attrs.get("Size"),
+                        "provider": "docker",
+                    }
+                )
+        return out
+
+    def remove_box(self, name: str, version: str | None) -> list[str]:
+        errors = self._errors()
+        removed = []
+        for b in self.list_boxes():
+            if b["name"] == name and (version is None or b["version"] == version) and b["tag"]:
+                try:
+                    self.client.images.remove(b["tag"])
+                except errors.APIError as exc:
+                    if "conflict" in str(exc).lower() or "being used" in str(exc):
+                        raise BoxError(
+                            f"box {b['tag']} is in use by a container", hint="destroy the machines that use it first"
+                        ) from exc
+                    raise
+                removed.append(b["tag"])
+        return removed
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _engine_is_local(self) -> bool:
+        return self.client.api.base_url.startswith(("http+unix://", "http+docker://localunixsocket"))
+
+    def _arch_x86_64(self) -> bool:
+        if self._arch is None:
+            self._arch = self.client.info().get("Architecture", "")
+        return self._arch in ("x86_64", "amd64")
+
+    def _host_port_free(self, ip: str, port: int, proto: str) -> bool:
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+        with socket.socket(fam, kind) as s:
+            try:
+                s.bind((ip, port))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    return False
+                raise
+        return True
+
+    def _port_bindings(self, target: Target) -> dict:
+        bindings: dict[str, list] = {}
+        check_local = self._engine_is_local()
+        for p in target.machine.ports:
+            host = p.host
+            if host is not None and check_local and not self._host_port_free(p.host_ip, host, p.protocol):
+                if not p.auto_correct:
+                    raise PortConflict(
+                        f"host port {p.host_ip}:{host}/{p.protocol} (for guest port {p.guest}) is already in use",
+                        hint="stop what uses it (`ss -ltnp`), pick another host port, or set auto_correct = true",
+                    )
+                start = host
+                while host < 65535 and not self._host_port_free(p.host_ip, host, p.protocol):
+                    host += 1
+                ui.info(target.name, f"host port {start} is in use: forwarding {host} -> {p.guest} instead")
+            bindings.setdefault(f"{p.guest}/{p.protocol}", []).append((p.host_ip, host))
+        return bindings
+
+    def create(self, target: Target, box: BoxArtifact, *, env: dict[str, str] | None = None) -> str:
+        from docker.types import Mount
+
+        m = target.machine
+        opts = m.driver_options()
+        errors = self._errors()
+        existing = self.find(target)
+        if existing:
+            return existing
+        mounts = [Mount(target=s.guest, source=str(s.host), type="bind", read_only=s.read_only) for s in m.sync]
+        kwargs: dict[str, Any] = dict(
+            name=target.resource_name,
+            labels={**opts.get("labels", {}), **target.labels},
+            hostname=m.hostname,
+            environment=env or {},
+            mounts=mounts,
+            ports=self._port_bindings(target),
+            privileged=bool(opts.get("privileged", False)),
+            cap_add=opts.get("cap_add") or None,
+            init=opts.get("init", True),
+            detach=True,
+        )
+        if m.cpus:
+            kwargs["nano_cpus"] = int(m.cpus * 1e9)
+        if m.memory:
+            kwargs["mem_limit"] = m.memory
+        for k in ("user", "network", "shm_size"):
+            if opts.get(k):
+                kwargs[k] = opts[k]
+        if opts.get("workdir"):
+            kwargs["working_dir"] = opts["workdir"]
+        keepalive_needed = not opts.get("use_image_command") and "command" not in opts
+        if keepalive_needed:
+            if self._arch_x86_64():
+                kwargs["entrypoint"] = [keepalive.PATH_IN_CONTAINER]
+                kwargs["command"] = []
+            else:
+                # No hand-assembled keep-alive for this architecture: rely on the image's sleep.
+                kwargs["entrypoint"] = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"]
+                kwargs["command"] = []
+        elif "command" in opts:
+            kwargs["command"] = opts["command"]
+        try:
+            container = self._call("create container", self.client.containers.create, box.ref, **kwargs)
+        except errors.APIError as exc:
+            if exc.status_code == 409:  # a concurrent devenv created it first: use that one
+                found = self.find(target)
+                if found:
+                    return found
+            raise BoxError(f"cannot create the container for '{m.name}': {exc.explanation or exc}") from exc
+        if keepalive_needed and self._arch_x86_64():
+            self.client.api.put_archive(container.id, "/", keepalive.tar_archive())
+        return container.id
+
+    def find(self, target: Target) -> str | None:
+        found = self._call(
+            "list containers",
+            self.client.containers.list,
+            all=True,
+            filters={"label": [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"]},
+        )
+        return found[0].id if found else None
+
+    def start(self, handle: str) -> None:
+        errors = self._errors()
+        try:
+            self._call("start", self.client.api.start, handle)
+        except errors.NotFound as exc:
+            raise MachineStateError("the container is gone", hint="run `devenv up` to recreate it") from exc
+        except errors.APIError as exc:
+            text = exc.explanation or str(exc)
+            if "port is already allocated" in text or "address already in use" in text:
+                raise PortConflict(
+                    f"a forwarded host port is already in use: {text}",
+                    hint="free the port or change `ports` in the Devfile",
+                ) from exc
+            raise MachineStateError(f"the container does not start: {text}") from exc
+
+    def stop(self, handle: str, *, force: bool = False) -> None:
+        errors = self._errors()
+        try:
+            if force:
+                self._call("kill", self.client.api.kill, handle)
+            else:
+                self._call("stop", self.client.api.stop, handle, timeout=10)
+        except errors.NotFound:
+            return
+        except errors.APIError as exc:
+            if "is not running" in str(exc):
+                return
+            raise
+
+    def destroy(self, handle: str) -> None:
+        errors = self._errors()
+        try:
+            # v=True: anonymous volumes (from the image's VOLUME lines) go with the container.
+            self._call("remove", self.client.api.remove_container, handle, v=True, force=True)
+        except errors.NotFound:
+            return
+        except errors.APIError as exc:
+            if "already in progress" in str(exc):
+                return
+            raise
+
+    def _inspect(self, handle: str) -> dict | None:
+        errors = self._errors()
+        try:
+            return self._call("inspect", self.client.api.inspect_container, handle)
+        except errors.NotFound:
+            return None
+
+    def state(self, handle: str) -> MachineState:
+        info = self._inspect(handle)
+        if info is None:
+            return MachineState.NOT_CREATED
+        status = info["State"]["Status"]
+        if status in ("running", "restarting"):
+            return MachineState.RUNNING
+        if status == "paused":
+            return MachineState.SUSPENDED
+        if status == "removing":
+            return MachineState.NOT_CREATED
+        return MachineState.STOPPED
+
+    def ports(self, handle: str) -> list[PortBinding]:
+        info = self._inspect(handle)
+        if not info:
+            return []
+        out = []
+        for key, binds in (info["NetworkSettings"].get("Ports") or {}).items():
+            guest, _, proto = key.partition("/")
+            for b in binds or []:
+                out.append(PortBinding(host_ip=b["HostIp"], host=int(b["HostPort"]), guest=int(guest), protocol=proto))
+        return sorted(out, key=lambda b: (b.guest, b.host))
+
+    def sync_kind(self, handle: str) -> str:
+        return "bind mount"
+
+    def transport(self, handle: str):
+        from devenv.transport import DockerTransport
+
+        info = self._inspect(handle)
+        name = (info or {}).get("Config", {}).get("Labels", {}).get(LABEL_MACHINE, handle[:12])
+        return DockerTransport(self.client, handle, name, docker_host=os.environ.get("DOCKER_HOST"))
+
+    def sweep(self, project_id: str) -> list[str]:
+        """Remove every container labelled for the project (even without state)."""
+        removed = []
+        for c in self._call(
+            "list containers", self.client.containers.list, all=True, filters={"label": f"{LABEL_PROJECT}={project_id}"}
+        ):
+            self.destroy(c.id)
+            removed.append(c.name)
+        return removed
+
+    # -- optional roles ------------------------------------------------------------------------
+    def suspend(self, handle: str) -> None:
+        self._call("pause", self.client.api.pause, handle)
+
+    def resume(self, handle: str) -> None:
+        self._call("unpause", self.client.api.unpause, handle)

@@ -1,0 +1,551 @@
+"""A Project is a Devfile plus its .devenv/ state and lock; the verbs live here.
+
+Verbs talk to drivers only through the Driver protocol and to machines only through
+transports; the CLI only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from devenv import ui
+from devenv.devfile import Devfile, Machine, Secret, Step
+from devenv.drivers import Driver, MachineState, SupportsSuspend, Target, get_driver
+from devenv.errors import (
+    DevenvError,
+    MachineStateError,
+    ProvisionError,
+    UnsupportedOperation,
+    UsageError,
+)
+from devenv.provisioners import RunContext, fingerprint, get_provisioner
+from devenv.schema import did_you_mean
+from devenv.state import GlobalIndex, ProjectState
+
+
+@dataclass
+class StepPlan:
+    step: Step
+    fingerprint: str
+    action: str  # "run" | "skip" | "never"
+    reason: str
+
+
+@dataclass
+class MachineStatus:
+    name: str
+    driver: str
+    state: MachineState
+    box: str | None
+    provision: str
+    stale_step: int | None
+    settings: str
+    ports: list[str]
+    sync: str | None
+    handle: str | None
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "driver": self.driver,
+            "state": str(self.state),
+            "box": self.box,
+            "provision": self.provision,
+            "stale_step": self.stale_step,
+            "settings": self.settings,
+            "ports": self.ports,
+            "sync": self.sync,
+            "handle": self.handle,
+        }
+
+
+def resolve_env(machine: Machine, root: Path) -> dict[str, str]:
+    """The machine's environment with secrets read from the host (and masked in all output)."""
+    out: dict[str, str] = {}
+    for k, v in machine.env.items():
+        if isinstance(v, Secret):
+            if v.from_env:
+                if v.from_env not in os.environ:
+                    raise UsageError(
+                        f"machine '{machine.name}': env {k} comes from the host variable {v.from_env}, "
+                        "which is not set",
+                        hint=f"export {v.from_env}=... before running devenv",
+                    )
+                value = os.environ[v.from_env]
+            else:
+                path = (root / os.path.expanduser(v.from_file or "")).resolve()
+                try:
+                    value = path.read_text(encoding="utf-8").rstrip("\n")
+                except OSError as exc:
+                    raise UsageError(
+                        f"machine '{machine.name}': env {k} comes from {path}, which cannot be read: {exc.strerror}"
+                    ) from exc
+            ui.add_secret(value)
+            out[k] = value
+        else:
+            out[k] = v
+    return out
+
+
+def settings_hash(machine: Machine) -> str:
+    """What the machine was created with; a change means the machine must be recreated."""
+    doc = {
+        "driver": machine.driver,
+        "box": machine.box,
+        "cpus": machine.cpus,
+        "memory": machine.memory,
+        "hostname": machine.hostname,
+        # Secrets enter by where they come from, never by value.
+        "env": {k: (v.describe() if isinstance(v, Secret) else v) for k, v in sorted(machine.env.items())},
+        "ports": [[p.guest, p.host, p.host_ip, p.protocol] for p in machine.ports],
+        "sync": [[str(s.host), s.guest, s.read_only, s.type] for s in machine.sync],
+        "options": machine.driver_options(),
+    }
+    return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Project:
+    def __init__(self, devfile: Devfile) -> None:
+        self.devfile = devfile
+        self.root = devfile.root
+        self.state = ProjectState(self.root)
+        self.index = GlobalIndex()
+        self._box_locks: dict[str, threading.Lock] = {}
+        self._box_locks_guard = threading.Lock()
+        self._created_now: dict[str, str] = {}  # machines this command created: name -> handle
+        self._created_guard = threading.Lock()
+        self._cancel = threading.Event()  # set on Ctrl-C: workers stop at the next safe point
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise KeyboardInterrupt
+
+    # -- helpers -------------------------------------------------------------------------------
+    def names(self, names: list[str] | None) -> list[str]:
+        for n in names or []:
+            if n not in self.devfile.machines:
+                raise UsageError(
+                    f"no machine named '{n}' in {self.devfile.path.name}{did_you_mean(n, self.devfile.machines)}",
+                    hint=f"machines: {', '.join(self.devfile.machines) or '(none)'}",
+                )
+        return list(names) if names else list(self.devfile.machines)
+
+    def machine(self, name: str) -> Machine:
+        self.names([name])
+        return self.devfile.machines[name]
+
+    def target(self, name: str) -> Target:
+        return Target(self.devfile.project_id, self.root, self.devfile.machines[name])
+
+    def driver(self, name: str) -> Driver:
+        return get_driver(self.devfile.machines[name].driver)
+
+    def handle(self, name: str, *, tolerant: bool = False) -> str | None:
+        """The machine's engine handle: from state, else found by its labels."""
+        st = self.state.load_or_none(name) if tolerant else self.state.load(name)
+        driver = self.driver(name)
+        if st and st.get("handle") and st.get("driver") == driver.name:
+            if driver.state(st["handle"]) is not MachineState.NOT_CREATED:
+                return st["handle"]
+        return driver.find(self.target(name))
+
+    def live_state(self, name: str) -> tuple[str | None, MachineState]:
+        h = self.handle(name)
+        if h is None:
+            return None, MachineState.NOT_CREATED
+        return h, self.driver(name).state(h)
+
+    def require_running(self, name: str) -> str:
+        h, st = self.live_state(name)
+        if st is MachineState.NOT_CREATED:
+            raise MachineStateError(f"machine '{name}' is not created", hint=f"run `devenv up {name}`")
+        if st is not MachineState.RUNNING:
+            raise MachineStateError(f"machine '{name}' is {st}", hint=f"run `devenv up {name}`")
+        assert h is not None
+        return h
+
+    def _run_levels(self, levels: list[list[str]], fn: Callable[[str], None]) -> None:
+        """Run fn per machine, level by level; machines within a level in parallel."""
+        for level in levels:
+            if len(level) == 1:
+                fn(level[0])
+                continue
+            errors: list[BaseException] = []
+            with ThreadPoolExecutor(max_workers=min(8, len(level))) as pool:
+                futures = [pool.submit(fn, n) for n in level]
+                try:
+                    for f in futures:
+                        exc = f.exception()
+                        if exc is not None:
+                            errors.append(exc)
+                except KeyboardInterrupt:
+                    # Only the main thread sees Ctrl-C: tell the workers, let them clean up, re-raise.
+                    self._cancel.set()
+                    raise
+            if errors:
+                for e in errors[1:]:
+                    if isinstance(e, DevenvError):
+                        ui.error(e.message, e.hint)
+                raise errors[0]
+
+    def _box_lock(self, box: str) -> threading.Lock:
+        with self._box_locks_guard:
+            return self._box_locks.setdefault(box, threading.Lock())
+
+    # -- up --------------------------------------------------------------------------------------
+    def up(self, names: list[str] | None = None, *, provision: bool = True) -> None:
+        wanted = self.names(names)
+        with self.state.lock("up"):
+            try:
+                self._run_levels(self.devfile.levels(wanted), lambda n: self._up_one(n, provision=provision))
+            except KeyboardInterrupt:
+                self._undo_created()
+                raise
+
+    def _undo_created(self) -> None:
+        with self._created_guard:
+            created = dict(self._created_now)
+        for name, handle in created.items():
+            ui.info(name, "interrupted: removing the machine being created")
+            try:
+                self.driver(name).destroy(handle)
+            finally:
+                self.state.remove(name)
+
+    def _up_one(self, name: str, *, provision: bool) -> None:
+        m = self.devfile.machines[name]
+        driver = self.driver(name)
+        driver.check_available()
+        target = self.target(name)
+        st = self.state.load(name) or {}
+        handle = self.handle(name)
+        live = driver.state(handle) if handle else MachineState.NOT_CREATED
+        if live is MachineState.NOT_CREATED:
+            if st.get("handle"):
+                ui.info(name, "the machine is gone from the engine: creating it again")
+                st = {}
+            handle = self._create(name, target, driver)
+            st = self.state.load(name) or {}
+        elif live is MachineState.STOPPED:
+            ui.info(name, "starting")
+            driver.start(handle)
+        elif live is MachineState.SUSPENDED:
+            if not isinstance(driver, SupportsSuspend):
+                raise UnsupportedOperation(f"machine '{name}' is suspended and {driver.name} cannot resume it")
+            ui.info(name, "resuming")
+            driver.resume(handle)
+        else:
+            ui.info(name, "already running")
+        if not st.get("handle") or st.get("handle") != handle:
+            st = {**st, "driver": driver.name, "handle": handle}
+            self.state.save(name, st)
+        if st.get("settings") and st["settings"] != settings_hash(m):
+            ui.warn(
+                f"{name}: the Devfile's settings changed since the machine was created; "
+                f"run `devenv reload {name}` to apply them"
+            )
+        for b in driver.ports(handle):
+            ui.info(name, f"port {b}")
+        if provision:
+            self._provision(name, handle)
+
+    def _create(self, name: str, target: Target, driver: Driver) -> str:
+        m = target.machine
+        with self._box_lock(m.box or ""):
+            box = driver.prepare_box(target, m.box)
+        env = resolve_env(m, self.root)
+        ui.info(name, f"creating from {box.name}{'@' + box.version if box.version else ''}")
+        handle = None
+        try:
+            self._check_cancel()
+            handle = driver.create(target, box, env=env)
+            with self._created_guard:
+                self._created_now[name] = handle
+            self._check_cancel()
+            # Recorded before start: a crash after this point leaves a findable record too.
+            self.state.save(
+                name,
+                {
+                    "driver": driver.name,
+                    "handle": handle,
+                    "box": {"name": box.name, "version": box.version, "ref": box.ref, "digest": box.digest},
+                    "settings": settings_hash(m),
+                    "steps": [],
+                    "created": int(time.time()),
+                },
+            )
+            ui.info(name, "starting")
+            driver.start(handle)
+            self._check_cancel()
+        except BaseException:
+            # Nothing half-created is left behind: remove what this call made, by handle or by label.
+            leftover = handle or driver.find(target)
+            if leftover:
+                ui.info(name, "removing the machine that failed to come up")
+                try:
+                    driver.destroy(leftover)
+                except Exception as exc:  # noqa: BLE001 - report the original failure, not the cleanup's
+                    ui.warn(f"{name}: cleanup failed too: {exc}")
+            self.state.remove(name)
+            with self._created_guard:
+                self._created_now.pop(name, None)
+            raise
+        with self._created_guard:
+            self._created_now.pop(name, None)
+        self.index.record(
+            {
+                "project_id": self.devfile.project_id,
+                "project": self.devfile.project_name,
+                "root": str(self.root),
+                "devfile": str(self.devfile.path),
+                "machine": name,
+                "driver": driver.name,
+                "handle": handle,
+            }
+        )
+        return handle
+
+    # -- provisioning ----------------------------------------------------------------------------
+    def plan(self, name: str, st: dict | None, *, force: bool = False, only: list[str] | None = None) -> list[StepPlan]:
+        m = self.devfile.machines[name]
+        applied = (st or {}).get("steps", [])
+        plans: list[StepPlan] = []
+        stale_from: int | None = None
+        for step in m.provision:
+            fp = fingerprint(step, self.root)
+            prev = applied[step.index] if step.index < len(applied) else None
+            prev_fp = prev.get("fingerprint") if isinstance(prev, dict) else None
+            named = only is not None and (step.name in only or str(step.index) in only)
+            if only is not None:
+                action, reason = ("run", "asked for") if named else ("skip", "not asked for")
+            elif step.run == "never":
+                action, reason = "never", "run = never (run it with --with)"
+            elif force:
+                action, reason = "run", "forced"
+            elif step.run == "always":
+                action, reason = "run", "run = always"
+            elif prev_fp is None:
+                action, reason = "run", "not applied yet"
+                stale_from = step.index if stale_from is None else stale_from
+            elif stale_from is not None:
+                action, reason = "run", f"an earlier step ([{stale_from}]) reruns"
+            elif prev_fp != fp:
+                action, reason = "run", "changed since it was applied"
+                stale_from = step.index
+            else:
+                action, reason = "skip", "up to date"
+            plans.append(StepPlan(step, fp, action, reason))
+        return plans
+
+    def _provision(self, name: str, handle: str, *, force: bool = False, only: list[str] | None = None) -> None:
+        st = self.state.load(name) or {}
+        plans = self.plan(name, st, force=force, only=only)
+        todo = [p for p in plans if p.action == "run"]
+        if not todo:
+            if plans:
+                ui.info(name, "provisioning is up to date")
+            return
+        transport = self.driver(name).transport(handle)
+        applied: list = list(st.get("steps", []))
+        first = todo[0].step.index
+        if only is None:
+            # A step that reruns invalidates itself and every later step until each succeeds again.
+            applied = applied[:first]
+        for p in plans:
+            if p.action != "run":
+                continue
+            step = p.step
+            self._check_cancel()
+            ui.info(name, f"provision {step.label} ({p.reason})")
+            ctx = RunContext(
+                machine=name, root=self.root, transport=transport, on_output=lambda line: ui.detail(name, line)
+            )
+            try:
+                get_provisioner(step.type).run(step.config, ctx)
+            except ProvisionError as exc:
+                self.state.save(name, {**st, "steps": applied, "failed_step": step.index})
+                raise ProvisionError(f"{name}: step {step.label} failed: {exc.message}", hint=exc.hint) from exc
+            while len(applied) <= step.index:
+                applied.append(None)
+            applied[step.index] = {"fingerprint": p.fingerprint, "label": step.label, "at": int(time.time())}
+            self.state.save(name, {**st, "steps": applied, "failed_step": None})
+            st = {**st, "steps": applied}
+
+    def provision(self, names: list[str] | None = None, *, force: bool = False, only: list[str] | None = None) -> None:
+        wanted = self.names(names)
+        with self.state.lock("provision"):
+            for n in wanted:
+                self.driver(n).check_available()
+                handle = self.require_running(n)
+                self._provision(n, handle, force=force, only=only)
+
+    # -- other verbs -----------------------------------------------------------------------------
+    def halt(self, names: list[str] | None = None, *, force: bool = False) -> None:
+        wanted = self.names(names)
+        with self.state.lock("halt"):
+            for n in reversed(self.devfile.order(wanted) if not names else wanted):
+                self.driver(n).check_available()
+                h, st = self.live_state(n)
+                if st is MachineState.NOT_CREATED:
+                    ui.info(n, "not created")
+                elif st is MachineState.STOPPED:
+                    ui.info(n, "already stopped")
+                else:
+                    ui.info(n, "stopping" + (" (forced)" if force else ""))
+                    if st is MachineState.SUSPENDED and isinstance(self.driver(n), SupportsSuspend):
+                        self.driver(n).resume(h)
+                    self.driver(n).stop(h, force=force)
+
+    def destroy(self, names: list[str] | None = None) -> None:
+        wanted = self.names(names)
+        with self.state.lock("destroy"):
+            for n in reversed(self.devfile.order(wanted) if not names else wanted):
+                driver = self.driver(n)
+                driver.check_available()
+                h = self.handle(n, tolerant=True)
+                if h is None:
+                    ui.info(n, "not created")
+                else:
+                    ui.info(n, "destroying")
+                    driver.destroy(h)
+                self.state.remove(n)
+                self.index.forget(self.devfile.project_id, n)
+            if not names:
+                # Machines renamed or removed from the Devfile still carry the project's label.
+                for dname in sorted({m.driver for m in self.devfile.machines.values()}):
+                    for gone in get_driver(dname).sweep(self.devfile.project_id):
+                        ui.info(None, f"removed leftover {dname} machine {gone}")
+                for n in self.state.names():
+                    self.state.remove(n)
+                self.index.forget(self.devfile.project_id)
+
+    def reload(self, names: list[str] | None = None, *, provision: bool = True) -> None:
+        wanted = self.names(names)
+        with self.state.lock("reload"):
+            for n in wanted:
+                driver = self.driver(n)
+                driver.check_available()
+                h, live = self.live_state(n)
+                st = self.state.load(n) or {}
+                if live is not MachineState.NOT_CREATED and st.get("settings") != settings_hash(
+                    self.devfile.machines[n]
+                ):
+                    ui.info(n, "settings changed: recreating the machine")
+                    driver.destroy(h)
+                    self.state.remove(n)
+                elif live is MachineState.RUNNING:
+                    ui.info(n, "stopping")
+                    driver.stop(h)
+            self._run_levels(self.devfile.levels(wanted), lambda n: self._up_one(n, provision=provision))
+
+    def suspend(self, names: list[str] | None = None) -> None:
+        for n in self.names(names):
+            driver = self.driver(n)
+            if not isinstance(driver, SupportsSuspend):
+                raise UnsupportedOperation(f"the {driver.name} driver cannot suspend machines")
+            ui.info(n, "suspending")
+            driver.suspend(self.require_running(n))
+
+    def resume(self, names: list[str] | None = None) -> None:
+        for n in self.names(names):
+            driver = self.driver(n)
+            h, st = self.live_state(n)
+            if st is not MachineState.SUSPENDED:
+                ui.info(n, f"not suspended ({st})")
+                continue
+            assert isinstance(driver, SupportsSuspend)
+            ui.info(n, "resuming")
+            driver.resume(h)
+
+    def status(self, names: list[str] | None = None) -> list[MachineStatus]:
+        out = []
+        wanted = self.names(names)
+        available: dict[str, DevenvError | None] = {}
+        for n in wanted:
+            m = self.devfile.machines[n]
+            driver = self.driver(n)
+            if m.driver not in available:
+                try:
+                    driver.check_available()
+                    available[m.driver] = None
+                except DevenvError as exc:
+                    available[m.driver] = exc
+            if available[m.driver] is not None:
+                raise available[m.driver]  # type: ignore[misc]
+            st = self.state.load(n)
+            h, live = self.live_state(n)
+            box = None
+            if st and st.get("box"):
+                b = st["box"]
+                box = f"{b['name']}@{b['version']}" if b.get("version") else b["name"]
+            provision, stale = self._provision_summary(n, st, live)
+            settings = "up to date"
+            if live is not MachineState.NOT_CREATED and st and st.get("settings") not in (None, settings_hash(m)):
+                settings = f"changed since creation: run `devenv reload {n}`"
+            ports = [str(b) for b in driver.ports(h)] if h and live is MachineState.RUNNING else []
+            sync = None
+            if m.sync and hasattr(driver, "sync_kind") and h:
+                sync = driver.sync_kind(h)
+            out.append(MachineStatus(n, m.driver, live, box or m.box, provision, stale, settings, ports, sync, h))
+        return out
+
+    def _provision_summary(self, name: str, st: dict | None, live: MachineState) -> tuple[str, int | None]:
+        m = self.devfile.machines[name]
+        if not m.provision:
+            return "no steps", None
+        if live is MachineState.NOT_CREATED:
+            return "not created", None
+        plans = self.plan(name, st)
+        if st and st.get("failed_step") is not None:
+            i = st["failed_step"]
+            label = m.provision[i].label if i < len(m.provision) else f"[{i}]"
+            return f"failed at step {label}: fix it, then run `devenv provision {name}`", i
+        for p in plans:
+            if p.action == "run" and p.step.run != "always":
+                what = "changed" if p.reason.startswith("changed") else "not applied yet"
+                return f"stale: step {p.step.label} {what} -> run `devenv provision {name}`", p.step.index
+        return "up to date", None
+
+    def transport_for(self, name: str):
+        self.machine(name)
+        driver = self.driver(name)
+        driver.check_available()
+        return driver.transport(self.require_running(name))
+
+    def ssh(self, name: str, command: str | None) -> int:
+        transport = self.transport_for(name)
+        if command is None:
+            return transport.interactive(None)
+        return self._run_streaming(transport, ["/bin/sh", "-c", command])
+
+    def exec(self, name: str, argv: list[str], *, interactive: bool = False) -> int:
+        transport = self.transport_for(name)
+        if interactive:
+            return transport.interactive(argv)
+        return self._run_streaming(transport, argv)
+
+    @staticmethod
+    def _run_streaming(transport, argv: list[str]) -> int:
+        def out(line: str) -> None:
+            sys.stdout.write(ui.mask(line) + "\n")
+            sys.stdout.flush()
+
+        return transport.run(argv, on_output=out)
+
+    def ports(self, name: str):
+        self.machine(name)
+        driver = self.driver(name)
+        driver.check_available()
+        h, live = self.live_state(name)
+        if live is MachineState.NOT_CREATED:
+            raise MachineStateError(f"machine '{name}' is not created", hint=f"run `devenv up {name}`")
+        return driver.ports(h)

@@ -1,0 +1,48 @@
+"""file: copy a file or a folder from the project into the machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devenv.errors import ProvisionError
+from devenv.provisioners import RunContext
+from devenv.schema import Field, Problem, Str, Table
+
+
+def _check(config: dict, path: tuple, problems: list) -> None:
+    dest = config.get("destination")
+    if dest and not dest.startswith("/"):
+        problems.append(Problem(path + ("destination",), f"must be an absolute path in the machine, got '{dest}'"))
+
+
+class FileProvisioner:
+    type = "file"
+    options = Table(
+        {
+            "type": Field(Str(choices=("file",))),
+            "name": Field(Str()),
+            "run": Field(Str(choices=("once", "always", "never"))),
+            "source": Field(Str(description="File or folder in the project"), required=True),
+            "destination": Field(Str(description="Absolute path in the machine"), required=True),
+        },
+        description="Copy a file or folder into the machine",
+        check_fn=_check,
+    )
+
+    def files(self, config: dict, root: Path) -> list[Path]:
+        return [root / config["source"]]
+
+    def check(self, config: dict, root: Path, path: tuple) -> list[Problem]:
+        if not (root / config["source"]).exists():
+            return [Problem(path + ("source",), f"file not found: {config['source']}")]
+        return []
+
+    def describe(self, config: dict) -> str:
+        return f"file {config['source']} -> {config['destination']}"
+
+    def run(self, config: dict, ctx: RunContext) -> None:
+        local = ctx.root / config["source"]
+        if not local.exists():
+            raise ProvisionError(f"file step: source not found: {config['source']}")
+        ctx.transport.put(local, config["destination"])
+        ctx.on_output(f"copied {config['source']} to {config['destination']}")

@@ -1,0 +1,98 @@
+"""shell: run an inline command or a script from the project inside the machine."""
+
+from __future__ import annotations
+
+import shlex
+from collections import deque
+from pathlib import Path
+
+from devenv.errors import ProvisionError
+from devenv.provisioners import RunContext
+from devenv.schema import Field, ListOf, MapOf, Problem, Str, Table
+
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+TAIL_LINES = 20
+
+
+def _check(config: dict, path: tuple, problems: list) -> None:
+    if ("inline" in config) == ("script" in config):
+        problems.append(Problem(path, "a shell step needs exactly one of 'inline' or 'script'"))
+
+
+class ShellProvisioner:
+    type = "shell"
+    options = Table(
+        {
+            "type": Field(Str(choices=("shell",))),
+            "name": Field(Str(description="A label shown in output and status")),
+            "run": Field(Str(choices=("once", "always", "never"))),
+            "inline": Field(Str(description="Shell commands run with /bin/sh -c")),
+            "script": Field(Str(description="A script in the project, copied in and run")),
+            "args": Field(ListOf(Str(nonempty=False), description="Arguments for the script")),
+            "env": Field(MapOf(Str(nonempty=False), key_pattern=_ENV_NAME, key_help="letters, digits, _")),
+            "user": Field(Str(description="Run as this user (default root)"), default="root"),
+            "workdir": Field(Str(description="Working directory in the machine")),
+        },
+        description="Run a shell script or inline commands in the machine",
+        check_fn=_check,
+    )
+
+    def files(self, config: dict, root: Path) -> list[Path]:
+        return [root / config["script"]] if "script" in config else []
+
+    def check(self, config: dict, root: Path, path: tuple) -> list[Problem]:
+        if "script" in config:
+            p = root / config["script"]
+            if not p.is_file():
+                return [Problem(path + ("script",), f"file not found: {config['script']}")]
+        return []
+
+    def describe(self, config: dict) -> str:
+        if "script" in config:
+            return f"shell {config['script']}"
+        first = config.get("inline", "").strip().splitlines()[0] if config.get("inline", "").strip() else ""
+        return f"shell: {first[:60]}"
+
+    def run(self, config: dict, ctx: RunContext) -> None:
+        args = [str(a) for a in config.get("args", [])]
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+        def out(line: str) -> None:
+            tail.append(line)
+            ctx.on_output(line)
+
+        remote = None
+        if "script" in config:
+            local = ctx.root / config["script"]
+            remote = f"/tmp/devenv-provision/{Path(config['script']).name}"
+            ctx.transport.put(local, remote)
+            if local.read_bytes().startswith(b"#!"):
+                argv = [
+                    "/bin/sh",
+                    "-c",
+                    f'chmod 0755 {shlex.quote(remote)} && exec {shlex.quote(remote)} "$@"',
+                    "devenv-shell",
+                    *args,
+                ]
+            else:
+                argv = ["/bin/sh", remote, *args]
+            shown = " ".join([config["script"], *args])
+        else:
+            argv = ["/bin/sh", "-c", config["inline"], "devenv-shell", *args]
+            shown = config["inline"].strip()
+        code = ctx.transport.run(
+            argv,
+            env=config.get("env"),
+            user=config.get("user", "root"),
+            workdir=config.get("workdir"),
+            on_output=out,
+        )
+        if remote:
+            ctx.transport.run(["/bin/sh", "-c", f"rm -f {shlex.quote(remote)}"], user="root")
+        if code != 0:
+            raise ProvisionError(
+                f"shell step failed with exit code {code}: {shown}"
+                + ("\n--- last output ---\n" + "\n".join(tail) if tail else ""),
+                hint=f"the machine is left running: inspect it with `devenv ssh {ctx.machine}`, fix the step, "
+                f"then `devenv provision {ctx.machine}` resumes at this step",
+            )

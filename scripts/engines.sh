@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Make the engines devenv's tests and example need available on this machine:
+# the Docker engine (installed from Debian's docker.io when missing, started when not running),
+# plus the host tools boxes are built with (debootstrap, busybox-static).
+# Safe to run again: it only does what is missing. Needs root to install or start anything.
+set -euo pipefail
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+apt_install() {
+  is_root || die "missing packages: $*" "run this script as root, or: sudo apt-get install -y $*"
+  command -v apt-get >/dev/null || die "missing packages: $* (and no apt-get here)" "install them with your package manager"
+  log "installing $* (apt-get)"
+  if [ -z "${DEVENV_APT_UPDATED:-}" ]; then
+    apt-get update -qq >/dev/null
+    export DEVENV_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+docker_answers() {
+  if command -v docker >/dev/null; then
+    timeout 10 docker info >/dev/null 2>&1
+  else
+    timeout 10 python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect("/var/run/docker.sock"); s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n"); sys.exit(0 if b"OK" in s.recv(200) else 1)' 2>/dev/null
+  fi
+}
+
+ensure_host_tools() {
+  local missing=()
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  if ! { [ -x /bin/busybox ] && ! file -L /bin/busybox 2>/dev/null | grep -q 'dynamically'; }; then
+    dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+  fi
+  command -v file >/dev/null || missing+=(file)
+  command -v rsync >/dev/null || missing+=(rsync)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+ensure_docker() {
+  if [ -n "${DOCKER_HOST:-}" ]; then
+    docker_answers || die "the Docker engine at DOCKER_HOST=$DOCKER_HOST does not answer" "start it there, or unset DOCKER_HOST"
+    log "Docker engine at $DOCKER_HOST answers"
+    return
+  fi
+  if docker_answers; then log "Docker engine is running"; return; fi
+  if ! command -v dockerd >/dev/null; then
+    apt_install docker.io
+  fi
+  is_root || die "the Docker engine is installed but not running" "start it: sudo systemctl start docker (or sudo dockerd)"
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    log "starting docker (systemctl)"
+    systemctl start docker || true
+  fi
+  if ! docker_answers; then
+    # No init system here (containers, CI machines): run the daemon ourselves, detached with setsid
+    # so it outlives this shell, logging to a file.
+    log "starting dockerd (log: /var/log/devenv-dockerd.log)"
+    rm -f /var/run/docker.pid
+    setsid dockerd >/var/log/devenv-dockerd.log 2>&1 < /dev/null &
+  fi
+  for _ in $(seq 1 120); do
+    docker_answers && { log "Docker engine is running"; return; }
+    sleep 0.5
+  done
+  tail -n 20 /var/log/devenv-dockerd.log >&2 || true
+  die "dockerd did not come up within 60 s" "see /var/log/devenv-dockerd.log"
+}
+
+ensure_host_tools
+ensure_docker

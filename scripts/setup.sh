@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up devenv from this checkout: engines (scripts/engines.sh) and a virtualenv in .venv with
+# devenv installed in editable mode (plus test tools with --test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/engines.sh
+
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "error: devenv needs Python 3.11 or newer ($PY is $("$PY" -V 2>&1))" >&2; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv" >&2
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    "$PY" -m venv .venv || { echo "error: cannot create a virtualenv; hint: apt-get install python3-venv" >&2; exit 1; }
+  fi
+fi
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+echo "==> installing devenv${extras} into .venv" >&2
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+.venv/bin/devenv --version >/dev/null || { echo "error: devenv did not install" >&2; exit 1; }
