@@ -310,7 +310,11 @@ class DockerDriver:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _engine_is_local(self) -> bool:
-        return self.client.api.base_url.startswith(("http+unix://", "http+docker://localunixsocket"))
+        """True when the engine's host ports are this machine's (unix socket or a loopback TCP URL)."""
+        url = self.client.api.base_url
+        return url == "http+docker://localhost" or url.startswith(
+            ("http://127.", "https://127.", "http://localhost", "https://localhost")
+        )
 
     def _arch_x86_64(self) -> bool:
         if self._arch is None:
