@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from devenv import __version__, ui
-from devenv.errors import DevenvError, DevfileError
+from devenv.errors import BoxError, DevenvError, DevfileError, UsageError
 
 app = typer.Typer(
     name="devenv",
@@ -154,7 +154,7 @@ def init(
 
     path = Path(_options["file"] or "Devfile")
     if path.exists() and not force:
-        raise DevenvError(f"{path} already exists", hint="edit it, or pass --force to overwrite it")
+        raise UsageError(f"{path} already exists", hint="edit it, or pass --force to overwrite it")
     path.write_text(_TEMPLATE.format(name=default_project_name(Path.cwd()), box=box))
     ui.info(None, f"wrote {path}; next: `devenv up`")
 
@@ -378,7 +378,7 @@ def exec_(
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        raise DevenvError("no command given", hint=f"devenv exec {name} -- COMMAND [ARGS...]")
+        raise UsageError("no command given", hint=f"devenv exec {name} -- COMMAND [ARGS...]")
     return _project().exec(name, argv, interactive=interactive)
 
 
@@ -466,7 +466,7 @@ def box_remove(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]
     driver.check_available()
     removed = driver.remove_box(ref.name, ref.version)
     if not removed:
-        raise DevenvError(f"no built box named {name}", hint="`devenv box list` shows the built boxes")
+        raise BoxError(f"no built box named {name}", hint="`devenv box list` shows the built boxes")
     for tag in removed:
         ui.info(None, f"removed {tag}")
 

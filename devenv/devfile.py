@@ -6,6 +6,7 @@ and key path, so one `devenv validate` run shows them all.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
@@ -209,13 +210,6 @@ def _port_shorthand(value: Any, path: tuple, problems: list) -> Any:
     return _PORT_TABLE.check(table, path, problems)
 
 
-def _port_check(port: dict, path: tuple, problems: list) -> None:
-    ip = port.get("host_ip", "127.0.0.1")
-    if ip not in ("127.0.0.1", "::1", "localhost") and ip.split(".")[0] != "127":
-        # Allowed, but it is a choice to expose a machine beyond this host; say so in the output.
-        port["exposed"] = True
-
-
 _PORT_TABLE = Table(
     {
         "guest": Field(Int(minimum=1, maximum=65535, description="Port inside the machine"), required=True),
@@ -225,7 +219,6 @@ _PORT_TABLE = Table(
         "auto_correct": Field(Bool(description="Pick the next free host port when taken"), default=False),
     },
     description="A forwarded port",
-    check_fn=_port_check,
 )
 
 _PORT = AnyOf(
@@ -278,18 +271,12 @@ _SYNC = AnyOf(
 )
 
 
-def _secret_check(value: dict, path: tuple, problems: list) -> None:
-    if len(value) != 1:
-        problems.append(Problem(path, "a secret needs exactly one of 'from_env' or 'from_file'"))
-
-
 _SECRET = Table(
     {
         "from_env": Field(Str(pattern=ENV_NAME, pattern_help="an environment variable name")),
         "from_file": Field(Str(description="A host file whose content is the value")),
     },
     description="A value read from the host when the machine starts; never stored",
-    check_fn=_secret_check,
 )
 
 
@@ -299,8 +286,12 @@ def _env_value(value: Any, path: tuple, problems: list) -> Any:
     if isinstance(value, (str, int, float)):
         return str(value)
     if isinstance(value, dict):
+        before = len(problems)
         t = _SECRET.check(value, path, problems)
-        if t is MISSING or len(t) != 1:
+        # Counted on the table as written: a misspelt from_env is not also "missing".
+        if len([k for k in ("from_env", "from_file") if k in value]) != 1:
+            problems.append(Problem(path, "a secret needs exactly one of 'from_env' or 'from_file'"))
+        if t is MISSING or len(problems) > before:
             return MISSING
         return Secret(from_env=t.get("from_env"), from_file=t.get("from_file"))
     problems.append(Problem(path, "expected a string, number, boolean or { from_env = ... } / { from_file = ... }"))
@@ -308,7 +299,15 @@ def _env_value(value: Any, path: tuple, problems: list) -> Any:
 
 
 _ENV = MapOf(
-    Custom(_env_value, {"anyOf": [{"type": ["string", "number", "boolean"]}, _SECRET.json_schema()]}),
+    Custom(
+        _env_value,
+        {
+            "anyOf": [
+                {"type": ["string", "number", "boolean"]},
+                {**_SECRET.json_schema(), "minProperties": 1, "maxProperties": 1},
+            ]
+        },
+    ),
     key_pattern=ENV_NAME,
     key_help="letters, digits and '_', not starting with a digit",
     description="Environment variables of the machine",
@@ -369,9 +368,11 @@ def machine_table(required: bool) -> Table:
             "memory": Field(Size(description='Memory limit, e.g. "1GiB"')),
             "hostname": Field(Str(pattern=HOSTNAME_PATTERN, pattern_help="an RFC 1123 host name")),
             "env": Field(_ENV),
-            "ports": Field(ListOf(_PORT, description="Ports forwarded from the host")),
-            "sync": Field(ListOf(_SYNC, description="Folders shared into the machine")),
-            "provision": Field(ListOf(Custom(_step, _step_schema()), description="Ordered provision steps")),
+            "ports": Field(ListOf(_PORT, description="Ports forwarded from the host", keep_missing=True)),
+            "sync": Field(ListOf(_SYNC, description="Folders shared into the machine", keep_missing=True)),
+            "provision": Field(
+                ListOf(Custom(_step, _step_schema()), description="Ordered provision steps", keep_missing=True)
+            ),
             "depends_on": Field(ListOf(Str(), unique=True, description="Machines brought up first")),
         },
         description="A machine",
@@ -470,18 +471,41 @@ def check_text(text: str, path: Path) -> tuple[Devfile | None, list[LocatedProbl
         line = getattr(exc, "lineno", None)
         col = getattr(exc, "colno", None)
         msg = getattr(exc, "msg", str(exc))
-        if line is None:
+        if line is None:  # Python < 3.14: the position is only in the text
             m = re.search(r"line (\d+), column (\d+)", str(exc))
             if m:
                 line, col = int(m.group(1)), int(m.group(2))
-            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        return None, [LocatedProblem(shown, line, "", f"TOML syntax error: {msg}", column=col)]
+            elif "(at end of document)" in str(exc):
+                line, col = text.count("\n") + 1, len(text) - text.rfind("\n")
+            msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
+        return None, [LocatedProblem(shown, line, "", f"TOML syntax error: {_toml_message(msg)}", column=col)]
     locs = key_lines(text)
     problems: list[Problem] = []
     devfile = _build(data, path, problems)
+    # One problem per place: a [defaults] entry inherited by several machines is reported once.
+    problems = list(dict.fromkeys(problems))
+    problems.sort(key=lambda p: (line_of(locs, p.path) or 0, _sort_path(p)))
     located = [LocatedProblem(shown, line_of(locs, p.path), p.key, p.message) for p in problems]
-    located.sort(key=lambda p: p.line or 0)
     return (None if located else devfile), located
+
+
+def _sort_path(p: Problem) -> tuple:
+    """Problems on one line in key order, array elements by index (ports[2] before ports[10])."""
+    return tuple((0, x, "") if isinstance(x, int) else (1, 0, str(x)) for x in p.path)
+
+
+def _toml_message(msg: str) -> str:
+    """tomllib's wording, made to speak TOML rather than Python."""
+    m = re.fullmatch(r"Cannot declare \((.*)\) twice", msg)
+    if m:
+        try:
+            keys = ast.literal_eval(f"({m.group(1)})")
+            return f"table [{format_path(tuple(keys))}] is declared twice"
+        except (ValueError, SyntaxError):
+            return msg
+    if msg == "Cannot overwrite a value":
+        return "a key is set twice in the same table"
+    return msg
 
 
 def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
@@ -508,6 +532,7 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
     table = machine_table(True)
     machines: dict[str, Machine] = {}
     origins: dict[str, dict[str, tuple]] = {}
+    port_index: dict[str, list[int]] = {}
     for mname, raw in raw_machines.items():
         mpath = ("machines", mname)
         if not re.fullmatch(NAME_PATTERN, mname):
@@ -516,18 +541,26 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
         checked = table.check(raw, mpath, problems)
         if checked is MISSING:
             continue
-        merged, origin = _merge(defaults, checked, mname)
+        merged, origin = _merge(defaults, checked, mname, raw)
         origins[mname] = origin
-        m = _make_machine(mname, merged, origin, root, problems)
+        # Indices of the usable ports as written: a port conflict names the entry in the file.
+        port_index[mname] = [i for i, p in enumerate(merged.get("ports", [])) if p and "guest" in p]
+        raw_defaults = data.get("defaults")
+        box_written = "box" in raw or (isinstance(raw_defaults, dict) and "box" in raw_defaults)
+        m = _make_machine(mname, merged, origin, root, problems, box_written=box_written)
         if m is not None:
             machines[mname] = m
 
-    _cross_check(machines, origins, root, problems)
+    _cross_check(machines, origins, port_index, problems)
     return Devfile(path=path, root=root, project_name=name, machines=machines)
 
 
-def _merge(defaults: dict, machine: dict, mname: str) -> tuple[dict, dict[str, tuple]]:
-    """[defaults] under a machine: scalars and lists are replaced, env and driver tables merged."""
+def _merge(defaults: dict, machine: dict, mname: str, raw: dict | None = None) -> tuple[dict, dict[str, tuple]]:
+    """[defaults] under a machine: scalars and lists are replaced, env and driver tables merged.
+
+    ``raw`` is the machine table as written: of a merged table only the keys written in it
+    override [defaults] (not the schema defaults that checking filled in).
+    """
     merged: dict = {}
     origin: dict[str, tuple] = {}
     for k, v in defaults.items():
@@ -535,6 +568,9 @@ def _merge(defaults: dict, machine: dict, mname: str) -> tuple[dict, dict[str, t
         origin[k] = ("defaults",)
     for k, v in machine.items():
         if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            written = (raw or {}).get(k)
+            if isinstance(written, dict):
+                v = {kk: vv for kk, vv in v.items() if kk in written}
             merged[k] = {**merged[k], **v}
         else:
             merged[k] = v
@@ -542,17 +578,21 @@ def _merge(defaults: dict, machine: dict, mname: str) -> tuple[dict, dict[str, t
     return merged, origin
 
 
-def _make_machine(name: str, d: dict, origin: dict, root: Path, problems: list[Problem]) -> Machine | None:
+def _make_machine(
+    name: str, d: dict, origin: dict, root: Path, problems: list[Problem], *, box_written: bool = False
+) -> Machine | None:
     def at(key: str, *rest) -> tuple:
         return origin.get(key, ("machines", name)) + (key, *rest)
 
     driver = d.get("driver", "docker")
-    if not d.get("box"):
+    if not d.get("box") and not box_written:  # an invalid box is reported where it is written
         problems.append(
             Problem(("machines", name, "box"), 'is required, e.g. box = "debian-12" or box = "docker:IMAGE"')
         )
     sync = []
     for i, s in enumerate(d.get("sync", [])):
+        if not s or "host" not in s or "guest" not in s:
+            continue  # unusable entry: its problems are reported already
         host = Path(os.path.normpath(root / os.path.expanduser(s["host"])))
         inside = host == root or root in host.parents
         if not inside and not s.get("allow_outside_project"):
@@ -571,13 +611,15 @@ def _make_machine(name: str, d: dict, origin: dict, root: Path, problems: list[P
             SyncFolder(
                 host=host,
                 guest=s["guest"],
-                read_only=s["read_only"],
-                type=s["type"],
+                read_only=s.get("read_only", False),
+                type=s.get("type", "auto"),
                 exclude=tuple(s.get("exclude", ())),
             )
         )
     steps = []
     for i, s in enumerate(d.get("provision", [])):
+        if s is MISSING:
+            continue
         prov = provisioners.get_provisioner(s["type"])
         for p in prov.check(s, root, at("provision", i)):
             problems.append(p)
@@ -586,11 +628,12 @@ def _make_machine(name: str, d: dict, origin: dict, root: Path, problems: list[P
         Port(
             guest=p["guest"],
             host=p.get("host"),
-            host_ip=p["host_ip"],
-            protocol=p["protocol"],
-            auto_correct=p["auto_correct"],
+            host_ip=p.get("host_ip", "127.0.0.1"),
+            protocol=p.get("protocol", "tcp"),
+            auto_correct=p.get("auto_correct", False),
         )
         for p in d.get("ports", [])
+        if p and "guest" in p
     )
     options = {k: d[k] for k in drivers.driver_names() if k in d}
     return Machine(
@@ -614,7 +657,9 @@ def _overlap(a: str, b: str) -> bool:
     return a == b or a in wildcard or b in wildcard
 
 
-def _cross_check(machines: dict[str, Machine], origins: dict, root: Path, problems: list[Problem]) -> None:
+def _cross_check(
+    machines: dict[str, Machine], origins: dict, port_index: dict[str, list[int]], problems: list[Problem]
+) -> None:
     def at(m: str, key: str, *rest) -> tuple:
         return origins.get(m, {}).get(key, ("machines", m)) + (key, *rest)
 
@@ -651,18 +696,21 @@ def _cross_check(machines: dict[str, Machine], origins: dict, root: Path, proble
 
     seen: list[tuple[str, int, str, str, int]] = []  # (ip, host, proto, machine, index)
     for m in machines.values():
-        for i, p in enumerate(m.ports):
+        written_at = port_index.get(m.name) or list(range(len(m.ports)))
+        for k, p in enumerate(m.ports):
+            i = written_at[k]
             if p.host is None:
                 continue
             for ip, host, proto, other, j in seen:
                 if host == p.host and proto == p.protocol and _overlap(ip, p.host_ip):
                     what = "this machine" if other == m.name else f"machine '{other}'"
-                    problems.append(
-                        Problem(
-                            at(m.name, "ports", i, "host"),
-                            f"host port {p.host}/{p.protocol} is already used by {what} (ports[{j}])",
+                    msg = f"host port {p.host}/{p.protocol} is already used by {what} (ports[{j}])"
+                    if at(m.name, "ports")[0] == "defaults":
+                        msg = (
+                            f"host port {p.host}/{p.protocol} is inherited by machine '{m.name}' and "
+                            f"already used by {what} (ports[{j}]); give each machine its own ports"
                         )
-                    )
+                    problems.append(Problem(at(m.name, "ports", i, "host"), msg))
                     break
             seen.append((p.host_ip, p.host, p.protocol, m.name, i))
 
@@ -673,7 +721,7 @@ def _cross_check(machines: dict[str, Machine], origins: dict, root: Path, proble
             problems.append(Problem(at(m.name, "driver"), exc.message))
             continue
         for p in driver.validate(m):
-            problems.append(Problem(("machines", m.name) + p.path, p.message))
+            problems.append(Problem(at(m.name, *p.path), p.message))
 
 
 def step_path(machine: str, index: int) -> str:

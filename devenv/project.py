@@ -356,10 +356,11 @@ class Project:
             return
         transport = self.driver(name).transport(handle)
         applied: list = list(st.get("steps", []))
-        first = todo[0].step.index
-        if only is None:
-            # A step that reruns invalidates itself and every later step until each succeeds again.
-            applied = applied[:first]
+        stale = [p.step.index for p in todo if p.step.run != "always"]
+        if only is None and stale:
+            # A step that reruns invalidates itself and every later step until each succeeds again
+            # (a run = always step invalidates nothing: the once steps after it stay applied).
+            applied = applied[: stale[0]]
         for p in plans:
             if p.action != "run":
                 continue

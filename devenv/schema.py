@@ -212,9 +212,8 @@ class Size(Node):
     def check(self, value, path, problems):
         n = parse_size(value) if isinstance(value, (str, int)) else None
         if n is None:
-            problems.append(
-                Problem(path, f'expected a size like "512MiB" or "2GiB" (a bare number is MiB), got {value!r}')
-            )
+            got = repr(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else _type_name(value)
+            problems.append(Problem(path, f'expected a size like "512MiB" or "2GiB" (a bare number is MiB), got {got}'))
             return MISSING
         if n < self.minimum:
             problems.append(Problem(path, f"{value!r} is too small (at least {self.minimum // 1024**2}MiB)"))
@@ -248,7 +247,7 @@ class IPAddress(Node):
         return value
 
     def json_schema(self):
-        return self._described({"type": "string", "format": "ip-address"})
+        return self._described({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
 
 
 @dataclass
@@ -256,6 +255,8 @@ class ListOf(Node):
     item: Node
     description: str = ""
     unique: bool = False
+    # Keep MISSING in place of unusable items, so that later items keep their index (and line)
+    keep_missing: bool = False
 
     def check(self, value, path, problems):
         if not isinstance(value, list):
@@ -264,7 +265,9 @@ class ListOf(Node):
         out = []
         for i, v in enumerate(value):
             r = self.item.check(v, path + (i,), problems)
-            if r is not MISSING:
+            if r is MISSING and self.keep_missing:
+                out.append(r)
+            elif r is not MISSING:
                 if self.unique and r in out:
                     problems.append(Problem(path + (i,), f"{r!r} is listed twice"))
                     continue

@@ -348,6 +348,11 @@ class DockerDriver:
                 while host < 65535 and not self._host_port_free(p.host_ip, host, p.protocol):
                     host += 1
                 ui.info(target.name, f"host port {start} is in use: forwarding {host} -> {p.guest} instead")
+            if not p.host_ip.startswith("127.") and p.host_ip != "::1":
+                # Allowed, but it exposes the machine beyond this host: say so every time.
+                ui.warn(
+                    f"{target.name}: port {p.guest}/{p.protocol} is reachable from other hosts (host_ip = {p.host_ip})"
+                )
             bindings.setdefault(f"{p.guest}/{p.protocol}", []).append((p.host_ip, host))
         return bindings
 

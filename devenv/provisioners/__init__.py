@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from devenv.transport import Transport
 
 # Keys that describe how or when a step runs, not what it does: changing them reruns nothing.
-NON_CONTENT_KEYS = frozenset({"name", "run"})
+NON_CONTENT_KEYS = frozenset({"name", "run", "allow_outside_project"})
 
 
 @dataclass
@@ -69,6 +69,29 @@ def get_provisioner(type_name: str) -> Provisioner:
         module, _, attr = spec.partition(":")
         _instances[type_name] = getattr(importlib.import_module(module), attr)()
     return _instances[type_name]
+
+
+def host_path_problems(config: dict, key: str, root: Path, path: tuple, *, want_file: bool) -> list[Problem]:
+    """A host path a step reads must exist and, unless the step allows it, stay inside the project.
+
+    A Devfile from a cloned repository must not be able to copy ~/.ssh or /etc into a machine
+    (or a box that is shipped) without saying so in plain sight.
+    """
+    from devenv.schema import Problem
+
+    rel = config[key]
+    p = Path(os.path.normpath(root / os.path.expanduser(rel)))
+    if not (p == root or root in p.parents) and not config.get("allow_outside_project"):
+        return [
+            Problem(
+                path + (key,),
+                f"'{rel}' is outside the project ({root}); "
+                "set allow_outside_project = true on this step if you mean it",
+            )
+        ]
+    if not (p.is_file() if want_file else p.exists()):
+        return [Problem(path + (key,), f"file not found: {rel}")]
+    return []
 
 
 def _hash_tree(h, path: Path, label: str) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devenv.errors import ProvisionError
-from devenv.provisioners import RunContext
-from devenv.schema import Field, Problem, Str, Table
+from devenv.errors import CommandFailed, ProvisionError
+from devenv.provisioners import RunContext, host_path_problems
+from devenv.schema import Bool, Field, Problem, Str, Table
 
 
 def _check(config: dict, path: tuple, problems: list) -> None:
@@ -24,6 +24,7 @@ class FileProvisioner:
             "run": Field(Str(choices=("once", "always", "never"))),
             "source": Field(Str(description="File or folder in the project"), required=True),
             "destination": Field(Str(description="Absolute path in the machine"), required=True),
+            "allow_outside_project": Field(Bool(description="Allow a source outside the project")),
         },
         description="Copy a file or folder into the machine",
         check_fn=_check,
@@ -33,9 +34,7 @@ class FileProvisioner:
         return [root / config["source"]]
 
     def check(self, config: dict, root: Path, path: tuple) -> list[Problem]:
-        if not (root / config["source"]).exists():
-            return [Problem(path + ("source",), f"file not found: {config['source']}")]
-        return []
+        return host_path_problems(config, "source", root, path, want_file=False)
 
     def describe(self, config: dict) -> str:
         return f"file {config['source']} -> {config['destination']}"
@@ -44,5 +43,8 @@ class FileProvisioner:
         local = ctx.root / config["source"]
         if not local.exists():
             raise ProvisionError(f"file step: source not found: {config['source']}")
-        ctx.transport.put(local, config["destination"])
+        try:
+            ctx.transport.put(local, config["destination"])
+        except CommandFailed as exc:  # a failed copy is a failed step: exit 5, resumable
+            raise ProvisionError(f"file step: {exc.message}", hint=exc.hint) from exc
         ctx.on_output(f"copied {config['source']} to {config['destination']}")

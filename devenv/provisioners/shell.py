@@ -6,9 +6,9 @@ import shlex
 from collections import deque
 from pathlib import Path
 
-from devenv.errors import ProvisionError
-from devenv.provisioners import RunContext
-from devenv.schema import Field, ListOf, MapOf, Problem, Str, Table
+from devenv.errors import CommandFailed, ProvisionError
+from devenv.provisioners import RunContext, host_path_problems
+from devenv.schema import Bool, Field, ListOf, MapOf, Problem, Str, Table
 
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 TAIL_LINES = 20
@@ -32,6 +32,7 @@ class ShellProvisioner:
             "env": Field(MapOf(Str(nonempty=False), key_pattern=_ENV_NAME, key_help="letters, digits, _")),
             "user": Field(Str(description="Run as this user (default root)"), default="root"),
             "workdir": Field(Str(description="Working directory in the machine")),
+            "allow_outside_project": Field(Bool(description="Allow a script outside the project")),
         },
         description="Run a shell script or inline commands in the machine",
         check_fn=_check,
@@ -42,9 +43,7 @@ class ShellProvisioner:
 
     def check(self, config: dict, root: Path, path: tuple) -> list[Problem]:
         if "script" in config:
-            p = root / config["script"]
-            if not p.is_file():
-                return [Problem(path + ("script",), f"file not found: {config['script']}")]
+            return host_path_problems(config, "script", root, path, want_file=True)
         return []
 
     def describe(self, config: dict) -> str:
@@ -65,7 +64,10 @@ class ShellProvisioner:
         if "script" in config:
             local = ctx.root / config["script"]
             remote = f"/tmp/devenv-provision/{Path(config['script']).name}"
-            ctx.transport.put(local, remote)
+            try:
+                ctx.transport.put(local, remote)
+            except CommandFailed as exc:  # a failed copy is a failed step: exit 5, resumable
+                raise ProvisionError(f"shell step: {exc.message}", hint=exc.hint) from exc
             if local.read_bytes().startswith(b"#!"):
                 argv = [
                     "/bin/sh",

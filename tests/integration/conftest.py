@@ -70,11 +70,18 @@ class Proj:
     def devfile(self, text: str) -> None:
         self.write("Devfile", text)
 
-    def run(self, *args: str, check: bool = False, timeout: float = 600, env: dict | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = False, timeout: float = 600, env: dict | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         r = subprocess.run(
-            [*DEVENV, *args], cwd=self.root, capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, **(env or {})}, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+            [*DEVENV, *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
         )
         if check and r.returncode != 0:
             raise AssertionError(f"devenv {' '.join(args)} exited {r.returncode}\n{r.stdout}\n{r.stderr}")

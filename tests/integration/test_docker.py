@@ -61,7 +61,7 @@ LIFECYCLE = """\
 def test_lifecycle_end_to_end(proj):
     port = free_port()
     proj.devfile(LIFECYCLE.format(port=port))
-    proj.write("setup.sh", "#!/bin/sh\necho \"b $1\" >> /steps.log\necho provisioning-output-line\n", 0o755)
+    proj.write("setup.sh", '#!/bin/sh\necho "b $1" >> /steps.log\necho provisioning-output-line\n', 0o755)
     proj.write("conf/app.env", "MODE=dev\n")
     proj.write("conf/nested/x.txt", "nested\n")
     proj.write("src/index.html", "<h1>synced page</h1>\n")
@@ -94,7 +94,7 @@ def test_lifecycle_end_to_end(proj):
     assert (proj.root / "src" / "from-guest.txt").read_text() == "guest wrote this\n"
 
     # Change the script: status names the stale step; provision reruns it and the later ones only.
-    proj.write("setup.sh", "#!/bin/sh\necho \"b2 $1\" >> /steps.log\n", 0o755)
+    proj.write("setup.sh", '#!/bin/sh\necho "b2 $1" >> /steps.log\n', 0o755)
     st = proj.status()["web"]
     assert st["stale_step"] == 1
     assert st["provision"].startswith("stale: step [1] shell setup.sh changed")
@@ -239,11 +239,15 @@ def test_interactive_ssh_has_a_tty(proj):
 
 
 def test_concurrent_ups_make_one_machine(proj):
-    proj.devfile('[machines.m]\nbox = "busybox"\nprovision = [{ type = "shell", inline = "sleep 1; echo x >> /count" }]\n')
+    proj.devfile(
+        '[machines.m]\nbox = "busybox"\nprovision = [{ type = "shell", inline = "sleep 1; echo x >> /count" }]\n'
+    )
     proj.run("up", "--no-provision", check=True)  # box built; now race two full ups
     proj.run("destroy", "-f", check=True)
-    procs = [subprocess.Popen([*DEVENV, "up"], cwd=proj.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen([*DEVENV, "up"], cwd=proj.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     assert any("waiting for" in err for _, err in results)
@@ -255,7 +259,11 @@ def test_example_devfile_comes_up(tmp_path, docker_client):
     """The README's main job: Devfile.example on the Docker engine (builds the debian-12 box if needed)."""
     root = tmp_path / "example"
     root.mkdir()
-    shutil.copy(REPO / "Devfile.example", root / "Devfile")
+    # Same file, but on a free host port: the user's own example may be running on 18080.
+    port = free_port()
+    text = (REPO / "Devfile.example").read_text()
+    assert "host = 18080" in text
+    (root / "Devfile").write_text(text.replace("host = 18080", f"host = {port}"))
     shutil.copytree(REPO / "provisioners", root / "provisioners")
     from tests.integration.conftest import Proj
 
@@ -266,7 +274,7 @@ def test_example_devfile_comes_up(tmp_path, docker_client):
         assert st["web"]["state"] == "running" and st["app"]["state"] == "running"
         assert st["app"]["provision"] == "up to date"
         assert r.stderr.index("==> web: creating") < r.stderr.index("==> app: creating"), "depends_on order"
-        assert "hello from devenv" in urllib.request.urlopen("http://127.0.0.1:18080/", timeout=10).read().decode()
+        assert "hello from devenv" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
         assert p.run("exec", "app", "--", "id", "dev").returncode == 0
         assert p.run("ssh", "app", "-c", "cat /etc/debian_version").stdout.startswith("12")
         assert p.run("exec", "app", "--", "ls", "/src/Devfile").returncode == 0
@@ -274,3 +282,45 @@ def test_example_devfile_comes_up(tmp_path, docker_client):
         assert p.labelled()["containers"] == []
     finally:
         p.sweep()
+
+
+def test_box_commands(proj):
+    proj.devfile('[machines.m]\nbox = "tiny"\n')
+    # A project's own recipe, found before devenv's bundled ones.
+    proj.write(
+        "boxes/tiny.toml", 'name = "tiny"\nversion = "0.1"\ndescription = "test box"\n\n[[sources]]\ntype = "busybox"\n'
+    )
+    r = proj.run("box", "build", "tiny", check=True)
+    assert "building box tiny@0.1 (busybox)" in r.stderr
+    r = proj.run("box", "build", "tiny", check=True)
+    assert "exists" in r.stderr
+    listed = proj.run("box", "list", "--json", check=True).stdout
+    import json
+
+    data = json.loads(listed)
+    assert any(b["name"] == "tiny" and b["version"] == "0.1" for b in data["built"])
+    assert {"tiny", "busybox", "debian-12"} <= {r["name"] for r in data["recipes"]}
+    proj.run("up", check=True)
+    assert proj.status()["m"]["box"] == "tiny@0.1"
+    r = proj.run("box", "remove", "tiny")
+    assert r.returncode == 7 and "in use" in r.stderr
+    proj.run("destroy", "-f", check=True)
+    r = proj.run("box", "remove", "tiny", check=True)
+    assert "removed devenv-box/tiny:0.1" in r.stderr
+    r = proj.run("box", "remove", "tiny")
+    assert r.returncode == 7 and "no built box named tiny" in r.stderr
+
+
+def test_unbuildable_box_is_a_clear_error(proj):
+    proj.devfile('[machines.m]\nbox = "broken"\n')
+    proj.write(
+        "boxes/broken.toml",
+        'name = "broken"\nversion = "1"\n\n[[sources]]\ntype = "image"\nimage = "devenv-test/absent:never"\n',
+    )
+    r = proj.run("up")
+    assert r.returncode == 7
+    assert_no_traceback(r)
+    assert "could not be built from any of its sources" in r.stderr and "--pull" in r.stderr
+    assert proj.labelled()["containers"] == []
+    r = proj.run("up", "m2")
+    assert r.returncode == 2 and "no machine named 'm2'" in r.stderr
