@@ -536,11 +536,14 @@ class Project:
 
     @staticmethod
     def _run_streaming(transport, argv: list[str]) -> int:
-        def out(line: str) -> None:
-            sys.stdout.write(ui.mask(line) + "\n")
-            sys.stdout.flush()
+        def sink(stream):
+            def write(line: str) -> None:
+                stream.write(ui.mask(line) + "\n")
+                stream.flush()
 
-        return transport.run(argv, on_output=out)
+            return write
+
+        return transport.run(argv, on_output=sink(sys.stdout), on_stderr=sink(sys.stderr))
 
     def ports(self, name: str):
         self.machine(name)

@@ -33,8 +33,11 @@ class Transport(Protocol):
         user: str | None = None,
         workdir: str | None = None,
         on_output: OutputFn | None = None,
+        on_stderr: OutputFn | None = None,
     ) -> int:
-        """Run argv; stream output lines (stdout and stderr merged) to on_output; return the exit code."""
+        """Run argv; stream output lines to on_output (stderr too, unless on_stderr is given).
+
+        Returns the command's exit code."""
         ...
 
     def put(self, local: Path, remote: str) -> None:
@@ -120,7 +123,7 @@ class DockerTransport:
 
         return docker.errors
 
-    def run(self, argv, *, env=None, user=None, workdir=None, on_output=None) -> int:
+    def run(self, argv, *, env=None, user=None, workdir=None, on_output=None, on_stderr=None) -> int:
         api = self.client.api
         errors = self._errors()
         try:
@@ -135,8 +138,18 @@ class DockerTransport:
                 workdir=workdir,
             )
             splitter = _LineSplitter(on_output or (lambda _line: None))
-            for chunk in api.exec_start(ex["Id"], stream=True):
-                splitter.feed(chunk)
+            if on_stderr is None:
+                for chunk in api.exec_start(ex["Id"], stream=True):
+                    splitter.feed(chunk)
+            else:
+                # Kept apart so `devenv ssh -c` output can be piped while errors still show.
+                err_splitter = _LineSplitter(on_stderr)
+                for out, err in api.exec_start(ex["Id"], stream=True, demux=True):
+                    if out:
+                        splitter.feed(out)
+                    if err:
+                        err_splitter.feed(err)
+                err_splitter.close()
             splitter.close()
             code = api.exec_inspect(ex["Id"])["ExitCode"]
         except errors.NotFound as exc:

@@ -215,7 +215,7 @@ class FakeTransport:
             raise MachineStateError(f"fake machine {self.handle} is not running")
         return m
 
-    def run(self, argv, *, env=None, user=None, workdir=None, on_output=None) -> int:
+    def run(self, argv, *, env=None, user=None, workdir=None, on_output=None, on_stderr=None) -> int:
         argv = [str(a) for a in argv]
         out = on_output or (lambda _line: None)
         with self.driver._tx() as data:
