@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
 import select
@@ -116,6 +117,41 @@ def test_lifecycle_end_to_end(proj):
     assert proj.status()["web"]["state"] == "not created"
     assert proj.labelled() == {"containers": [], "volumes": [], "networks": []}
     assert not (proj.root / ".devenv" / "machines" / "web.json").exists()
+
+
+def test_container_settings_and_volumes(proj, docker_client):
+    """cpus/memory limits, never privileged, and destroy takes the image's anonymous volumes along."""
+    tag = "devenv-test/withvolume:1"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(shutil.which("busybox") or "/bin/busybox", arcname="bin/busybox")
+        tar.add(shutil.which("busybox") or "/bin/busybox", arcname="bin/sh")
+    docker_client.api.import_image_from_data(buf.getvalue(), repository=tag.split(":")[0], tag="1",
+                                             changes=["VOLUME /data"])
+    try:
+        proj.devfile(f'''\
+            [machines.v]
+            box = "docker:{tag}"
+            cpus = 0.5
+            memory = "64MiB"
+            ports = [{{ guest = 8080 }}]
+        ''')
+        proj.run("up", check=True)
+        c = docker_client.containers.list(all=True, filters={"label": f"devenv.project={proj.project_id}"})[0]
+        hc = c.attrs["HostConfig"]
+        assert hc["NanoCpus"] == 500_000_000 and hc["Memory"] == 64 * 1024**2
+        assert hc["Privileged"] is False and hc["Init"] is True
+        assert c.labels["devenv.machine"] == "v" and c.name == f"devenv-{proj.project_id}-v"
+        volumes = [m["Name"] for m in c.attrs["Mounts"] if m["Type"] == "volume"]
+        assert len(volumes) == 1
+        # No host port given: the engine picks a free one, still on 127.0.0.1.
+        (binding,) = json.loads(proj.run("port", "v", "--json", check=True).stdout)
+        assert binding["host_ip"] == "127.0.0.1" and binding["host"] > 0 and binding["guest"] == 8080
+        proj.run("destroy", "-f", check=True)
+        assert [v for v in volumes if v in {x.name for x in docker_client.volumes.list()}] == []
+    finally:
+        proj.sweep()
+        docker_client.images.remove(tag, force=True)
 
 
 def test_vanished_container_is_recreated(proj, docker_client):
@@ -295,8 +331,6 @@ def test_box_commands(proj):
     r = proj.run("box", "build", "tiny", check=True)
     assert "exists" in r.stderr
     listed = proj.run("box", "list", "--json", check=True).stdout
-    import json
-
     data = json.loads(listed)
     assert any(b["name"] == "tiny" and b["version"] == "0.1" for b in data["built"])
     assert {"tiny", "busybox", "debian-12"} <= {r["name"] for r in data["recipes"]}
