@@ -300,11 +300,12 @@ def status(
 @app.command()
 @handle_errors
 def port(
-    name: Annotated[str, typer.Argument(help="Machine")],
+    name: Annotated[Optional[str], typer.Argument(help="Machine (optional when there is only one)")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List a machine's forwarded ports."""
-    bindings = _project().ports(name)
+    project = _project()
+    bindings = project.ports(project.only_machine(name, "port"))
     if json_out:
         print(
             json.dumps(
@@ -358,11 +359,12 @@ def global_status(
 @app.command()
 @handle_errors
 def ssh(
-    name: Annotated[str, typer.Argument(help="Machine")],
+    name: Annotated[Optional[str], typer.Argument(help="Machine (optional when there is only one)")] = None,
     command: Annotated[Optional[str], typer.Option("-c", "--command", help="Run this and exit with its code")] = None,
 ) -> int:
     """Open a shell in a machine, or run one command with -c."""
-    return _project().ssh(name, command)
+    project = _project()
+    return project.ssh(project.only_machine(name, "ssh"), command)
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})

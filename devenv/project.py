@@ -139,6 +139,18 @@ class Project:
                 )
         return list(names) if names else list(self.devfile.machines)
 
+    def only_machine(self, name: str | None, verb: str) -> str:
+        """The named machine, or the only one; like `vagrant ssh` in a single-machine project."""
+        if name is not None:
+            self.names([name])
+            return name
+        if len(self.devfile.machines) == 1:
+            return next(iter(self.devfile.machines))
+        raise UsageError(
+            f"which machine? this project has {len(self.devfile.machines)}: {', '.join(self.devfile.machines)}",
+            hint=f"devenv {verb} NAME",
+        )
+
     def machine(self, name: str) -> Machine:
         self.names([name])
         return self.devfile.machines[name]

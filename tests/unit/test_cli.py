@@ -216,3 +216,16 @@ def test_corrupt_state_file_fails_status_but_not_destroy(proj):
     assert proj.driver.machines == {}
     assert not bad.exists()
     assert proj.status()["db"]["state"] == "not created"
+
+
+def test_ssh_and_port_name_is_optional_only_with_one_machine(proj):
+    setup(proj)
+    assert proj.cli("up").exit_code == 0
+    r = proj.cli("ssh", "-c", "echo hi")
+    assert r.exit_code == 2
+    assert "which machine? this project has 2: db, web" in r.stderr
+    proj.devfile('[machines.solo]\ndriver = "fake"\nbox = "fake-box"\n')
+    assert proj.cli("up").exit_code == 0
+    r = proj.cli("ssh", "-c", "exit 4")
+    assert r.exit_code == 4, r.output
+    assert proj.cli("port").exit_code == 0
