@@ -63,6 +63,7 @@ _SOURCE = Table(
         "suite": Field(Str(description="Debian suite for debootstrap, e.g. bookworm")),
         "variant": Field(Str(choices=("minbase", "buildd", "fakechroot")), default="minbase"),
         "include": Field(ListOf(Str()), default=list),
+        "vm_include": Field(ListOf(Str(description="Extra packages for VM outputs only")), default=list),
         "mirror": Field(Str(description="Debian mirror; default: the one the host's apt sources use")),
     },
     check_fn=_check_source,
@@ -76,7 +77,7 @@ _RECIPE = Table(
         ),
         "description": Field(Str(), default=""),
         "sources": Field(ListOf(_SOURCE), required=True),
-        "outputs": Field(ListOf(Str(choices=("docker",))), default=lambda: ["docker"]),
+        "outputs": Field(ListOf(Str(choices=("docker", "libvirt"))), default=lambda: ["docker"]),
     },
 )
 
@@ -166,3 +167,115 @@ def find_recipe(ref: BoxRef, project_root: Path | None) -> Recipe:
 
 def image_name_ok(name: str) -> bool:
     return re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]*", name) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The box store: built or added boxes for file-based providers (libvirt, later virtualbox).
+# Layout: <data dir>/boxes/NAME/VERSION/PROVIDER/{box.json, disk.qcow2, vmlinuz, initrd.img}
+
+
+@dataclass(frozen=True)
+class StoredBox:
+    name: str
+    version: str
+    provider: str
+    folder: Path
+    meta: dict
+
+    def file(self, key: str) -> Path | None:
+        rel = self.meta.get("files", {}).get(key, {}).get("path")
+        return self.folder / rel if rel else None
+
+    def digest(self, key: str = "disk") -> str | None:
+        return self.meta.get("files", {}).get(key, {}).get("sha256")
+
+
+def store_root() -> Path:
+    from devenv.state import data_dir
+
+    return data_dir() / "boxes"
+
+
+def _version_key(v: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\-]", v))
+
+
+def find_stored(name: str, version: str | None, provider: str) -> StoredBox | None:
+    base = store_root() / name
+    if not base.is_dir():
+        return None
+    versions = [version] if version else sorted((p.name for p in base.iterdir()), key=_version_key, reverse=True)
+    for v in versions:
+        folder = base / v / provider
+        meta_path = folder / "box.json"
+        if meta_path.is_file():
+            import json
+
+            return StoredBox(name, v, provider, folder, json.loads(meta_path.read_text()))
+    return None
+
+
+def list_stored() -> list[StoredBox]:
+    out = []
+    root = store_root()
+    if not root.is_dir():
+        return out
+    for name_dir in sorted(root.iterdir()):
+        for ver_dir in sorted(name_dir.iterdir()) if name_dir.is_dir() else []:
+            for prov_dir in sorted(ver_dir.iterdir()) if ver_dir.is_dir() else []:
+                b = find_stored(name_dir.name, ver_dir.name, prov_dir.name)
+                if b:
+                    out.append(b)
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def store_box(name: str, version: str, provider: str, files: dict[str, Path], meta: dict) -> StoredBox:
+    """Move finished artifacts into the store: written to a temporary folder, renamed in whole.
+
+    A build that dies half-way never leaves a box that looks complete.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    dest = store_root() / name / version / provider
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{provider}-", dir=dest.parent))
+    try:
+        entries = {}
+        for key, src in files.items():
+            target = tmp / src.name
+            shutil.move(str(src), target) if src.parent != tmp else None
+            entries[key] = {"path": target.name, "sha256": sha256_file(target)}
+        doc = {"name": name, "version": version, "provider": provider, **meta, "files": entries}
+        (tmp / "box.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    found = find_stored(name, version, provider)
+    assert found is not None
+    return found
+
+
+def remove_stored(name: str, version: str | None, provider: str | None = None) -> list[str]:
+    import shutil
+
+    removed = []
+    for b in list_stored():
+        if b.name == name and (version is None or b.version == version) and (provider in (None, b.provider)):
+            shutil.rmtree(b.folder)
+            removed.append(f"{b.name}@{b.version} ({b.provider})")
+    return removed

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from devenv import __version__, ui
-from devenv.errors import BoxError, DevenvError, DevfileError, UsageError
+from devenv.errors import BackendUnavailable, BoxError, DevenvError, DevfileError, UsageError
 
 app = typer.Typer(
     name="devenv",
@@ -33,6 +33,8 @@ app = typer.Typer(
 )
 box_app = typer.Typer(help="Build, list and remove boxes (machine images).", no_args_is_help=True)
 app.add_typer(box_app, name="box")
+snapshot_app = typer.Typer(help="Save and restore VM snapshots (libvirt).", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
 
 _options: dict[str, Any] = {"file": None}
 
@@ -384,6 +386,61 @@ def exec_(
     return _project().exec(name, argv, interactive=interactive)
 
 
+@app.command("ssh-config")
+@handle_errors
+def ssh_config(names: NamesArg = None) -> None:
+    """Print an ssh config block per VM (pinned host key) for `ssh -F` or VS Code Remote-SSH."""
+    print(_project().ssh_config(names), end="")
+
+
+@app.command()
+@handle_errors
+def rsync(names: NamesArg = None) -> None:
+    """Push copied (rsync-type) sync folders into running machines again."""
+    _project().rsync(names)
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+
+MachineArg = Annotated[str, typer.Argument(help="Machine")]
+SnapArg = Annotated[str, typer.Argument(help="Snapshot name")]
+
+
+@snapshot_app.command("save")
+@handle_errors
+def snapshot_save(name: MachineArg, snap: SnapArg) -> None:
+    """Take a snapshot of a machine (running or stopped)."""
+    _project().snapshot("save", name, snap)
+
+
+@snapshot_app.command("restore")
+@handle_errors
+def snapshot_restore(name: MachineArg, snap: SnapArg) -> None:
+    """Return a machine to a snapshot."""
+    _project().snapshot("restore", name, snap)
+
+
+@snapshot_app.command("delete")
+@handle_errors
+def snapshot_delete(name: MachineArg, snap: SnapArg) -> None:
+    """Delete a snapshot."""
+    _project().snapshot("delete", name, snap)
+
+
+@snapshot_app.command("list")
+@handle_errors
+def snapshot_list(name: MachineArg, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List a machine's snapshots."""
+    snaps = _project().snapshot("list", name)
+    if json_out:
+        print(json.dumps(snaps))
+        return
+    for sn in snaps:
+        ui.say(sn)
+    if not snaps:
+        ui.say("(no snapshots)")
+
+
 # -- boxes -------------------------------------------------------------------------------------
 
 
@@ -401,72 +458,110 @@ def _project_root() -> Path | None:
 @handle_errors
 def box_build(
     name: Annotated[str, typer.Argument(help="Box recipe name (boxes/NAME.toml)")],
+    output: Annotated[
+        Optional[list[str]], typer.Option("--output", help="Only these outputs (docker, libvirt)")
+    ] = None,
     pull: Annotated[bool, typer.Option("--pull", help="Allow pulling a base image from a registry")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even when the box exists")] = False,
 ) -> None:
-    """Build a box from its recipe and tag it with its version."""
+    """Build a box's outputs from its recipe, tagged with its version."""
     from devenv import boxes
     from devenv.drivers import get_driver
 
     recipe = boxes.find_recipe(boxes.parse_ref(name), _project_root())
-    driver = get_driver("docker")
-    driver.check_available()
-    if not force:
-        for b in driver.list_boxes():
-            if b["tag"] == recipe.docker_tag:
-                ui.info(None, f"box {recipe.name}@{recipe.version} exists ({b['digest'][:19]}); --force rebuilds it")
-                return
-    img = driver.build_box(recipe, pull=pull)
-    ui.info(None, f"built {recipe.docker_tag} ({img.id[:19]})")
+    outputs = list(output or recipe.outputs)
+    for out in outputs:
+        if out not in recipe.outputs:
+            raise UsageError(f"box {recipe.name} has no '{out}' output (it has: {', '.join(recipe.outputs)})")
+    label = f"{recipe.name}@{recipe.version}"
+    if "docker" in outputs:
+        driver = get_driver("docker")
+        driver.check_available()
+        existing = [b for b in driver.list_boxes() if b["tag"] == recipe.docker_tag]
+        if existing and not force:
+            ui.info(None, f"box {label} (docker) exists ({existing[0]['digest'][:19]}); --force rebuilds it")
+        else:
+            img = driver.build_box(recipe, pull=pull)
+            ui.info(None, f"built {recipe.docker_tag} ({img.id[:19]})")
+    if "libvirt" in outputs:
+        from devenv import vmbox
+
+        stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
+        if stored and not force:
+            ui.info(None, f"box {label} (libvirt) exists in {stored.folder}; --force rebuilds it")
+        else:
+            stored = vmbox.build_libvirt_box(recipe)
+            ui.info(None, f"built {label} (libvirt) in {stored.folder} (disk sha256:{stored.digest()[:16]}...)")
 
 
 @box_app.command("list")
 @handle_errors
 def box_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List built boxes and the recipes that can be built."""
+    """List built boxes (every provider) and the recipes that can be built."""
     from devenv import boxes
     from devenv.drivers import get_driver
 
-    driver = get_driver("docker")
-    driver.check_available()
-    built = driver.list_boxes()
+    built: list[dict] = []
+    try:
+        driver = get_driver("docker")
+        driver.check_available()
+        built += driver.list_boxes()
+    except DevenvError as exc:
+        ui.warn(f"docker boxes not listed: {exc.message}")
+    for b in boxes.list_stored():
+        disk = b.file("disk")
+        built.append(
+            {
+                "name": b.name,
+                "version": b.version,
+                "provider": b.provider,
+                "tag": None,
+                "digest": "sha256:" + (b.digest() or ""),
+                "size": disk.stat().st_size if disk else None,
+                "path": str(b.folder),
+            }
+        )
     recipes = boxes.list_recipes(_project_root())
     if json_out:
-        print(
-            json.dumps(
-                {
-                    "built": built,
-                    "recipes": [
-                        {"name": r.name, "version": r.version, "description": r.description, "path": str(r.path)}
-                        for r in recipes.values()
-                    ],
-                },
-                indent=2,
-            )
-        )
+        rec = [
+            {
+                "name": r.name,
+                "version": r.version,
+                "description": r.description,
+                "outputs": list(r.outputs),
+                "path": str(r.path),
+            }
+            for r in recipes.values()
+        ]
+        print(json.dumps({"built": built, "recipes": rec}, indent=2))
         return
     ui.say("built:")
     if not built:
         ui.say("  (none)")
     for b in built:
         size = f"{(b['size'] or 0) / 1e6:.0f} MB"
-        ui.say(f"  {b['name']}@{b['version']:<12} {b['provider']:<7} {size:>8}  {b['digest'][:19]}")
+        ui.say(f"  {b['name']}@{b['version']:<12} {b['provider']:<8} {size:>8}  {b['digest'][:19]}")
     ui.say("recipes:")
     for r in recipes.values():
-        ui.say(f"  {r.name}@{r.version:<12} {r.description}")
+        ui.say(f"  {r.name}@{r.version:<12} {','.join(r.outputs):<15} {r.description}")
 
 
 @box_app.command("remove")
 @handle_errors
 def box_remove(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]) -> None:
-    """Remove a built box (all its versions unless one is named)."""
+    """Remove a built box (all its versions and providers unless a version is named)."""
     from devenv import boxes
     from devenv.drivers import get_driver
 
     ref = boxes.parse_ref(name)
-    driver = get_driver("docker")
-    driver.check_available()
-    removed = driver.remove_box(ref.name, ref.version)
+    removed: list[str] = []
+    try:
+        driver = get_driver("docker")
+        driver.check_available()
+        removed += driver.remove_box(ref.name, ref.version)
+    except BackendUnavailable as exc:
+        ui.warn(f"docker boxes not checked: {exc.message}")
+    removed += boxes.remove_stored(ref.name, ref.version)
     if not removed:
         raise BoxError(f"no built box named {name}", hint="`devenv box list` shows the built boxes")
     for tag in removed:

@@ -267,6 +267,8 @@ class Project:
             )
         for b in driver.ports(handle):
             ui.info(name, f"port {b}")
+        if live is not MachineState.RUNNING:
+            self._push_sync(name, handle)
         if provision:
             self._provision(name, handle)
 
@@ -366,7 +368,7 @@ class Project:
             if plans:
                 ui.info(name, "provisioning is up to date")
             return
-        transport = self.driver(name).transport(handle)
+        transport = self._transport(name, handle)
         applied: list = list(st.get("steps", []))
         stale = [p.step.index for p in todo if p.step.run != "always"]
         if only is None and stale:
@@ -528,11 +530,99 @@ class Project:
                 return f"stale: step {p.step.label} {what} -> run `devenv provision {name}`", p.step.index
         return "up to date", None
 
+    def _transport(self, name: str, handle: str):
+        driver = self.driver(name)
+        transport = driver.transport(handle)
+        m = self.devfile.machines[name]
+        if not getattr(driver, "env_at_create", True) and m.env:
+            from devenv.transport import EnvTransport
+
+            transport = EnvTransport(transport, resolve_env(m, self.root))
+        return transport
+
     def transport_for(self, name: str):
         self.machine(name)
         driver = self.driver(name)
         driver.check_available()
-        return driver.transport(self.require_running(name))
+        return self._transport(name, self.require_running(name))
+
+    # -- sync folders that are copies (rsync), not shares --------------------------------------
+    def _push_sync(self, name: str, handle: str, *, only_copies: bool = True) -> int:
+        driver = self.driver(name)
+        plan = driver.sync_plan(handle) if hasattr(driver, "sync_plan") else []
+        todo = [s for s in plan if s.get("kind") == "rsync" or not only_copies]
+        if not todo:
+            return 0
+        transport = self._transport(name, handle)
+        machine = self.devfile.machines[name]
+        excludes = {str(f.host): f.exclude for f in machine.sync}
+        for s in todo:
+            exclude = (".devenv", *excludes.get(s["host"], ()))
+            ui.info(name, f"sync {s['host']} -> {s['guest']} (copy)")
+            put = getattr(transport, "put_tree", None)
+            if put is not None:
+                put(Path(s["host"]), s["guest"], exclude=exclude)
+            else:
+                transport.put(Path(s["host"]), s["guest"])
+        return len(todo)
+
+    def rsync(self, names: list[str] | None = None) -> None:
+        for n in self.names(names):
+            self.driver(n).check_available()
+            h = self.require_running(n)
+            if not self._push_sync(n, h):
+                ui.info(n, "no copied sync folders (shared folders need no push)")
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def _snapshots(self, name: str):
+        from devenv.drivers import SupportsSnapshots
+
+        self.machine(name)
+        driver = self.driver(name)
+        if not isinstance(driver, SupportsSnapshots):
+            raise UnsupportedOperation(
+                f"the {driver.name} driver has no snapshots", hint="snapshots need a VM driver (libvirt)"
+            )
+        driver.check_available()
+        h, st = self.live_state(name)
+        if st is MachineState.NOT_CREATED:
+            raise MachineStateError(f"machine '{name}' is not created", hint=f"run `devenv up {name}`")
+        return driver, h
+
+    def snapshot(self, action: str, name: str, snap: str | None = None) -> list[str]:
+        driver, h = self._snapshots(name)
+        if action == "list":
+            return driver.snapshot_list(h)
+        assert snap is not None
+        with self.state.lock(f"snapshot {action}"):
+            if action == "save":
+                ui.info(name, f"saving snapshot {snap}")
+                driver.snapshot_save(h, snap)
+            elif action == "restore":
+                ui.info(name, f"restoring snapshot {snap}")
+                driver.snapshot_restore(h, snap)
+            elif action == "delete":
+                ui.info(name, f"deleting snapshot {snap}")
+                driver.snapshot_delete(h, snap)
+        return []
+
+    def ssh_config(self, names: list[str] | None = None) -> str:
+        blocks = []
+        for n in self.names(names):
+            driver = self.driver(n)
+            driver.check_available()
+            h, st = self.live_state(n)
+            if st is MachineState.NOT_CREATED:
+                continue
+            t = driver.transport(h)
+            if not hasattr(t, "ssh_config"):
+                raise UnsupportedOperation(
+                    f"machine '{n}' ({driver.name}) is not reached over SSH", hint=f"use `devenv ssh {n}`"
+                )
+            blocks.append(t.ssh_config(f"{self.devfile.project_name}-{n}"))
+        if not blocks:
+            raise MachineStateError("no created machine to describe", hint="run `devenv up` first")
+        return "\n".join(blocks)
 
     def ssh(self, name: str, command: str | None) -> int:
         transport = self.transport_for(name)

@@ -104,9 +104,16 @@ class ProjectState:
         data = {**data, "schema": SCHEMA_VERSION}
         atomic_write(self.machine_file(name), json.dumps(data, indent=2, sort_keys=True) + "\n")
 
+    def machine_dir(self, name: str) -> Path:
+        """Per-machine secrets that are state: its SSH keys and pinned host key (0700)."""
+        return self.dir / "machines" / name
+
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.machine_file(name).unlink()
+        import shutil
+
+        shutil.rmtree(self.machine_dir(name), ignore_errors=True)
 
     def names(self) -> list[str]:
         d = self.dir / "machines"

@@ -63,7 +63,13 @@ for p in "${PACKAGES[@]}"; do pkg_installed "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 if libvirt_answers; then log "libvirtd is running ($VIRSH_URI answers)"; exit 0; fi
-is_root || die "libvirtd is installed but not running" "start it as root: sudo bash $0 (or sudo systemctl start libvirtd)"
+if ! is_root; then
+  if daemon_running libvirtd /run/libvirtd.pid || pgrep -x libvirtd >/dev/null 2>&1; then
+    die "libvirtd is running but $(id -un) cannot use $VIRSH_URI" \
+      "run as root, or add yourself to the libvirt group: sudo adduser $(id -un) libvirt (then log in again)"
+  fi
+  die "libvirtd is installed but not running" "start it as root: sudo bash $0 (or sudo systemctl start libvirtd)"
+fi
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   log "starting virtlogd and libvirtd (systemctl)"
   systemctl start virtlogd libvirtd || true

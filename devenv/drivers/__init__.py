@@ -119,6 +119,7 @@ class SupportsSuspend(Protocol):
 # looked up only when a name is not built in (entry point scans cost start-up time).
 BUILTIN: dict[str, str] = {
     "docker": "devenv.drivers.docker:DockerDriver",
+    "libvirt": "devenv.drivers.libvirt:LibvirtDriver",
 }
 
 _instances: dict[str, Driver] = {}

@@ -15,7 +15,7 @@
 #
 # Needs: the packages scripts/libvirt.sh installs (linux-image-cloud-amd64, busybox-static,
 # dropbear-bin, qemu-utils; qemu-guest-agent optional), plus cpio, gzip, mkfs.ext4 (e2fsprogs).
-# Does not need root (reading /boot/vmlinuz-* does: Debian makes it 0600).
+# Does not need root.
 set -euo pipefail
 
 die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit 1; }
@@ -47,6 +47,7 @@ trap 'rm -rf "$WORK"' EXIT
 ROOT=$WORK/root
 mkdir -p "$ROOT"/{bin,sbin,etc,proc,sys,dev,run,tmp,root,home,data,mnt/seed,var/log,var/lib,lib/modules,usr/share/udhcpc}
 chmod 1777 "$ROOT/tmp"; chmod 700 "$ROOT/root"
+ln -s ../run "$ROOT/var/run"   # qemu-ga keeps its state in /var/run
 
 # --- busybox + applet symlinks -----------------------------------------------------------------
 cp "$BUSYBOX" "$ROOT/bin/busybox"
@@ -65,8 +66,11 @@ mkdir -p "$ROOT/usr/bin" "$ROOT/usr/sbin"
 # ACPI power button + evdev (busybox acpid reads /dev/input/event*), virtiofs for shared folders.
 # Modules built into this kernel (e.g. ext4) or absent from it (9p: CONFIG_NET_9P is not set in
 # Debian's cloud kernel) are skipped and listed in the manifest.
+# ata_piix (an IDE cdrom on the i440fx "pc" machine) costs ~0.25 s under TCG: it goes into a
+# second list that /init loads only when no seed shows up on virtio-scsi/virtio-blk within ~1 s.
 WANT_MODULES=(virtio_pci virtio_blk virtio_net virtio_rng virtio_console virtio_scsi sr_mod isofs
-  ata_piix button evdev 9pnet_virtio 9p virtiofs ext4)
+  button evdev 9pnet_virtio 9p virtiofs ext4)
+FALLBACK_MODULES=(ata_piix)
 declare -A SEEN=()
 ORDER=()
 dep_path() { # module name -> path relative to MODDIR ('' if not a loadable module)
@@ -82,14 +86,23 @@ add_module() { # PATH (relative): dependencies first, then itself
   ORDER+=("$path")
 }
 SKIPPED=()
-for m in "${WANT_MODULES[@]}"; do
-  p=$(dep_path "$m")
-  if [ -n "$p" ]; then add_module "$p"
-  elif grep -qE "/${m//_/[_-]}\.ko\$" "$MODDIR/modules.builtin" 2>/dev/null; then SKIPPED+=("$m(built-in)")
-  else SKIPPED+=("$m(not-in-kernel)"); fi
-done
+want() {
+  local m p
+  for m in "$@"; do
+    p=$(dep_path "$m")
+    if [ -n "$p" ]; then add_module "$p"
+    elif grep -qE "/${m//_/[_-]}\.ko\$" "$MODDIR/modules.builtin" 2>/dev/null; then SKIPPED+=("$m(built-in)")
+    else SKIPPED+=("$m(not-in-kernel)"); fi
+  done
+}
+want "${WANT_MODULES[@]}"
+NMAIN=${#ORDER[@]}
+want "${FALLBACK_MODULES[@]}"
 : >"$ROOT/etc/modules.order"
+: >"$ROOT/etc/modules.fallback"
+n=0
 for p in "${ORDER[@]}"; do
+  list=$ROOT/etc/modules.order; [ $n -ge "$NMAIN" ] && list=$ROOT/etc/modules.fallback; n=$((n+1))
   dst=$ROOT/lib/modules/$(basename "$p")
   case $p in   # busybox insmod cannot read compressed modules: unpack them here
     *.ko.xz)  xz -dc "$MODDIR/$p" >"${dst%.xz}"; dst=${dst%.xz} ;;
@@ -97,7 +110,7 @@ for p in "${ORDER[@]}"; do
     *.ko.gz)  gzip -dc "$MODDIR/$p" >"${dst%.gz}"; dst=${dst%.gz} ;;
     *)        cp "$MODDIR/$p" "$dst" ;;
   esac
-  echo "/lib/modules/$(basename "$dst")" >>"$ROOT/etc/modules.order"
+  echo "/lib/modules/$(basename "$dst")" >>"$list"
 done
 
 # --- dynamically linked programs + their libraries (ldd) ---------------------------------------
@@ -160,25 +173,30 @@ EOF
 cat >"$ROOT/etc/rc.shutdown" <<'EOF'
 #!/bin/sh
 # run by busybox init (SIGUSR2 from `poweroff`, SIGTERM from `reboot`) before it kills everything
-echo "devenv-guest: shutting down" >/dev/console
-killall dropbear qemu-ga acpid udhcpc 2>/dev/null
-sleep 0.2
+echo "devenv-guest: shutting down (uptime $(cut -d" " -f1 /proc/uptime))" >/dev/console
+# not acpid: it is the parent of the ACPI handler that may be running us
+killall dropbear qemu-ga udhcpc 2>/dev/null
+alive() { for p in $(pidof dropbear qemu-ga); do grep -q '^[0-9]* ([^)]*) [^Z]' "/proc/$p/stat" 2>/dev/null && return 0; done; return 1; }
+i=0; while [ $i -lt 20 ] && alive; do sleep 0.05; i=$((i+1)); done
+echo "devenv-guest: services stopped (uptime $(cut -d" " -f1 /proc/uptime), waited $i)" >/dev/console
 sync
 for m in /etc/dropbear /home /root /data; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
 mount -o remount,ro /data 2>/dev/null
 sync
-echo "devenv-guest: data disk unmounted" >/dev/console
+echo "devenv-guest: data disk unmounted (uptime $(cut -d" " -f1 /proc/uptime))" >/dev/console
 EOF
 chmod 755 "$ROOT/etc/rc.shutdown"
-# busybox acpid (default map): the ACPI power button becomes event PWRF/00000080 and runs this
+# busybox acpid (default map): the ACPI power button becomes event PWRF/00000080 and runs this.
+# It does the clean part itself (stop services, sync, unmount the data disk) and then powers off
+# directly: busybox init's own poweroff path sleeps ~2 s in fixed pauses. (`poweroff` typed in
+# the guest still goes through init -> /etc/rc.shutdown: same cleanup, just slower.)
 mkdir -p "$ROOT/etc/acpi/PWRF"
 cat >"$ROOT/etc/acpi/PWRF/00000080" <<'EOF'
 #!/bin/sh
-echo "devenv-guest: ACPI power button" >/dev/console
+echo "devenv-guest: ACPI power button (uptime $(cut -d" " -f1 /proc/uptime))" >/dev/console
+/etc/rc.shutdown
 sync
-poweroff
-# init did not take it: force it
-sleep 10; sync; poweroff -f
+poweroff -f
 EOF
 chmod 755 "$ROOT/etc/acpi/PWRF/00000080"
 
@@ -206,7 +224,7 @@ cat >"$ROOT/init" <<'INIT'
 # Keys are applied once per instance-id (remembered on the data disk), like cloud-init's
 # per-instance modules; the hostname every boot.
 #
-# Kernel command line options: devenv.debug=1 (shell trace on the console),
+# Kernel command line options: devenv.debug=1 (time each module load on the console),
 # devenv.shell=1 (a root shell on ttyS0 after boot, for debugging).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
@@ -218,13 +236,18 @@ mount -t devpts -o mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=755 tmpfs /run
 exec </dev/console >/dev/console 2>&1
-grep -q 'devenv.debug=1' /proc/cmdline && set -x
 log() { echo "devenv-guest: $*"; }
+log "init started (uptime $(cut -d' ' -f1 /proc/uptime))"
 
 hostname tiny
 ip link set lo up
 
-for m in $(cat /etc/modules.order); do insmod "$m" 2>/dev/null; done
+DEBUG=; grep -q 'devenv.debug=1' /proc/cmdline && DEBUG=1
+for m in $(cat /etc/modules.order); do
+  insmod "$m" 2>/dev/null
+  [ -n "$DEBUG" ] && log "  insmod ${m##*/} (uptime $(cut -d' ' -f1 /proc/uptime))"
+done
+log "modules loaded (uptime $(cut -d' ' -f1 /proc/uptime))"
 
 # --- network: udhcpc in the background (QEMU user networking hands out 10.0.2.15) ---
 ip link set eth0 up 2>/dev/null
@@ -248,6 +271,7 @@ else
 fi
 
 # --- NoCloud seed ---
+log "data disk: ${DATA:-none} (uptime $(cut -d' ' -f1 /proc/uptime))"
 SEED=
 find_seed() {
   d=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null)
@@ -259,13 +283,17 @@ find_seed() {
   done
   return 1
 }
-i=0; while [ $i -lt 30 ] && ! find_seed; do sleep 0.1; i=$((i+1)); done
+i=0; while [ $i -lt 10 ] && ! find_seed; do sleep 0.1; i=$((i+1)); done
+if [ -z "$SEED" ]; then   # maybe an IDE cdrom: load the fallback modules and look again
+  for m in $(cat /etc/modules.fallback); do insmod "$m" 2>/dev/null; done
+  i=0; while [ $i -lt 20 ] && ! find_seed; do sleep 0.1; i=$((i+1)); done
+fi
 
 # top-level `key: value` of a YAML-ish file (first match; quotes stripped)
 yaml_scalar() {
   awk -v k="$1" '
     index($0, k ":") == 1 { v = substr($0, length(k) + 2); sub(/^[ \t]+/, "", v); sub(/[ \t]+$/, "", v)
-      sub(/[ \t]+#.*$/, "", v)
+      sub(/[ \t]+#.*$/, "", v); sub(/\r$/, "", v)
       if (v ~ /^".*"$/ || v ~ /^\047.*\047$/) v = substr(v, 2, length(v) - 2)
       print v; exit }' "$2"
 }
@@ -322,6 +350,7 @@ if [ -n "$SEED" ]; then
 else
   log "no NoCloud seed"
 fi
+log "seed done (uptime $(cut -d' ' -f1 /proc/uptime))"
 [ -n "$NAME" ] || NAME=$(cat /data/etc-hostname 2>/dev/null || echo tiny)
 hostname "$NAME"; echo "$NAME" >/etc/hostname
 grep -q " $NAME\$" /etc/hosts || echo "127.0.1.1 $NAME" >>/etc/hosts
@@ -345,7 +374,7 @@ acpid -c /etc/acpi -l /var/log/acpid.log
 
 # wait (briefly) for the DHCP lease so the marker means "network is up" too
 i=0; while [ $i -lt 50 ] && ! ip -4 addr show dev eth0 2>/dev/null | grep -q 'inet '; do sleep 0.1; i=$((i+1)); done
-log "hostname=$(hostname) ip=$(ip -4 -o addr show dev eth0 2>/dev/null | awk '{print $4}')"
+log "uptime=$(cut -d' ' -f1 /proc/uptime)s hostname=$(hostname) ip=$(ip -4 -o addr show dev eth0 2>/dev/null | awk '{print $4}')"
 echo "DEVENV-GUEST-READY"
 if grep -q 'devenv.shell=1' /proc/cmdline; then
   echo "::respawn:-/bin/sh" >>/etc/inittab   # busybox init: "-" = login shell on the console
@@ -376,7 +405,8 @@ mv "$OUT/disk.qcow2.tmp" "$OUT/disk.qcow2"
 {
   echo "kernel $KVER"
   echo "qemu-ga $HAVE_QGA"
-  echo "modules ${ORDER[*]##*/}"
+  echo "modules ${ORDER[*]:0:NMAIN}" | sed 's#[^ ]*/##g'
+  echo "fallback-modules ${ORDER[*]:NMAIN}" | sed 's#[^ ]*/##g'
   echo "skipped ${SKIPPED[*]:-}"
   echo "sizes $(du -b "$OUT/vmlinuz" "$OUT/initrd.img" "$OUT/disk.qcow2" | awk '{printf "%s=%s ", $2, $1}')"
 } | sed "s#$OUT/##g" >"$OUT/manifest"

@@ -477,7 +477,7 @@ INVALID = [
         box = "busybox"
         driver = "vagrnt"
         """,
-        ["Devfile:3: machines.a.driver: 'vagrnt' is not one of: docker"],
+        ["Devfile:3: machines.a.driver: 'vagrnt' is not one of: docker, libvirt"],
         id="unknown-driver",
     ),
     pytest.param(

@@ -1,0 +1,774 @@
+"""libvirt driver: real virtual machines under QEMU/KVM through libvirt-python.
+
+Each machine is a domain with a deterministic name and devenv metadata in its XML (project,
+machine, SSH endpoint, forwarded ports), so it is found without .devenv/. Its disk is a qcow2
+overlay on the box (the box is never written); its identity (client key, host key) is made by
+devenv and delivered by a NoCloud seed, and SSH runs with that host key pinned.
+
+Networking is QEMU user mode with host forwards bound to 127.0.0.1 (ENGINES.md: passt is not
+available in Debian 12's libvirt). Domain type is `kvm` only when the CPU really offers
+vmx/svm and /dev/kvm exists — libvirt's own capability report is not trusted for this.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, ClassVar
+from xml.sax.saxutils import escape, quoteattr
+
+from devenv import boxes, ui
+from devenv.drivers import BoxArtifact, MachineState, PortBinding, Target
+from devenv.errors import BackendUnavailable, BoxError, DevenvError, MachineStateError, UnsupportedOperation
+from devenv.schema import Bool, Field, Int, Problem, Str, Table
+
+DEFAULT_URI = "qemu:///system"
+NS = "https://devenv.invalid/xmlns/libvirt/1"  # metadata namespace: an identifier, never fetched
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
+class PortConflict(DevenvError):
+    exit_code = 11
+
+
+_OPTIONS = Table(
+    {
+        "uri": Field(Str(description="libvirt URI (default qemu:///system; qemu:///session for non-root)")),
+        "domain_type": Field(Str(choices=("auto", "kvm", "qemu")), default="auto"),
+        "machine_type": Field(Str(description="QEMU machine type, e.g. pc or q35"), default="pc"),
+        "boot_timeout": Field(Int(minimum=5, maximum=3600, description="Seconds to wait for SSH"), default=180),
+        "halt_timeout": Field(Int(minimum=1, maximum=600, description="Seconds to wait for ACPI shutdown"), default=60),
+        "isolated": Field(Bool(description="No outbound network from the guest"), default=False),
+        "ssh_user": Field(Str(description="Login user (default: the box's)")),
+    },
+    description="Options for the libvirt driver",
+)
+
+
+def hardware_virt_usable() -> bool:
+    """vmx/svm in /proc/cpuinfo and a usable /dev/kvm (libvirt may advertise kvm regardless)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M)) and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def _free_port(ip: str) -> int:
+    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(fam) as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def _port_free(ip: str, port: int, proto: str) -> bool:
+    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM) as s:
+        try:
+            s.bind((ip, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def virtiofsd_path() -> str | None:
+    for p in ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd"):
+        if os.access(p, os.X_OK):
+            return p
+    return shutil.which("virtiofsd")
+
+
+MOUNT_OPTIONS = {"9p": "trans=virtio,version=9p2000.L,msize=262144", "virtiofs": "defaults"}
+
+
+def split_handle(handle: str) -> tuple[str, str]:
+    uri, _, name = handle.rpartition("#")
+    return uri or DEFAULT_URI, name
+
+
+class LibvirtDriver:
+    name: ClassVar[str] = "libvirt"
+    options: ClassVar[Table] = _OPTIONS
+    env_at_create: ClassVar[bool] = False  # the project passes env with every command instead
+
+    def __init__(self) -> None:
+        self._conns: dict[str, Any] = {}
+
+    # -- engine access -----------------------------------------------------------------------
+    def _lib(self) -> Any:
+        try:
+            import libvirt
+        except ImportError as exc:
+            raise BackendUnavailable(
+                "the libvirt driver needs libvirt-python, which is not installed",
+                hint="pip install 'devenv[libvirt]' (it builds against libvirt's headers: "
+                "apt-get install libvirt-dev pkg-config gcc first)",
+            ) from exc
+        # libvirt prints every error to stderr by default; devenv reports them itself.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        return libvirt
+
+    def default_uri(self) -> str:
+        return os.environ.get("DEVENV_LIBVIRT_URI") or DEFAULT_URI
+
+    def conn(self, uri: str | None = None) -> Any:
+        uri = uri or self.default_uri()
+        c = self._conns.get(uri)
+        if c is not None:
+            try:
+                if c.isAlive():
+                    return c
+            except Exception:  # noqa: BLE001 - a dead connection is replaced below
+                pass
+        lib = self._lib()
+        try:
+            c = lib.open(uri)
+        except lib.libvirtError as exc:
+            raise self._unavailable(uri, exc) from exc
+        self._conns[uri] = c
+        return c
+
+    def _unavailable(self, uri: str, exc: Exception) -> BackendUnavailable:
+        text = str(exc)
+        if "No such file or directory" in text and "sock" in text:
+            return BackendUnavailable(
+                f"libvirtd is not running (no socket for {uri})",
+                hint="start it: `sudo systemctl start libvirtd`, or without systemd "
+                "`setsid virtlogd -d; setsid libvirtd -d`; scripts/libvirt.sh installs and starts it",
+            )
+        if "Permission denied" in text or "authentication" in text.lower():
+            return BackendUnavailable(
+                f"permission denied on {uri}",
+                hint="add your user to the 'libvirt' group (then log in again), or use uri = \"qemu:///session\"",
+            )
+        return BackendUnavailable(
+            f"cannot reach libvirt at {uri}: {text.splitlines()[0] if text else exc}",
+            hint="check the URI and that libvirtd runs there (`virsh -c URI version`)",
+        )
+
+    def check_available(self) -> None:
+        self.conn()
+
+    def _uri_for(self, machine) -> str:
+        return machine.driver_options().get("uri") or self.default_uri()
+
+    def _dom(self, handle: str) -> Any | None:
+        uri, name = split_handle(handle)
+        lib = self._lib()
+        try:
+            return self.conn(uri).lookupByName(name)
+        except lib.libvirtError as exc:
+            if exc.get_error_code() == lib.VIR_ERR_NO_DOMAIN:
+                return None
+            raise BackendUnavailable(f"libvirt error: {exc}") from exc
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, machine) -> list[Problem]:
+        problems: list[Problem] = []
+        if machine.box:
+            ref = boxes.parse_ref(machine.box)
+            if ref.kind == "image":
+                problems.append(Problem(("box",), "the libvirt driver boots VM boxes, not Docker images"))
+        for i, s in enumerate(machine.sync):
+            if s.type in ("bind", "vboxsf"):
+                problems.append(
+                    Problem(
+                        ("sync", i, "type"),
+                        f"the libvirt driver cannot sync with '{s.type}' (use auto, 9p, virtiofs or rsync)",
+                    )
+                )
+        return problems
+
+    # -- boxes ---------------------------------------------------------------------------------
+    def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
+        ref = boxes.parse_ref(box)
+        if ref.kind != "recipe":
+            raise BoxError(
+                f"the libvirt driver cannot use box '{box}' yet",
+                hint="use a box from the box store (`devenv box list`) or a recipe with a libvirt output",
+            )
+        stored = boxes.find_stored(ref.name, ref.version, "libvirt")
+        if stored is None:
+            try:
+                recipe = boxes.find_recipe(ref, target.project_root)
+            except BoxError:
+                recipe = None
+            if recipe is None or "libvirt" not in recipe.outputs:
+                raise BoxError(
+                    f"no libvirt box named {box} in the box store ({boxes.store_root()})",
+                    hint="build it with `devenv box build NAME` from a recipe with a libvirt output, "
+                    "or add one with `devenv box add`",
+                )
+            from devenv import vmbox
+
+            stored = vmbox.build_libvirt_box(recipe, machine=target.name)
+        disk = stored.file("disk")
+        if disk is None or not disk.is_file():
+            raise BoxError(
+                f"box {stored.name}@{stored.version} (libvirt) is incomplete: no disk in {stored.folder}",
+                hint=f"remove it (`devenv box remove {stored.name}@{stored.version}`) and build it again",
+            )
+        kernel = stored.file("kernel")
+        if kernel is None and not stored.meta.get("bootloader"):
+            raise BoxError(
+                f"box {stored.name}@{stored.version} has neither a kernel for direct boot nor a bootloader",
+                hint="rebuild the box with a kernel (direct kernel boot) or a bootable disk",
+            )
+        return BoxArtifact(
+            name=stored.name,
+            version=stored.version,
+            ref=str(disk),
+            digest="sha256:" + (stored.digest() or ""),
+            extra={
+                "kernel": str(kernel) if kernel else None,
+                "initrd": str(stored.file("initrd")) if stored.file("initrd") else None,
+                "cmdline": stored.meta.get("cmdline", ""),
+                "ssh_user": stored.meta.get("ssh_user", "root"),
+                "sync": stored.meta.get("sync", ["9p", "rsync"]),
+            },
+        )
+
+    # -- storage -------------------------------------------------------------------------------
+    def storage_dir(self, domain: str) -> Path:
+        from devenv.state import data_dir
+
+        return data_dir() / "libvirt" / domain
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _domain_type(self, machine, uri: str) -> str:
+        wanted = machine.driver_options().get("domain_type", "auto")
+        if wanted != "auto":
+            return wanted
+        local = uri.startswith(("qemu:///", "qemu+unix:///"))
+        return "kvm" if local and hardware_virt_usable() else "qemu"
+
+    def _forwards(self, target: Target) -> list[dict]:
+        out = []
+        for p in target.machine.ports:
+            host = p.host
+            if host is None:
+                host = _free_port(p.host_ip)
+            elif not _port_free(p.host_ip, host, p.protocol):
+                if not p.auto_correct:
+                    raise PortConflict(
+                        f"host port {p.host_ip}:{host}/{p.protocol} (for guest port {p.guest}) is already in use",
+                        hint="stop what uses it, pick another host port, or set auto_correct = true",
+                    )
+                start = host
+                while host < 65535 and not _port_free(p.host_ip, host, p.protocol):
+                    host += 1
+                ui.info(target.name, f"host port {start} is in use: forwarding {host} -> {p.guest} instead")
+            if not p.host_ip.startswith("127.") and p.host_ip != "::1":
+                ui.warn(
+                    f"{target.name}: port {p.guest}/{p.protocol} is reachable from other hosts (host_ip = {p.host_ip})"
+                )
+            out.append({"host_ip": p.host_ip, "host": host, "guest": p.guest, "protocol": p.protocol})
+        return out
+
+    def _sync_plan(self, target: Target, box: BoxArtifact) -> list[dict]:
+        plan = []
+        supported = box.extra.get("sync", ["9p", "rsync"])
+        for i, s in enumerate(target.machine.sync):
+            kind = s.type
+            if kind == "auto":
+                if "virtiofs" in supported and virtiofsd_path():
+                    kind = "virtiofs"
+                elif "9p" in supported:
+                    kind = "9p"
+                else:
+                    kind = "rsync"
+            if kind == "virtiofs" and not virtiofsd_path():
+                raise BackendUnavailable(
+                    "virtiofs needs virtiofsd on the host, which is not installed",
+                    hint='apt-get install qemu-system-x86 (it ships /usr/lib/qemu/virtiofsd) or use type = "rsync"',
+                )
+            plan.append(
+                {"tag": f"sync{i}", "host": str(s.host), "guest": s.guest, "kind": kind, "read_only": s.read_only}
+            )
+        return plan
+
+    def create(self, target: Target, box: BoxArtifact, *, env: dict[str, str] | None = None) -> str:
+        from devenv import identity, seed
+        from devenv.state import ProjectState
+
+        m = target.machine
+        uri = self._uri_for(m)
+        conn = self.conn(uri)
+        name = target.resource_name
+        handle = f"{uri}#{name}"
+        if self._dom(handle) is not None:
+            return handle
+        opts = m.driver_options()
+        folder = self.storage_dir(name)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        overlay = folder / "disk.qcow2"
+        if not overlay.exists():
+            r = subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", box.ref, str(overlay)],
+                capture_output=True,
+                text=True,
+            )
+            if r.returncode != 0:
+                raise BoxError(
+                    f"cannot create the disk overlay for '{m.name}': {r.stderr.strip()}",
+                    hint="is qemu-utils installed? (apt-get install qemu-utils)",
+                )
+        keys = identity.ensure_keys(
+            ProjectState(target.project_root).machine_dir(m.name), f"{target.project_id}/{m.name}"
+        )
+        ssh_port = _free_port("127.0.0.1")
+        keys.pin("127.0.0.1", ssh_port)
+        forwards = self._forwards(target)
+        sync = self._sync_plan(target, box)
+        ssh_user = opts.get("ssh_user") or box.extra.get("ssh_user", "root")
+        seed.write_iso(
+            folder / "seed.iso",
+            {
+                "meta-data": seed.meta_data(f"{name}-{int(time.time())}", m.hostname),
+                "user-data": seed.user_data(
+                    hostname=m.hostname,
+                    authorized_key=keys.client_pub,
+                    host_key_private=keys.host_key.read_text(),
+                    host_key_public=keys.host_pub,
+                    mounts=[
+                        (s["tag"], s["guest"], s["kind"], MOUNT_OPTIONS[s["kind"]])
+                        for s in sync
+                        if s["kind"] in MOUNT_OPTIONS
+                    ],
+                ),
+            },
+        )
+        xml = self.domain_xml(
+            target=target,
+            box=box,
+            name=name,
+            uri=uri,
+            folder=folder,
+            ssh_port=ssh_port,
+            ssh_user=ssh_user,
+            keys_dir=keys.folder,
+            forwards=forwards,
+            sync=sync,
+        )
+        lib = self._lib()
+        try:
+            conn.defineXML(xml)
+        except lib.libvirtError as exc:
+            raise BoxError(f"libvirt refused the domain for '{m.name}': {exc}") from exc
+        return handle
+
+    def domain_xml(
+        self,
+        *,
+        target: Target,
+        box: BoxArtifact,
+        name: str,
+        uri: str,
+        folder: Path,
+        ssh_port: int,
+        ssh_user: str,
+        keys_dir: Path,
+        forwards: list[dict],
+        sync: list[dict],
+    ) -> str:
+        m = target.machine
+        opts = m.driver_options()
+        dtype = self._domain_type(m, uri)
+        memory_mib = (m.memory or 512 * 1024**2) // 1024**2
+        vcpus = max(1, int(m.cpus or 1))
+        q = quoteattr
+        meta = [
+            f"<devenv:machine xmlns:devenv={q(NS)} project={q(target.project_id)} machine={q(m.name)} "
+            f"root={q(str(target.project_root))}>",
+            f"<devenv:ssh host='127.0.0.1' port='{ssh_port}' user={q(ssh_user)} keys={q(str(keys_dir))} "
+            f"boot_timeout='{opts.get('boot_timeout', 180)}' halt_timeout='{opts.get('halt_timeout', 60)}'/>",
+            *[
+                f"<devenv:port host_ip={q(f['host_ip'])} host='{f['host']}' guest='{f['guest']}' "
+                f"protocol={q(f['protocol'])}/>"
+                for f in forwards
+            ],
+            *[
+                f"<devenv:sync tag={q(s['tag'])} host={q(s['host'])} guest={q(s['guest'])} kind={q(s['kind'])} "
+                f"read_only='{int(s['read_only'])}'/>"
+                for s in sync
+            ],
+            f"<devenv:box name={q(box.name)} version={q(box.version or '')} digest={q(box.digest or '')}/>",
+            "</devenv:machine>",
+        ]
+        kernel = box.extra.get("kernel")
+        if kernel:
+            os_xml = [f"<kernel>{escape(kernel)}</kernel>"]
+            if box.extra.get("initrd"):
+                os_xml.append(f"<initrd>{escape(box.extra['initrd'])}</initrd>")
+            os_xml.append(f"<cmdline>{escape(box.extra.get('cmdline') or 'console=ttyS0')}</cmdline>")
+        else:
+            os_xml = ["<boot dev='hd'/>"]
+        fwd = ",".join(
+            [f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22"]
+            + [f"hostfwd={f['protocol']}:{f['host_ip']}:{f['host']}-:{f['guest']}" for f in forwards]
+        )
+        netdev = f"user,id=devnet0{',restrict=on' if opts.get('isolated') else ''},{fwd}"
+        fs = []
+        for s in sync:
+            ro = "<readonly/>" if s["read_only"] else ""
+            if s["kind"] == "9p":
+                fs.append(
+                    f"<filesystem type='mount' accessmode='passthrough'><source dir={q(s['host'])}/>"
+                    f"<target dir={q(s['tag'])}/>{ro}</filesystem>"
+                )
+            elif s["kind"] == "virtiofs":
+                fs.append(
+                    f"<filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/>"
+                    f"<binary path={q(virtiofsd_path() or '')}/><source dir={q(s['host'])}/>"
+                    f"<target dir={q(s['tag'])}/></filesystem>"  # read-only: mounted ro in the guest
+                )
+        # virtiofs shares guest memory with virtiofsd: the memory must be shared memfd.
+        memory_backing = (
+            "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
+            if any(s["kind"] == "virtiofs" for s in sync)
+            else ""
+        )
+        # QEMU runs as the invoking user: it can read the project folder and box files that are
+        # private to that user, and files it writes through 9p belong to that user.
+        seclabel = ""
+        if uri.startswith("qemu:///system"):
+            seclabel = (
+                f"<seclabel type='static' model='dac' relabel='no'><label>+{os.getuid()}:+{os.getgid()}"
+                "</label></seclabel>"
+            )
+        cpu = "<cpu mode='host-passthrough'/>" if dtype == "kvm" else ""
+        return "\n".join(
+            [
+                f"<domain type='{dtype}' xmlns:qemu={q(QEMU_NS)}>",
+                f"  <name>{escape(name)}</name>",
+                f"  <title>devenv {escape(target.project_id)}/{escape(m.name)}</title>",
+                "  <metadata>",
+                *meta,
+                "  </metadata>",
+                f"  <memory unit='MiB'>{memory_mib}</memory>",
+                f"  <vcpu>{vcpus}</vcpu>",
+                f"  {memory_backing}",
+                f"  <os><type arch='x86_64' machine={q(opts.get('machine_type', 'pc'))}>hvm</type>"
+                f"{''.join(os_xml)}</os>",
+                "  <features><acpi/></features>",
+                f"  {cpu}",
+                "  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>",
+                "  <devices>",
+                f"    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                f"<source file={q(str(folder / 'disk.qcow2'))}/><target dev='vda' bus='virtio'/></disk>",
+                "    <controller type='scsi' model='virtio-scsi'/>",
+                f"    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+                f"<source file={q(str(folder / 'seed.iso'))}/><target dev='sda' bus='scsi'/><readonly/></disk>",
+                *[f"    {x}" for x in fs],
+                f"    <serial type='file'><source path={q(str(folder / 'console.log'))} append='on'/>"
+                "<target port='0'/></serial>",
+                "    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+                "    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
+                "    <memballoon model='none'/>",
+                "  </devices>",
+                f"  {seclabel}",
+                "  <qemu:commandline>",
+                "    <qemu:arg value='-netdev'/>",
+                f"    <qemu:arg value={q(netdev)}/>",
+                "    <qemu:arg value='-device'/>",
+                "    <qemu:arg value='virtio-net-pci,netdev=devnet0,addr=0x10'/>",
+                "  </qemu:commandline>",
+                "</domain>",
+            ]
+        )
+
+    def metadata(self, handle: str) -> dict | None:
+        dom = self._dom(handle)
+        if dom is None:
+            return None
+        lib = self._lib()
+        try:
+            raw = dom.metadata(lib.VIR_DOMAIN_METADATA_ELEMENT, NS)
+        except lib.libvirtError:
+            return None
+        root = ET.fromstring(raw)
+        ssh = root.find("ssh")
+        box = root.find("box")
+        return {
+            "project": root.get("project"),
+            "machine": root.get("machine"),
+            "root": root.get("root"),
+            "ssh": dict(ssh.attrib) if ssh is not None else {},
+            "ports": [dict(p.attrib) for p in root.findall("port")],
+            "sync": [dict(s.attrib) for s in root.findall("sync")],
+            "box": dict(box.attrib) if box is not None else {},
+        }
+
+    def find(self, target: Target) -> str | None:
+        uri = self._uri_for(target.machine)
+        handle = f"{uri}#{target.resource_name}"
+        return handle if self._dom(handle) is not None else None
+
+    def console_tail(self, handle: str, lines: int = 15) -> str:
+        _, name = split_handle(handle)
+        log = self.storage_dir(name) / "console.log"
+        try:
+            text = log.read_bytes()[-8192:].decode(errors="replace")
+        except OSError:
+            return "(no console output)"
+        return "\n".join(line.rstrip("\r") for line in text.splitlines()[-lines:]) or "(no console output)"
+
+    def _wait_ssh(self, handle: str, timeout: float) -> None:
+        meta = self.metadata(handle) or {}
+        port = int(meta.get("ssh", {}).get("port", 0))
+        deadline = time.monotonic() + timeout
+        dom = self._dom(handle)
+        while time.monotonic() < deadline:
+            if dom is None or not dom.isActive():
+                raise MachineStateError(
+                    f"machine '{meta.get('machine')}' stopped while booting; last console lines:\n"
+                    + self.console_tail(handle),
+                )
+            tail = self.console_tail(handle, 40)
+            if re.search(r"Failed to start .*(ssh|Secure Shell)", tail):
+                raise MachineStateError(
+                    f"the SSH server of machine '{meta.get('machine')}' failed to start; last console lines:\n"
+                    + self.console_tail(handle),
+                    hint="the box's sshd is broken or has no host key: rebuild the box (`devenv box build --force`)",
+                )
+            try:
+                # QEMU's user network accepts the connection itself: only sshd's banner proves SSH is up.
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                    s.settimeout(3)
+                    if s.recv(4).startswith(b"SSH-"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise MachineStateError(
+            f"machine '{meta.get('machine')}' did not bring up SSH within {timeout:.0f}s; last console lines:\n"
+            + self.console_tail(handle),
+            hint="a slow emulated boot may need a larger boot_timeout in [machines.NAME.libvirt]",
+        )
+
+    def start(self, handle: str, *, timeout: float | None = None) -> None:
+        dom = self._dom(handle)
+        if dom is None:
+            raise MachineStateError("the domain is gone", hint="run `devenv up` to recreate it")
+        lib = self._lib()
+        if not dom.isActive():
+            try:
+                dom.create()
+            except lib.libvirtError as exc:
+                text = str(exc)
+                if "Could not set up host forwarding rule" in text or "address already in use" in text.lower():
+                    raise PortConflict(
+                        f"a forwarded host port is already in use: {text}",
+                        hint="free the port or change `ports` in the Devfile",
+                    ) from exc
+                raise MachineStateError(f"the VM does not start: {text}") from exc
+        if timeout is None:
+            meta = self.metadata(handle) or {}
+            timeout = self._boot_timeout(meta)
+        self._wait_ssh(handle, timeout)
+
+    def _boot_timeout(self, meta: dict) -> float:
+        return float(meta.get("ssh", {}).get("boot_timeout", 180))
+
+    def stop(self, handle: str, *, force: bool = False, timeout: float | None = None) -> None:
+        dom = self._dom(handle)
+        if dom is None or not dom.isActive():
+            return
+        lib = self._lib()
+        if timeout is None:
+            timeout = float((self.metadata(handle) or {}).get("ssh", {}).get("halt_timeout", 60))
+        if not force:
+            deadline = time.monotonic() + timeout
+
+            def wait(seconds: float) -> bool:
+                end = min(deadline, time.monotonic() + seconds)
+                while time.monotonic() < end:
+                    if not dom.isActive():
+                        return True
+                    time.sleep(0.2)
+                return not dom.isActive()
+
+            # The guest agent first: it works in guests with no power-button handler (a systemd
+            # box without a running logind ignores ACPI). Then ACPI, for guests without an agent
+            # or whose agent cannot run a shutdown command.
+            for flag in (lib.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT, lib.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN):
+                try:
+                    dom.shutdownFlags(flag)
+                except lib.libvirtError:
+                    continue
+                if wait(8 if flag == lib.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT else timeout):
+                    return
+            if wait(0):
+                return
+            ui.warn(f"{split_handle(handle)[1]}: no clean shutdown after {timeout:.0f}s: powering off")
+        try:
+            dom.destroy()
+        except lib.libvirtError:
+            if dom.isActive():
+                raise
+
+    def destroy(self, handle: str) -> None:
+        dom = self._dom(handle)
+        lib = self._lib()
+        if dom is not None:
+            if dom.isActive():
+                try:
+                    dom.destroy()
+                except lib.libvirtError:
+                    pass
+            flags = (
+                lib.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | lib.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | lib.VIR_DOMAIN_UNDEFINE_NVRAM
+            )
+            try:
+                dom.undefineFlags(flags)
+            except lib.libvirtError as exc:
+                if exc.get_error_code() != lib.VIR_ERR_NO_DOMAIN:
+                    raise
+        shutil.rmtree(self.storage_dir(split_handle(handle)[1]), ignore_errors=True)
+
+    def state(self, handle: str) -> MachineState:
+        dom = self._dom(handle)
+        if dom is None:
+            return MachineState.NOT_CREATED
+        lib = self._lib()
+        st, _reason = dom.state()
+        if st in (lib.VIR_DOMAIN_RUNNING, lib.VIR_DOMAIN_BLOCKED, lib.VIR_DOMAIN_SHUTDOWN):
+            return MachineState.RUNNING
+        if st in (lib.VIR_DOMAIN_PAUSED, lib.VIR_DOMAIN_PMSUSPENDED):
+            return MachineState.SUSPENDED
+        if st == lib.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0):
+            return MachineState.SUSPENDED
+        return MachineState.STOPPED
+
+    def ports(self, handle: str) -> list[PortBinding]:
+        meta = self.metadata(handle) or {}
+        out = []
+        ssh = meta.get("ssh", {})
+        if ssh.get("port"):
+            out.append(PortBinding(host_ip=ssh.get("host", "127.0.0.1"), host=int(ssh["port"]), guest=22))
+        for p in meta.get("ports", []):
+            out.append(
+                PortBinding(host_ip=p["host_ip"], host=int(p["host"]), guest=int(p["guest"]), protocol=p["protocol"])
+            )
+        return out
+
+    def sync_kind(self, handle: str) -> str | None:
+        meta = self.metadata(handle) or {}
+        kinds = sorted({s["kind"] for s in meta.get("sync", [])})
+        return ", ".join(kinds) if kinds else None
+
+    def sync_plan(self, handle: str) -> list[dict]:
+        return (self.metadata(handle) or {}).get("sync", [])
+
+    def transport(self, handle: str):
+        from devenv.identity import MachineKeys
+        from devenv.transport import SshTransport
+
+        meta = self.metadata(handle)
+        if not meta:
+            raise MachineStateError("the domain is gone", hint="run `devenv up` to recreate it")
+        ssh = meta["ssh"]
+        keys = MachineKeys(Path(ssh["keys"]))
+        if not keys.client_key.exists():
+            raise MachineStateError(
+                f"the SSH key of machine '{meta['machine']}' is missing ({keys.client_key})",
+                hint="its .devenv/ folder was removed: `devenv destroy` and `devenv up` it to make a new identity",
+            )
+        return SshTransport(
+            machine=meta["machine"],
+            host=ssh.get("host", "127.0.0.1"),
+            port=int(ssh["port"]),
+            user=ssh.get("user", "root"),
+            key=keys.client_key,
+            known_hosts=keys.known_hosts,
+        )
+
+    def sweep(self, project_id: str) -> list[str]:
+        removed = []
+        try:
+            conn = self.conn()
+        except BackendUnavailable:
+            return removed
+        for dom in conn.listAllDomains(0):
+            handle = f"{self.default_uri()}#{dom.name()}"
+            meta = self.metadata(handle)
+            if meta and meta.get("project") == project_id:
+                self.destroy(handle)
+                removed.append(dom.name())
+        return removed
+
+    # -- optional roles ------------------------------------------------------------------------
+    def suspend(self, handle: str) -> None:
+        dom = self._dom(handle)
+        lib = self._lib()
+        try:
+            dom.managedSave(0)
+        except lib.libvirtError as exc:
+            raise UnsupportedOperation(
+                f"cannot suspend: {exc}", hint="machines with 9p sync folders cannot be saved; use halt"
+            ) from exc
+
+    def resume(self, handle: str) -> None:
+        dom = self._dom(handle)
+        lib = self._lib()
+        st, _ = dom.state()
+        if st == lib.VIR_DOMAIN_PAUSED:
+            dom.resume()
+        else:
+            dom.create()
+        self._wait_ssh(handle, 60)
+
+    def snapshot_save(self, handle: str, name: str) -> None:
+        dom = self._dom(handle)
+        lib = self._lib()
+        xml = f"<domainsnapshot><name>{escape(name)}</name><description>devenv</description></domainsnapshot>"
+        try:
+            dom.snapshotCreateXML(xml, 0)
+        except lib.libvirtError as exc:
+            if "already exists" in str(exc):
+                raise UnsupportedOperation(
+                    f"snapshot '{name}' already exists", hint="delete it first or choose another name"
+                ) from exc
+            hint = None
+            if "non-migratable" in str(exc) or "migration" in str(exc).lower():
+                hint = ("a running machine with shared folders (virtiofs/9p) cannot be snapshotted live: "
+                        "`devenv halt` it and snapshot the disk, or use sync type = \"rsync\"")
+            raise UnsupportedOperation(f"cannot take snapshot '{name}': {exc}", hint=hint) from exc
+
+    def _snapshot(self, handle: str, name: str) -> Any:
+        dom = self._dom(handle)
+        lib = self._lib()
+        try:
+            return dom.snapshotLookupByName(name, 0)
+        except lib.libvirtError as exc:
+            raise UsageErrorSnapshot(
+                f"no snapshot named '{name}'", hint="`devenv snapshot list NAME` shows the snapshots"
+            ) from exc
+
+    def snapshot_restore(self, handle: str, name: str) -> None:
+        snap = self._snapshot(handle, name)
+        self._dom(handle).revertToSnapshot(snap, 0)
+        if self._dom(handle).isActive():
+            self._wait_ssh(handle, 60)
+
+    def snapshot_list(self, handle: str) -> list[str]:
+        dom = self._dom(handle)
+        return sorted(s.getName() for s in dom.listAllSnapshots(0))
+
+    def snapshot_delete(self, handle: str, name: str) -> None:
+        self._snapshot(handle, name).delete(0)
+
+
+class UsageErrorSnapshot(DevenvError):
+    exit_code = 2

@@ -1,0 +1,197 @@
+"""Build a bootable libvirt box from a recipe, from Debian packages only.
+
+debootstrap a root file system with Debian's cloud kernel and OpenSSH, make it apply the
+NoCloud seed at every boot (devenv-seed: hostname, authorized key, pinned host key, shared
+folders), then an ext4 image made without mounting (`mkfs.ext4 -d`) converted to qcow2. The
+kernel and initrd are kept beside the disk for direct kernel boot. The box ships with NO SSH
+host keys: every machine gets its own from its seed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from devenv import boxes, ui
+from devenv.errors import BoxError
+
+VM_PACKAGES = [
+    "linux-image-cloud-amd64",
+    "openssh-server",
+    "systemd-sysv",
+    "udev",
+    "dbus",  # without it systemd-logind never runs: ACPI power button and `shutdown +0` do nothing
+    "iproute2",
+    "rsync",
+    "sudo",
+    "ca-certificates",
+    "qemu-guest-agent",
+]
+CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet"
+
+# Applied at every boot, before sshd: the same subset of the NoCloud seed that devenv writes
+# (see devenv/seed.py) and that the test guest's /init applies.
+SEED_SCRIPT = r"""#!/bin/sh
+# devenv-seed: apply the NoCloud seed (ISO labelled cidata): hostname, root's authorized key,
+# the machine's own SSH host key, shared folders. Runs at every boot; idempotent.
+set -u
+dev=$(blkid -L cidata 2>/dev/null || blkid -L CIDATA 2>/dev/null || true)
+[ -n "$dev" ] || { echo "devenv-seed: no cidata seed" >&2; exit 0; }
+mnt=/run/devenv-seed
+mkdir -p "$mnt"
+mount -o ro "$dev" "$mnt" || exit 1
+md="$mnt/meta-data"; ud="$mnt/user-data"
+unq() { sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'$/\1/"; }
+host=$(sed -n 's/^local-hostname:[[:space:]]*//p' "$md" | head -n1 | unq)
+if [ -n "$host" ]; then
+  echo "$host" > /etc/hostname; hostname "$host"
+  grep -q "[[:space:]]$host\$" /etc/hosts || echo "127.0.1.1 $host" >> /etc/hosts
+fi
+install -d -m 700 /root/.ssh
+awk '/^ssh_authorized_keys:/{f=1;next} f&&/^[[:space:]]*-/{sub(/^[[:space:]]*-[[:space:]]*/,"");print;next} f{f=0}' "$ud" \
+  | unq > /root/.ssh/authorized_keys
+chmod 600 /root/.ssh/authorized_keys
+awk '/^[[:space:]]+ed25519_private:[[:space:]]*\|/{f=1;next} f&&/^    /{sub(/^    /,"");print;next} f{f=0}' "$ud" \
+  > /etc/ssh/ssh_host_ed25519_key.new
+if [ -s /etc/ssh/ssh_host_ed25519_key.new ]; then
+  rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+  mv /etc/ssh/ssh_host_ed25519_key.new /etc/ssh/ssh_host_ed25519_key
+  chmod 600 /etc/ssh/ssh_host_ed25519_key
+  sed -n 's/^[[:space:]]*ed25519_public:[[:space:]]*//p' "$ud" | unq > /etc/ssh/ssh_host_ed25519_key.pub
+fi
+# mounts: - ["tag", "/guest/path", "fstype", "options", "0", "0"]
+awk '/^mounts:/{f=1;next} f&&/^[[:space:]]*-/{print;next} f{f=0}' "$ud" | tr -d '[]",' | sed 's/^[[:space:]]*-//' |
+while read -r tag path fstype opts _; do
+  [ -n "$tag" ] || continue
+  mkdir -p "$path"
+  mountpoint -q "$path" || mount -t "$fstype" -o "$opts" "$tag" "$path" || echo "devenv-seed: cannot mount $tag" >&2
+done
+umount "$mnt"
+echo "devenv-seed: applied"
+"""
+
+SEED_UNIT = """[Unit]
+Description=Apply the devenv NoCloud seed (hostname, keys, shared folders)
+DefaultDependencies=no
+After=local-fs.target systemd-udev-settle.service
+Wants=systemd-udev-settle.service
+Before=ssh.service network-pre.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/devenv-seed
+RemainAfterExit=yes
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+NETWORK = """[Match]
+Name=eth* en*
+
+[Network]
+DHCP=ipv4
+"""
+
+
+def _run(argv: list[str], what: str) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BoxError(f"{what} failed: {(r.stderr or r.stdout).strip()[-800:]}")
+
+
+def configure_rootfs(root: Path, hostname: str) -> None:
+    (root / "etc/fstab").write_text("/dev/vda / ext4 defaults,errors=remount-ro 0 1\n")
+    (root / "etc/hostname").write_text(hostname + "\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n::1 localhost ip6-localhost\n")
+    (root / "etc/resolv.conf").unlink(missing_ok=True)
+    (root / "etc/resolv.conf").write_text("nameserver 10.0.2.3\n")  # QEMU user networking's DNS
+    net = root / "etc/systemd/network"
+    net.mkdir(parents=True, exist_ok=True)
+    (net / "10-devenv-dhcp.network").write_text(NETWORK)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    for unit in ("systemd-networkd.service",):
+        link = wants / unit
+        if not link.exists():
+            link.symlink_to(f"/lib/systemd/system/{unit}")
+    sbin = root / "usr/local/sbin/devenv-seed"
+    sbin.parent.mkdir(parents=True, exist_ok=True)
+    sbin.write_text(SEED_SCRIPT)
+    sbin.chmod(0o755)
+    (root / "etc/systemd/system/devenv-seed.service").write_text(SEED_UNIT)
+    link = wants / "devenv-seed.service"
+    if not link.exists():
+        link.symlink_to("/etc/systemd/system/devenv-seed.service")
+    sshd = root / "etc/ssh/sshd_config.d"
+    sshd.mkdir(parents=True, exist_ok=True)
+    (sshd / "devenv.conf").write_text(
+        "# devenv: keys only; the host key comes from the machine's seed\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\n"
+    )
+    # No shared host keys in a box: debootstrap's openssh-server made some; every machine gets its own.
+    for k in (root / "etc/ssh").glob("ssh_host_*"):
+        k.unlink()
+    (root / "etc/machine-id").write_text("")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    # Fast boot under emulation: no waiting for a network that QEMU's user net provides at once.
+    mask = root / "etc/systemd/system/systemd-networkd-wait-online.service"
+    mask.unlink(missing_ok=True)
+    mask.symlink_to("/dev/null")
+
+
+def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_size: str = "3G") -> boxes.StoredBox:
+    from devenv import rootfs
+
+    src = next((s for s in recipe.sources if s["type"] == "debootstrap"), None)
+    if src is None:
+        raise BoxError(f"box {recipe.name}: a libvirt output needs a debootstrap source in {recipe.path}")
+    for tool in ("mkfs.ext4", "qemu-img"):
+        if shutil.which(tool) is None:
+            raise BoxError(f"{tool} is not installed", hint="apt-get install e2fsprogs qemu-utils")
+    include = list(dict.fromkeys([*src.get("include", []), *src.get("vm_include", []), *VM_PACKAGES]))
+    with tempfile.TemporaryDirectory(prefix="devenv-vmbox-") as tmp:
+        work = Path(tmp)
+        root = work / "rootfs"
+        root.mkdir()
+        with ui.progress(machine, f"building box {recipe.name}@{recipe.version} for libvirt (debootstrap)"):
+            rootfs.build_debootstrap_rootfs(
+                root,
+                suite=src["suite"],
+                variant=src.get("variant", "minbase"),
+                include=include,
+                mirror=src.get("mirror"),
+                on_output=lambda line: ui.detail(machine, line) if ui.debug_enabled() else None,
+            )
+        configure_rootfs(root, recipe.name)
+        kernels = sorted((root / "boot").glob("vmlinuz-*"))
+        initrds = sorted((root / "boot").glob("initrd.img-*"))
+        if not kernels or not initrds:
+            raise BoxError(
+                f"box {recipe.name}: no kernel/initrd in the root file system",
+                hint="the recipe's packages must include a Debian kernel (linux-image-cloud-amd64)",
+            )
+        kernel, initrd = work / "vmlinuz", work / "initrd.img"
+        shutil.copy2(kernels[-1], kernel)
+        shutil.copy2(initrds[-1], initrd)
+        with ui.progress(machine, "making the disk image (mkfs.ext4 -d, qcow2)"):
+            raw = work / "disk.raw"
+            _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(raw), disk_size], "mkfs.ext4")
+            shutil.rmtree(root)
+            disk = work / "disk.qcow2"
+            _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(disk)], "qemu-img convert")
+            raw.unlink()
+        meta = {
+            "cmdline": CMDLINE,
+            "ssh_user": "root",
+            "sync": ["virtiofs", "rsync"],
+            "description": recipe.description,
+            "built_from": str(recipe.path),
+        }
+        return boxes.store_box(
+            recipe.name, recipe.version, "libvirt", {"disk": disk, "kernel": kernel, "initrd": initrd}, meta
+        )

@@ -1,0 +1,230 @@
+"""The libvirt driver against real libvirtd + QEMU (software emulation here), through the CLI.
+
+Lifecycle tests boot a tiny guest built by tests/guest/build-tiny-guest.sh (busybox + dropbear
+initramfs, ~5 s to SSH under TCG); one test boots the real Debian box from boxes/debian-12.toml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, Proj, assert_no_traceback, free_port, require_engine
+
+pytestmark = pytest.mark.libvirt
+
+
+@pytest.fixture(scope="session")
+def libvirt_driver():
+    from devenv.drivers.libvirt import LibvirtDriver
+
+    d = LibvirtDriver()
+    require_engine(d.check_available)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_guest(tmp_path_factory, libvirt_driver) -> Path:
+    out = tmp_path_factory.mktemp("tiny-guest")
+    r = subprocess.run(["bash", str(REPO / "tests/guest/build-tiny-guest.sh"), str(out)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture
+def tiny_box(tiny_guest, tmp_path):
+    """The tiny guest as box tiny-vm@1 in this test's box store (DEVENV_HOME)."""
+    from devenv import boxes
+
+    files = {}
+    staging = tmp_path / "box-staging"
+    staging.mkdir()
+    for key, fn in (("disk", "disk.qcow2"), ("kernel", "vmlinuz"), ("initrd", "initrd.img")):
+        shutil.copy(tiny_guest / fn, staging / fn)
+        files[key] = staging / fn
+    cmdline = (tiny_guest / "cmdline").read_text().strip()
+    return boxes.store_box("tiny-vm", "1", "libvirt", files, {"cmdline": cmdline, "ssh_user": "root",
+                                                              "sync": ["rsync"]})
+
+
+class VmProj(Proj):
+    def domains(self, libvirt_driver) -> list[str]:
+        out = []
+        for dom in libvirt_driver.conn().listAllDomains(0):
+            meta = libvirt_driver.metadata(f"{libvirt_driver.default_uri()}#{dom.name()}")
+            if meta and meta["project"] == self.project_id:
+                out.append(dom.name())
+        return out
+
+    def sweep(self) -> None:
+        super().sweep()
+        from devenv.drivers.libvirt import LibvirtDriver
+
+        try:
+            LibvirtDriver().sweep(self.project_id)
+        except Exception:  # noqa: BLE001 - best-effort cleanup after a failed test
+            pass
+
+
+@pytest.fixture
+def vm(tmp_path, docker_client, libvirt_driver):
+    root = tmp_path / "vmproj"
+    root.mkdir()
+    p = VmProj(root, docker_client)
+    yield p
+    p.sweep()
+
+
+def test_vm_lifecycle(vm, tiny_box, libvirt_driver):
+    port = free_port()
+    vm.devfile(f"""\
+        [machines.box1]
+        driver = "libvirt"
+        box = "tiny-vm"
+        memory = "256MiB"
+        hostname = "tiny-one"
+        env = {{ GREETING = "hello vm" }}
+        ports = [{{ guest = 8080, host = {port} }}]
+        sync = [{{ host = "site", guest = "/srv/site" }}]
+        provision = [
+          {{ type = "shell", inline = "echo step0 >> /data/steps" }},
+          {{ type = "file", source = "conf", destination = "/etc/app" }},
+          {{ type = "shell", script = "start.sh", run = "always" }},
+        ]
+    """)
+    vm.write("site/index.html", "<h1>served from a VM</h1>\n")
+    vm.write("conf/a.conf", "A=1\n")
+    vm.write("start.sh", "pidof httpd >/dev/null || httpd -p 8080 -h /srv/site\n")
+
+    t0 = time.monotonic()
+    r = vm.run("up", check=True)
+    up_seconds = time.monotonic() - t0
+    assert "==> box1: sync" in r.stderr and "(copy)" in r.stderr
+    st = vm.status()["box1"]
+    assert st["state"] == "running" and st["driver"] == "libvirt" and st["provision"] == "up to date"
+    assert st["sync"] == "rsync"
+    assert f"127.0.0.1:{port} -> 8080/tcp" in st["ports"]
+
+    r = vm.run("ssh", "box1", "-c", 'hostname; echo "$GREETING"; cat /etc/app/a.conf; exit 3')
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.splitlines() == ["tiny-one", "hello vm", "A=1"]
+    t1 = time.monotonic()
+    assert vm.run("exec", "box1", "--", "true").returncode == 0
+    print(f"\nlibvirt tiny guest: up {up_seconds:.1f}s, exec round trip {time.monotonic() - t1:.2f}s")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10).read().decode()
+    assert "served from a VM" in body
+
+    # ssh-config works with plain ssh and the pinned key.
+    cfg = vm.root / "ssh_config"
+    cfg.write_text(vm.run("ssh-config", check=True).stdout)
+    alias = f"{vm.root.name}-box1"
+    r = subprocess.run(["ssh", "-F", str(cfg), alias, "echo plain-ssh-ok"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.stdout.strip() == "plain-ssh-ok", r.stderr
+
+    # Snapshot save -> change -> restore: the change is gone.
+    vm.run("snapshot", "save", "box1", "clean", check=True)
+    vm.run("ssh", "box1", "-c", "echo changed > /data/marker", check=True)
+    assert vm.run("snapshot", "list", "box1", "--json", check=True).stdout.strip() == '["clean"]'
+    t2 = time.monotonic()
+    vm.run("snapshot", "restore", "box1", "clean", check=True)
+    print(f"libvirt snapshot restore {time.monotonic() - t2:.1f}s")
+    assert vm.run("ssh", "box1", "-c", "test -e /data/marker").returncode == 1
+    vm.run("snapshot", "delete", "box1", "clean", check=True)
+
+    # halt -> stopped; up -> running again, data on the disk kept.
+    vm.run("halt", check=True)
+    assert vm.status()["box1"]["state"] == "stopped"
+    r = vm.run("up", check=True)
+    assert "provision [0]" not in r.stderr and "provision [2]" in r.stderr
+    assert vm.run("ssh", "box1", "-c", "cat /data/steps").stdout == "step0\n"
+
+    vm.run("destroy", "-f", check=True)
+    assert vm.domains(libvirt_driver) == []
+    assert not (vm.root / ".devenv" / "machines" / "box1").exists()
+    assert not list((Path(os.environ["DEVENV_HOME"]) / "libvirt").glob("*"))
+
+
+def test_swapped_host_key_is_refused(vm, tiny_box):
+    vm.devfile('[machines.k]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n')
+    vm.run("up", check=True)
+    # Give the guest a new host key (as an impostor would have), then restart it.
+    r = vm.run("ssh", "k", "-c", "dropbearkey -t ed25519 -f /tmp/new >/dev/null 2>&1 && "
+               "cp /tmp/new /etc/dropbear/dropbear_ed25519_host_key && sync")
+    assert r.returncode == 0, r.stderr
+    vm.run("halt", check=True)
+    vm.run("up", "--no-provision", check=True)
+    r = vm.run("ssh", "k", "-c", "true")
+    assert r.returncode == 12, r.stderr
+    assert "does not match the one devenv pinned" in r.stderr
+    assert_no_traceback(r)
+
+
+def test_boot_failure_is_reported_and_cleaned_up(vm, tiny_box, libvirt_driver):
+    from devenv import boxes
+
+    # Same box, but a kernel command line that never reaches userspace.
+    meta = json.loads((tiny_box.folder / "box.json").read_text())
+    meta["cmdline"] = "console=ttyS0 rdinit=/does-not-exist panic=0"
+    (tiny_box.folder / "box.json").write_text(json.dumps(meta))
+    assert boxes.find_stored("tiny-vm", "1", "libvirt").meta["cmdline"].endswith("panic=0")
+    vm.devfile('[machines.b]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n'
+               '[machines.b.libvirt]\nboot_timeout = 15\n')
+    r = vm.run("up")
+    assert r.returncode == 4, r.stderr
+    assert_no_traceback(r)
+    assert "did not bring up SSH within 15s" in r.stderr and "last console lines" in r.stderr
+    assert "Kernel panic" in r.stderr or "does-not-exist" in r.stderr
+    assert vm.domains(libvirt_driver) == []
+
+
+def test_docker_and_libvirt_in_one_devfile(vm, tiny_box):
+    vm.devfile("""\
+        [machines.api]
+        box = "busybox"
+        [machines.vm]
+        driver = "libvirt"
+        box = "tiny-vm"
+        memory = "256MiB"
+        depends_on = ["api"]
+    """)
+    vm.run("up", check=True)
+    st = vm.status()
+    assert st["api"]["state"] == "running" and st["api"]["driver"] == "docker"
+    assert st["vm"]["state"] == "running" and st["vm"]["driver"] == "libvirt"
+    assert vm.run("ssh", "api", "-c", "echo container").stdout == "container\n"
+    assert vm.run("ssh", "vm", "-c", "echo virtual-machine").stdout == "virtual-machine\n"
+    vm.run("destroy", "-f", check=True)
+    assert vm.labelled()["containers"] == []
+
+
+@pytest.mark.slow
+def test_debian_box_boots_with_shared_folder(vm):
+    """The real Debian box (debootstrap + cloud kernel + OpenSSH + systemd), built on first use."""
+    vm.devfile("""\
+        [machines.deb]
+        driver = "libvirt"
+        box = "debian-12"
+        memory = "512MiB"
+        hostname = "deb"
+        sync = [{ host = ".", guest = "/src" }]
+        provision = [{ type = "shell", inline = "cat /etc/debian_version > /src/version-from-guest" }]
+    """)
+    r = vm.run("up", timeout=1200)
+    assert r.returncode == 0, r.stderr
+    assert (vm.root / "version-from-guest").read_text().startswith("12")
+    st = vm.status()["deb"]
+    assert st["sync"] == "virtiofs"
+    assert vm.run("ssh", "deb", "-c", "hostname").stdout.strip() == "deb"
+    t0 = time.monotonic()
+    vm.run("halt", check=True)
+    print(f"\ndebian box: halt {time.monotonic() - t0:.1f}s")
+    vm.run("destroy", "-f", check=True)
