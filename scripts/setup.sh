@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/engines.sh
+# The test suite drives libvirt + QEMU too (real VMs, under emulation when there is no KVM).
+if [ "${1:-}" = "--test" ]; then bash scripts/libvirt.sh; fi
 
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
@@ -17,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+[ "${1:-}" = "--test" ] && extras="[test,libvirt]"
 echo "==> installing devenv${extras} into .venv" >&2
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v '^WARNING: Location' >&2 || true
 .venv/bin/devenv --version >/dev/null || { echo "error: devenv did not install" >&2; exit 1; }
