@@ -225,10 +225,11 @@ def halt(
 def reload(
     names: NamesArg = None,
     no_provision: Annotated[bool, typer.Option("--no-provision")] = False,
+    recreate: Annotated[bool, typer.Option("--recreate", help="Replace the machine (its disk is lost)")] = False,
 ) -> None:
-    """Restart machines, recreating them when their Devfile settings changed."""
+    """Restart machines with the Devfile's current settings (in place where the driver can)."""
     _sigterm_as_interrupt()
-    _project().reload(names, provision=not no_provision)
+    _project().reload(names, provision=not no_provision, recreate=recreate)
 
 
 @app.command()

@@ -52,6 +52,7 @@ class MachineStatus:
     ports: list[str]
     sync: str | None
     handle: str | None
+    action: str | None = None  # "reload" or "recreate" when the Devfile drifted from the machine
 
     def as_dict(self) -> dict:
         return {
@@ -65,6 +66,7 @@ class MachineStatus:
             "ports": self.ports,
             "sync": self.sync,
             "handle": self.handle,
+            "action": self.action,
         }
 
 
@@ -96,11 +98,15 @@ def resolve_env(machine: Machine, root: Path) -> dict[str, str]:
     return out
 
 
+def identity_hash(machine: Machine) -> str:
+    """What the machine IS: a change of driver or box means a new machine (recreate)."""
+    doc = {"driver": machine.driver, "box": machine.box}
+    return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def settings_hash(machine: Machine) -> str:
-    """What the machine was created with; a change means the machine must be recreated."""
+    """How the machine runs: a change is applied by `reload` (in place where the driver can)."""
     doc = {
-        "driver": machine.driver,
-        "box": machine.box,
         "cpus": machine.cpus,
         "memory": machine.memory,
         "hostname": machine.hostname,
@@ -234,7 +240,6 @@ class Project:
                 self.state.remove(name)
 
     def _up_one(self, name: str, *, provision: bool) -> None:
-        m = self.devfile.machines[name]
         driver = self.driver(name)
         driver.check_available()
         target = self.target(name)
@@ -260,7 +265,7 @@ class Project:
         if not st.get("handle") or st.get("handle") != handle:
             st = {**st, "driver": driver.name, "handle": handle}
             self.state.save(name, st)
-        if st.get("settings") and st["settings"] != settings_hash(m):
+        if self.drift(name, st):
             ui.warn(
                 f"{name}: the Devfile's settings changed since the machine was created; "
                 f"run `devenv reload {name}` to apply them"
@@ -293,6 +298,7 @@ class Project:
                     "handle": handle,
                     "box": {"name": box.name, "version": box.version, "ref": box.ref, "digest": box.digest},
                     "settings": settings_hash(m),
+                    "identity": identity_hash(m),
                     "steps": [],
                     "created": int(time.time()),
                 },
@@ -443,7 +449,18 @@ class Project:
                     self.state.remove(n)
                 self.index.forget(self.devfile.project_id)
 
-    def reload(self, names: list[str] | None = None, *, provision: bool = True) -> None:
+    def drift(self, name: str, st: dict | None) -> str | None:
+        """'recreate' when the box or driver changed, 'reload' when settings changed, else None."""
+        if not st:
+            return None
+        m = self.devfile.machines[name]
+        if st.get("identity") not in (None, identity_hash(m)):
+            return "recreate"
+        if st.get("settings") not in (None, settings_hash(m)):
+            return "reload"
+        return None
+
+    def reload(self, names: list[str] | None = None, *, provision: bool = True, recreate: bool = False) -> None:
         wanted = self.names(names)
         with self.state.lock("reload"):
             for n in wanted:
@@ -451,12 +468,29 @@ class Project:
                 driver.check_available()
                 h, live = self.live_state(n)
                 st = self.state.load(n) or {}
-                if live is not MachineState.NOT_CREATED and st.get("settings") != settings_hash(
-                    self.devfile.machines[n]
-                ):
-                    ui.info(n, "settings changed: recreating the machine")
+                drift = self.drift(n, st) if live is not MachineState.NOT_CREATED else None
+                if drift == "recreate" or (recreate and live is not MachineState.NOT_CREATED):
+                    if not recreate:
+                        raise MachineStateError(
+                            f"machine '{n}' was made from another box or driver than the Devfile now names",
+                            hint=f"`devenv reload {n} --recreate` replaces it (its disk and changes are lost)",
+                        )
+                    ui.info(n, "recreating the machine")
                     driver.destroy(h)
                     self.state.remove(n)
+                elif drift == "reload":
+                    target = self.target(n)
+                    apply = getattr(driver, "apply_settings", None)
+                    if apply is not None:
+                        ui.info(n, "applying changed settings (the disk is kept)")
+                        with self._box_lock(target.machine.box or ""):
+                            box = driver.prepare_box(target, target.machine.box)
+                        apply(h, target, box)
+                        self.state.save(n, {**st, "settings": settings_hash(target.machine)})
+                    else:
+                        ui.info(n, "settings changed: recreating the machine")
+                        driver.destroy(h)
+                        self.state.remove(n)
                 elif live is MachineState.RUNNING:
                     ui.info(n, "stopping")
                     driver.stop(h)
@@ -504,13 +538,18 @@ class Project:
                 box = f"{b['name']}@{b['version']}" if b.get("version") else b["name"]
             provision, stale = self._provision_summary(n, st, live)
             settings = "up to date"
-            if live is not MachineState.NOT_CREATED and st and st.get("settings") not in (None, settings_hash(m)):
+            drift = self.drift(n, st) if live is not MachineState.NOT_CREATED else None
+            if drift == "recreate":
+                settings = f"box or driver changed: run `devenv reload {n} --recreate` (the machine is replaced)"
+            elif drift == "reload":
                 settings = f"changed since creation: run `devenv reload {n}`"
             ports = [str(b) for b in driver.ports(h)] if h and live is MachineState.RUNNING else []
             sync = None
             if m.sync and hasattr(driver, "sync_kind") and h:
                 sync = driver.sync_kind(h)
-            out.append(MachineStatus(n, m.driver, live, box or m.box, provision, stale, settings, ports, sync, h))
+            out.append(
+                MachineStatus(n, m.driver, live, box or m.box, provision, stale, settings, ports, sync, h, drift)
+            )
         return out
 
     def _provision_summary(self, name: str, st: dict | None, live: MachineState) -> tuple[str, int | None]:

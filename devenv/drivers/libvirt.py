@@ -297,18 +297,12 @@ class LibvirtDriver:
         return plan
 
     def create(self, target: Target, box: BoxArtifact, *, env: dict[str, str] | None = None) -> str:
-        from devenv import identity, seed
-        from devenv.state import ProjectState
-
         m = target.machine
         uri = self._uri_for(m)
-        conn = self.conn(uri)
-        name = target.resource_name
-        handle = f"{uri}#{name}"
+        handle = f"{uri}#{target.resource_name}"
         if self._dom(handle) is not None:
             return handle
-        opts = m.driver_options()
-        folder = self.storage_dir(name)
+        folder = self.storage_dir(target.resource_name)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         overlay = folder / "disk.qcow2"
         if not overlay.exists():
@@ -322,14 +316,29 @@ class LibvirtDriver:
                     f"cannot create the disk overlay for '{m.name}': {r.stderr.strip()}",
                     hint="is qemu-utils installed? (apt-get install qemu-utils)",
                 )
+        self._define(target, box, handle, ssh_port=_free_port("127.0.0.1"))
+        return handle
+
+    def _define(self, target: Target, box: BoxArtifact, handle: str, *, ssh_port: int) -> None:
+        """Write the seed and (re)define the domain; the disk and the machine's keys are kept."""
+        from devenv import identity, seed
+        from devenv.state import ProjectState
+
+        m = target.machine
+        uri, name = split_handle(handle)
+        folder = self.storage_dir(name)
         keys = identity.ensure_keys(
             ProjectState(target.project_root).machine_dir(m.name), f"{target.project_id}/{m.name}"
         )
-        ssh_port = _free_port("127.0.0.1")
         keys.pin("127.0.0.1", ssh_port)
         forwards = self._forwards(target)
         sync = self._sync_plan(target, box)
-        ssh_user = opts.get("ssh_user") or box.extra.get("ssh_user", "root")
+        ssh_user = m.driver_options().get("ssh_user") or box.extra.get("ssh_user", "root")
+        mounts = [
+            (s["tag"], s["guest"], s["kind"], MOUNT_OPTIONS[s["kind"]] + (",ro" if s["read_only"] else ""))
+            for s in sync
+            if s["kind"] in MOUNT_OPTIONS
+        ]
         seed.write_iso(
             folder / "seed.iso",
             {
@@ -339,11 +348,7 @@ class LibvirtDriver:
                     authorized_key=keys.client_pub,
                     host_key_private=keys.host_key.read_text(),
                     host_key_public=keys.host_pub,
-                    mounts=[
-                        (s["tag"], s["guest"], s["kind"], MOUNT_OPTIONS[s["kind"]])
-                        for s in sync
-                        if s["kind"] in MOUNT_OPTIONS
-                    ],
+                    mounts=mounts,
                 ),
             },
         )
@@ -359,12 +364,29 @@ class LibvirtDriver:
             forwards=forwards,
             sync=sync,
         )
+        existing = self._dom(handle)
+        if existing is not None:
+            # Redefining keeps the domain (and its snapshots) only under the same UUID.
+            xml = xml.replace(
+                f"  <name>{escape(name)}</name>",
+                f"  <name>{escape(name)}</name>\n  <uuid>{existing.UUIDString()}</uuid>",
+                1,
+            )
         lib = self._lib()
         try:
-            conn.defineXML(xml)
+            self.conn(uri).defineXML(xml)
         except lib.libvirtError as exc:
             raise BoxError(f"libvirt refused the domain for '{m.name}': {exc}") from exc
-        return handle
+
+    def apply_settings(self, handle: str, target: Target, box: BoxArtifact) -> bool:
+        """Apply changed cpus/memory/ports/hostname/sync in place: stop, redefine, keep the disk."""
+        meta = self.metadata(handle) or {}
+        self.stop(handle)
+        port = int(meta.get("ssh", {}).get("port") or _free_port("127.0.0.1"))
+        if not _port_free("127.0.0.1", port, "tcp"):
+            port = _free_port("127.0.0.1")
+        self._define(target, box, handle, ssh_port=port)
+        return True
 
     def domain_xml(
         self,
@@ -742,8 +764,10 @@ class LibvirtDriver:
                 ) from exc
             hint = None
             if "non-migratable" in str(exc) or "migration" in str(exc).lower():
-                hint = ("a running machine with shared folders (virtiofs/9p) cannot be snapshotted live: "
-                        "`devenv halt` it and snapshot the disk, or use sync type = \"rsync\"")
+                hint = (
+                    "a running machine with shared folders (virtiofs/9p) cannot be snapshotted live: "
+                    '`devenv halt` it and snapshot the disk, or use sync type = "rsync"'
+                )
             raise UnsupportedOperation(f"cannot take snapshot '{name}': {exc}", hint=hint) from exc
 
     def _snapshot(self, handle: str, name: str) -> Any:

@@ -358,3 +358,16 @@ def test_unbuildable_box_is_a_clear_error(proj):
     assert proj.labelled()["containers"] == []
     r = proj.run("up", "m2")
     assert r.returncode == 2 and "no machine named 'm2'" in r.stderr
+
+
+def test_reload_recreates_a_container_with_new_settings(proj, docker_client):
+    proj.devfile('[machines.m]\nbox = "busybox"\nmemory = "64MiB"\nprovision = [{ type = "shell", inline = "touch /p" }]\n')
+    proj.run("up", check=True)
+    proj.devfile('[machines.m]\nbox = "busybox"\nmemory = "96MiB"\nprovision = [{ type = "shell", inline = "touch /p" }]\n')
+    st = proj.status()["m"]
+    assert st["action"] == "reload"
+    r = proj.run("reload", check=True)
+    assert "recreating" in r.stderr and "provision [0]" in r.stderr
+    (c,) = docker_client.containers.list(all=True, filters={"label": f"devenv.project={proj.project_id}"})
+    assert c.attrs["HostConfig"]["Memory"] == 96 * 1024**2
+    assert proj.status()["m"]["action"] is None

@@ -228,3 +228,33 @@ def test_debian_box_boots_with_shared_folder(vm):
     vm.run("halt", check=True)
     print(f"\ndebian box: halt {time.monotonic() - t0:.1f}s")
     vm.run("destroy", "-f", check=True)
+
+
+def test_vm_reload_applies_settings_in_place_and_suspend(vm, tiny_box, libvirt_driver):
+    devfile = '[machines.r]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "{mem}"\nhostname = "{host}"\n'
+    vm.devfile(devfile.format(mem="256MiB", host="before"))
+    vm.run("up", check=True)
+    vm.run("ssh", "r", "-c", "echo kept > /data/file", check=True)
+
+    # suspend (managed save) and resume
+    vm.run("suspend", check=True)
+    assert vm.status()["r"]["state"] == "suspended"
+    vm.run("resume", check=True)
+    assert vm.run("ssh", "r", "-c", "cat /data/file").stdout == "kept\n"
+
+    vm.devfile(devfile.format(mem="384MiB", host="after"))
+    st = vm.status()["r"]
+    assert st["action"] == "reload" and "devenv reload r" in st["settings"]
+    vm.run("reload", check=True)
+    st = vm.status()["r"]
+    assert st["action"] is None and st["state"] == "running"
+    dom = libvirt_driver.conn().lookupByName(f"devenv-{vm.project_id}-r")
+    assert dom.maxMemory() == 384 * 1024
+    assert vm.run("ssh", "r", "-c", "hostname; cat /data/file").stdout == "after\nkept\n"
+
+    # A different box is another machine: reload says so instead of silently wiping the disk.
+    vm.devfile(devfile.format(mem="384MiB", host="after").replace('"tiny-vm"', '"tiny-vm@1"'))
+    assert vm.status()["r"]["action"] == "recreate"
+    r = vm.run("reload")
+    assert r.returncode == 4 and "--recreate" in r.stderr
+    assert_no_traceback(r)

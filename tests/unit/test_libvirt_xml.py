@@ -5,7 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import libvirt  # noqa: E402,F401 - a test dependency (devenv[libvirt]); missing it must fail, not skip
+import libvirt  # noqa: F401 - a test dependency (devenv[libvirt]); missing it must fail, not skip
+import pytest
 
 from devenv import devfile
 from devenv.drivers import BoxArtifact, MachineState, Target
@@ -100,3 +101,30 @@ def test_unavailable_messages(monkeypatch):
     assert "libvirtd is not running" in err.message and "libvirtd" in err.hint
     err = driver._unavailable("qemu:///system", Exception("Failed to connect socket: Permission denied"))
     assert "permission denied" in err.message and "libvirt' group" in err.hint
+
+
+def test_forwards_refuse_a_busy_host_port_unless_auto_correct(tmp_path):
+    import socket
+
+    from devenv.drivers.libvirt import PortConflict
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "Devfile").write_text(
+            f'[machines.vm]\ndriver = "libvirt"\nbox = "tiny"\nports = [{{ guest = 80, host = {port} }}, {{ guest = 81 }}]\n'
+        )
+        df = devfile.load(tmp_path / "Devfile")
+        driver = lv.LibvirtDriver()
+        with pytest.raises(PortConflict) as exc:
+            driver._forwards(Target(df.project_id, df.root, df.machines["vm"]))
+        assert f"host port 127.0.0.1:{port}/tcp (for guest port 80) is already in use" in exc.value.message
+        (tmp_path / "Devfile").write_text(
+            f'[machines.vm]\ndriver = "libvirt"\nbox = "tiny"\n'
+            f'ports = [{{ guest = 80, host = {port}, auto_correct = true }}, {{ guest = 81 }}]\n'
+        )
+        df = devfile.load(tmp_path / "Devfile")
+        fwd = driver._forwards(Target(df.project_id, df.root, df.machines["vm"]))
+        assert fwd[0]["host"] > port and fwd[0]["guest"] == 80
+        assert fwd[1]["host"] > 0 and fwd[1]["host_ip"] == "127.0.0.1", "no host port given: a free one is chosen"
