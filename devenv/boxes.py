@@ -21,6 +21,7 @@ BUNDLED = Path(__file__).resolve().parent.parent / "boxes"
 IMAGE_REPO = "devenv-box"
 LABEL_BOX = "devenv.box"
 LABEL_VERSION = "devenv.box.version"
+LABEL_BAKED = "devenv.box.baked"  # comma-separated fingerprints of the baked provision steps
 
 SOURCE_TYPES = ("image", "debootstrap", "busybox")
 
@@ -69,6 +70,22 @@ _SOURCE = Table(
     check_fn=_check_source,
 )
 
+
+class _StepsNode(ListOf):
+    """A Devfile provision list, checked by the Devfile's own step rules (imported late: no cycle)."""
+
+    def __init__(self) -> None:
+        from devenv.schema import Custom
+
+        def step(value, path, problems):
+            from devenv.devfile import _step
+
+            return _step(value, path, problems)
+
+        super().__init__(Custom(step, {"type": "object"}), description="Provision steps baked into the box")
+        self.keep_missing = True
+
+
 _RECIPE = Table(
     {
         "name": Field(Str(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*", pattern_help="letters, digits, . _ -"), required=True),
@@ -78,6 +95,8 @@ _RECIPE = Table(
         "description": Field(Str(), default=""),
         "sources": Field(ListOf(_SOURCE), required=True),
         "outputs": Field(ListOf(Str(choices=("docker", "libvirt"))), default=lambda: ["docker"]),
+        # The same step syntax as a Devfile's provision list; paths start at the folder above boxes/.
+        "provision": Field(_StepsNode(), default=list),
     },
 )
 
@@ -91,6 +110,13 @@ class Recipe:
     outputs: tuple[str, ...]
     path: Path
     root: Path = field(default=Path("."))  # where the recipe's relative paths start
+    provision: tuple = ()  # devenv.devfile.Step, baked in order
+
+    def baked_fingerprints(self) -> list[str]:
+        """The fingerprints of the baked steps: what a machine on this box may skip."""
+        from devenv.provisioners import fingerprint
+
+        return [fingerprint(step, self.root) for step in self.provision]
 
     @property
     def docker_tag(self) -> str:
@@ -120,6 +146,19 @@ def load_recipe(path: Path) -> Recipe:
         raise DevfileError(f"box recipe {path} is invalid", lines)
     if not r["sources"]:
         raise DevfileError(f"box recipe {path} is invalid", [f"{path}:1: sources: needs at least one source"])
+    from devenv.devfile import Step
+    from devenv.provisioners import get_provisioner
+
+    root = path.parent.parent
+    steps = []
+    for i, cfg in enumerate(r["provision"]):
+        for p in get_provisioner(cfg["type"]).check(cfg, root, ("provision", i)):
+            problems.append(p)
+        steps.append(Step(index=i, type=cfg["type"], config=cfg, run=cfg.get("run", "once"), name=cfg.get("name")))
+    if problems:
+        locs = key_lines(text)
+        lines = [f"{path}:{line_of(locs, p.path) or 1}: {p.key}: {p.message}" for p in problems]
+        raise DevfileError(f"box recipe {path} is invalid", lines)
     return Recipe(
         name=r["name"],
         version=r["version"],
@@ -127,7 +166,8 @@ def load_recipe(path: Path) -> Recipe:
         sources=tuple(r["sources"]),
         outputs=tuple(r["outputs"]),
         path=path,
-        root=path.parent.parent,
+        root=root,
+        provision=tuple(steps),
     )
 
 

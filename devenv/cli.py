@@ -292,6 +292,8 @@ def status(
         colour = {"running": "green", "stopped": "yellow"}.get(str(r.state), "dim")
         line = f"{r.name:<{width}}  {ui.style(f'{str(r.state):<11}', colour)}  {r.driver:<7}  {r.box or '-'}"
         ui.say(line)
+        if r.baked_steps:
+            ui.say(f"{'':<{width}}  from the box: steps {', '.join(f'[{i}]' for i in r.baked_steps)}")
         if r.provision not in ("up to date", "no steps", "not created"):
             ui.say(f"{'':<{width}}  provision: {r.provision}")
         if r.settings != "up to date":

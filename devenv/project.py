@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from devenv import ui
@@ -53,6 +53,8 @@ class MachineStatus:
     sync: str | None
     handle: str | None
     action: str | None = None  # "reload" or "recreate" when the Devfile drifted from the machine
+    box_digest: str | None = None
+    baked_steps: list[int] = field(default_factory=list)  # provision steps that came with the box
 
     def as_dict(self) -> dict:
         return {
@@ -67,6 +69,8 @@ class MachineStatus:
             "sync": self.sync,
             "handle": self.handle,
             "action": self.action,
+            "box_digest": self.box_digest,
+            "baked_steps": self.baked_steps,
         }
 
 
@@ -296,7 +300,13 @@ class Project:
                 {
                     "driver": driver.name,
                     "handle": handle,
-                    "box": {"name": box.name, "version": box.version, "ref": box.ref, "digest": box.digest},
+                    "box": {
+                        "name": box.name,
+                        "version": box.version,
+                        "ref": box.ref,
+                        "digest": box.digest,
+                        "baked": list(box.extra.get("baked", [])),
+                    },
                     "settings": settings_hash(m),
                     "identity": identity_hash(m),
                     "steps": [],
@@ -340,8 +350,17 @@ class Project:
         applied = (st or {}).get("steps", [])
         plans: list[StepPlan] = []
         stale_from: int | None = None
+        box = (st or {}).get("box") or {}
+        baked = box.get("baked") or []
+        box_label = f"{box.get('name')}@{box.get('version')}" if box.get("version") else str(box.get("name"))
+        in_box_prefix = only is None and not force
         for step in m.provision:
             fp = fingerprint(step, self.root)
+            # The box is the cached prefix: leading steps with the fingerprints it baked are done.
+            if in_box_prefix and step.index < len(baked) and baked[step.index] == fp:
+                plans.append(StepPlan(step, fp, "box", f"baked into box {box_label}"))
+                continue
+            in_box_prefix = False
             prev = applied[step.index] if step.index < len(applied) else None
             prev_fp = prev.get("fingerprint") if isinstance(prev, dict) else None
             named = only is not None and (step.name in only or str(step.index) in only)
@@ -370,6 +389,18 @@ class Project:
         st = self.state.load(name) or {}
         plans = self.plan(name, st, force=force, only=only)
         todo = [p for p in plans if p.action == "run"]
+        from_box = [p for p in plans if p.action == "box"]
+        recorded = {i for i, a in enumerate(st.get("steps", [])) if isinstance(a, dict) and a.get("from_box")}
+        if from_box and {p.step.index for p in from_box} != recorded:
+            for p in from_box:
+                ui.info(name, f"provision {p.step.label}: {p.reason}, skipped")
+            steps = list(st.get("steps", []))
+            for p in from_box:
+                while len(steps) <= p.step.index:
+                    steps.append(None)
+                steps[p.step.index] = {"fingerprint": p.fingerprint, "label": p.step.label, "from_box": True}
+            st = {**st, "steps": steps}
+            self.state.save(name, st)
         if not todo:
             if plans:
                 ui.info(name, "provisioning is up to date")
@@ -547,9 +578,11 @@ class Project:
             sync = None
             if m.sync and hasattr(driver, "sync_kind") and h:
                 sync = driver.sync_kind(h)
-            out.append(
-                MachineStatus(n, m.driver, live, box or m.box, provision, stale, settings, ports, sync, h, drift)
-            )
+            row = MachineStatus(n, m.driver, live, box or m.box, provision, stale, settings, ports, sync, h, drift)
+            if st and live is not MachineState.NOT_CREATED:
+                row.box_digest = (st.get("box") or {}).get("digest")
+                row.baked_steps = [p.step.index for p in self.plan(n, st) if p.action == "box"]
+            out.append(row)
         return out
 
     def _provision_summary(self, name: str, st: dict | None, live: MachineState) -> tuple[str, int | None]:

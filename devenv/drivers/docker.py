@@ -200,7 +200,10 @@ class DockerDriver:
             img = self._call("inspect image", self.client.images.get, recipe.docker_tag)
         except errors.ImageNotFound:
             img = self.build_box(recipe, machine=target.name, pull=pull)
-        return BoxArtifact(name=recipe.name, version=recipe.version, ref=recipe.docker_tag, digest=img.id)
+        baked = [b for b in (img.labels or {}).get(boxes.LABEL_BAKED, "").split(",") if b]
+        return BoxArtifact(
+            name=recipe.name, version=recipe.version, ref=recipe.docker_tag, digest=img.id, extra={"baked": baked}
+        )
 
     def _pull(self, image: str, machine: str | None) -> Any:
         errors = self._errors()
@@ -218,34 +221,100 @@ class DockerDriver:
             ) from exc
 
     def build_box(self, recipe: boxes.Recipe, *, machine: str | None = None, pull: bool = False) -> Any:
-        """Make the recipe's image from the first source that works, tagged devenv-box/NAME:VERSION."""
+        """Make the recipe's image: base from the first source that works, then the baked steps.
+
+        The result is committed as devenv-box/NAME:VERSION only when every step succeeded; the
+        temporary build container and base tag are removed whatever happens.
+        """
         errors = self._errors()
         failures: list[str] = []
+        base: str | None = None
+        temp_base = f"{boxes.IMAGE_REPO}/{recipe.name}:{recipe.version}-base"
         for src in recipe.sources:
             kind = src["type"]
             try:
                 if kind == "image":
                     try:
-                        base = self.client.images.get(src["image"])
+                        self.client.images.get(src["image"])
                     except errors.ImageNotFound:
                         if not pull:
                             failures.append(f"image {src['image']}: not on the engine (pull with --pull)")
                             continue
-                        base = self._pull(src["image"], machine)
-                    base.tag(f"{boxes.IMAGE_REPO}/{recipe.name}", tag=recipe.version)
-                    return self.client.images.get(recipe.docker_tag)
-                return self._build_from_rootfs(recipe, src, machine)
+                        self._pull(src["image"], machine)
+                    base = src["image"]
+                else:
+                    self._build_from_rootfs(recipe, src, machine, temp_base)
+                    base = temp_base
+                break
             except BoxError as exc:
                 failures.append(f"{kind}: {exc.message}")
                 if exc.hint:
                     failures.append(f"  ({exc.hint})")
-        raise BoxError(
-            f"box {recipe.name}@{recipe.version} could not be built from any of its sources:\n  "
-            + "\n  ".join(failures),
-            hint=f"fix the first source in {recipe.path} or make the image yourself and tag it {recipe.docker_tag}",
-        )
+        if base is None:
+            raise BoxError(
+                f"box {recipe.name}@{recipe.version} could not be built from any of its sources:\n  "
+                + "\n  ".join(failures),
+                hint=f"fix the first source in {recipe.path} or make the image yourself and tag it {recipe.docker_tag}",
+            )
+        try:
+            return self._finalize(recipe, base, machine)
+        finally:
+            if base == temp_base:
+                try:
+                    self.client.images.remove(temp_base, noprune=False)
+                except errors.APIError:
+                    pass
 
-    def _build_from_rootfs(self, recipe: boxes.Recipe, src: dict, machine: str | None) -> Any:
+    def _finalize(self, recipe: boxes.Recipe, base: str, machine: str | None) -> Any:
+        """Run the baked steps in a temporary container and commit it with devenv's labels."""
+        import uuid
+
+        from devenv.errors import ProvisionError
+        from devenv.provisioners import RunContext, get_provisioner
+        from devenv.transport import DockerTransport
+
+        label = machine or f"box {recipe.name}"
+        baked = recipe.baked_fingerprints()
+        container = self.client.containers.create(
+            base,
+            entrypoint=[keepalive.PATH_IN_CONTAINER],
+            command=[],
+            init=True,
+            detach=True,
+            name=f"devenv-build-{recipe.name}-{uuid.uuid4().hex[:8]}",
+            labels={"devenv.build": recipe.name},
+        )
+        try:
+            self.client.api.put_archive(container.id, "/", keepalive.tar_archive())
+            container.start()
+            transport = DockerTransport(self.client, container.id, label, docker_host=os.environ.get("DOCKER_HOST"))
+            for step in recipe.provision:
+                ui.info(label, f"bake {step.label}")
+                ctx = RunContext(
+                    machine=label, root=recipe.root, transport=transport, on_output=lambda line: ui.detail(label, line)
+                )
+                try:
+                    get_provisioner(step.type).run(step.config, ctx)
+                except ProvisionError as exc:
+                    raise BoxError(
+                        f"box {recipe.name}@{recipe.version}: baked step {step.label} failed; nothing was stored\n"
+                        + exc.message,
+                        hint=f"fix the step in {recipe.path} and build again",
+                    ) from exc
+            container.stop(timeout=5)
+            changes = [
+                "ENTRYPOINT []",
+                'CMD ["/bin/sh"]',
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                f"LABEL {boxes.LABEL_BOX}={recipe.name} {boxes.LABEL_VERSION}={recipe.version} "
+                f"{boxes.LABEL_BAKED}={','.join(baked)}",
+            ]
+            container.commit(repository=f"{boxes.IMAGE_REPO}/{recipe.name}", tag=recipe.version, changes=changes)
+        finally:
+            container.remove(force=True, v=True)
+        return self.client.images.get(recipe.docker_tag)
+
+    def _build_from_rootfs(self, recipe: boxes.Recipe, src: dict, machine: str | None, tag: str) -> None:
         from devenv import rootfs
 
         with tempfile.TemporaryDirectory(prefix="devenv-box-") as tmp:
@@ -266,15 +335,8 @@ class DockerDriver:
                     )
                 tar = Path(tmp) / "rootfs.tar"
                 rootfs.make_tar(root, tar)
-                changes = [
-                    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    'CMD ["/bin/sh"]',
-                    f"LABEL {boxes.LABEL_BOX}={recipe.name} {boxes.LABEL_VERSION}={recipe.version}",
-                ]
-                self.client.api.import_image_from_file(
-                    str(tar), repository=f"{boxes.IMAGE_REPO}/{recipe.name}", tag=recipe.version, changes=changes
-                )
-            return self.client.images.get(recipe.docker_tag)
+                repo, _, version = tag.rpartition(":")
+                self.client.api.import_image_from_file(str(tar), repository=repo, tag=version)
 
     def list_boxes(self) -> list[dict]:
         out = []
@@ -282,6 +344,7 @@ class DockerDriver:
             for tag in img.tags or [None]:
                 out.append(
                     {
+                        "baked": [b for b in img.labels.get(boxes.LABEL_BAKED, "").split(",") if b],
                         "name": img.labels.get(boxes.LABEL_BOX),
                         "version": img.labels.get(boxes.LABEL_VERSION),
                         "tag": tag,

@@ -1,0 +1,93 @@
+"""Boxes as production images: baked provision steps, dev/prod parity, failed builds store nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.conftest import assert_no_traceback
+
+pytestmark = pytest.mark.docker
+
+RECIPE = """\
+name = "baked"
+version = "{version}"
+description = "busybox with the base steps baked in"
+provision = [
+  {{ type = "shell", script = "provisioners/base.sh", args = ["prod"] }},
+  {{ type = "file", source = "provisioners/conf", destination = "/etc/app" }},
+]
+
+[[sources]]
+type = "busybox"
+"""
+
+DEVFILE = """\
+[machines.web]
+box = "baked"
+provision = [
+  { type = "shell", script = "provisioners/base.sh", args = ["prod"] },
+  { type = "file", source = "provisioners/conf", destination = "/etc/app" },
+  { type = "shell", inline = "echo dev-only >> /steps.log" },
+]
+"""
+
+
+def _project(proj, version="1"):
+    proj.write("boxes/baked.toml", RECIPE.format(version=version))
+    proj.write("provisioners/base.sh", "#!/bin/sh\necho \"base $1\" >> /steps.log\n", 0o755)
+    proj.write("provisioners/conf/app.env", "MODE=prod\n")
+    proj.devfile(DEVFILE)
+
+
+def test_baked_steps_are_skipped_and_fingerprints_match(proj, docker_client):
+    _project(proj)
+    r = proj.run("box", "build", "baked", check=True)
+    assert "bake [0] shell provisioners/base.sh" in r.stderr and "bake [1] file" in r.stderr
+    assert docker_client.containers.list(all=True, filters={"label": "devenv.build"}) == []
+    built = {b["name"]: b for b in json.loads(proj.run("box", "list", "--json", check=True).stdout)["built"]}
+    baked = built["baked"]["baked"]
+    assert len(baked) == 2
+
+    # Parity as a checked fact: the Devfile's first two steps have exactly the box's fingerprints.
+    from devenv import devfile
+    from devenv.provisioners import fingerprint
+
+    df = devfile.load(proj.root / "Devfile")
+    assert [fingerprint(s, df.root) for s in df.machines["web"].provision[:2]] == baked
+
+    try:
+        r = proj.run("up", check=True)
+        assert "provision [0] shell provisioners/base.sh: baked into box baked@1, skipped" in r.stderr
+        assert "provision [1] file provisioners/conf -> /etc/app: baked into box baked@1, skipped" in r.stderr
+        assert "provision [2]" in r.stderr and "(not applied yet)" in r.stderr
+        # The baked effects are in the image, the dev-only step ran once, nothing ran twice.
+        assert proj.run("exec", "web", "--", "cat", "/steps.log").stdout == "base prod\ndev-only\n"
+        assert proj.run("exec", "web", "--", "cat", "/etc/app/app.env").stdout == "MODE=prod\n"
+        st = proj.status()["web"]
+        assert st["baked_steps"] == [0, 1] and st["provision"] == "up to date"
+        assert st["box"] == "baked@1" and st["box_digest"].startswith("sha256:")
+
+        # A dev change to a baked step breaks the prefix: it and every later step run on the machine.
+        proj.write("provisioners/base.sh", "#!/bin/sh\necho \"base2 $1\" >> /steps.log\n", 0o755)
+        st = proj.status()["web"]
+        assert st["stale_step"] == 0 and st["baked_steps"] == []
+        r = proj.run("provision", check=True)
+        assert "provision [0]" in r.stderr and "provision [1]" in r.stderr and "provision [2]" in r.stderr
+    finally:
+        proj.run("destroy", "-f")
+        docker_client.images.remove("devenv-box/baked:1", force=True)
+
+
+def test_failed_bake_stores_nothing(proj, docker_client):
+    _project(proj, version="2")
+    proj.write("provisioners/base.sh", "#!/bin/sh\necho about to fail\nexit 3\n", 0o755)
+    r = proj.run("box", "build", "baked")
+    assert r.returncode == 7, r.stderr
+    assert_no_traceback(r)
+    assert "baked step [0] shell provisioners/base.sh failed; nothing was stored" in r.stderr
+    assert "about to fail" in r.stderr
+    tags = [t for i in docker_client.images.list() for t in i.tags]
+    assert not [t for t in tags if t.startswith("devenv-box/baked:2")], tags
+    assert docker_client.containers.list(all=True, filters={"label": "devenv.build"}) == []
