@@ -204,10 +204,18 @@ def _sigterm_as_interrupt() -> None:
 def up(
     names: NamesArg = None,
     no_provision: Annotated[bool, typer.Option("--no-provision", help="Do not run provision steps")] = False,
+    box: Annotated[
+        Optional[str],
+        typer.Option(
+            "--box",
+            help="Make machines from this box (e.g. the production one: NAME@VERSION); Devfile.lock is not changed",
+        ),
+    ] = None,
+    frozen: Annotated[bool, typer.Option("--frozen", help="Fail if Devfile.lock would change")] = False,
 ) -> None:
     """Create, start and provision machines (dependencies first)."""
     _sigterm_as_interrupt()
-    _project().up(names, provision=not no_provision)
+    _project().up(names, provision=not no_provision, box=box, frozen=frozen)
 
 
 @app.command()
@@ -495,6 +503,17 @@ def box_build(
         else:
             stored = vmbox.build_libvirt_box(recipe)
             ui.info(None, f"built {label} (libvirt) in {stored.folder} (disk sha256:{stored.digest()[:16]}...)")
+
+
+@box_app.command("update")
+@handle_errors
+def box_update(names: NamesArg = None) -> None:
+    """Move Devfile.lock to the newest box version available for each machine."""
+    changes = _project().box_update(names)
+    for machine, old, new in changes:
+        ui.info(machine, f"Devfile.lock: {old or '(none)'} -> {new}")
+    if not changes:
+        ui.info(None, "Devfile.lock is up to date")
 
 
 @box_app.command("list")

@@ -123,6 +123,14 @@ def settings_hash(machine: Machine) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def boxes_differ(name: str, version: str | None, ref: str) -> bool:
+    from devenv.boxes import parse_ref
+
+    r = parse_ref(ref)
+    wanted = str(r) if r.kind == "image" else r.name
+    return wanted != name or (r.version is not None and r.version != version)
+
+
 class Project:
     def __init__(self, devfile: Devfile) -> None:
         self.devfile = devfile
@@ -134,6 +142,12 @@ class Project:
         self._created_now: dict[str, str] = {}  # machines this command created: name -> handle
         self._created_guard = threading.Lock()
         self._cancel = threading.Event()  # set on Ctrl-C: workers stop at the next safe point
+        from devenv.lockfile import Lockfile
+
+        self.lock = Lockfile(devfile.path)
+        self.frozen = False
+        self.box_override: str | None = None
+        self._override_names: set[str] = set()
 
     def _check_cancel(self) -> None:
         if self._cancel.is_set():
@@ -166,7 +180,12 @@ class Project:
         return self.devfile.machines[name]
 
     def target(self, name: str) -> Target:
-        return Target(self.devfile.project_id, self.root, self.devfile.machines[name])
+        m = self.devfile.machines[name]
+        if self.box_override and name in self._override_names:
+            import dataclasses
+
+            m = dataclasses.replace(m, box=self.box_override)
+        return Target(self.devfile.project_id, self.root, m)
 
     def driver(self, name: str) -> Driver:
         return get_driver(self.devfile.machines[name].driver)
@@ -224,8 +243,15 @@ class Project:
             return self._box_locks.setdefault(box, threading.Lock())
 
     # -- up --------------------------------------------------------------------------------------
-    def up(self, names: list[str] | None = None, *, provision: bool = True) -> None:
+    def up(
+        self, names: list[str] | None = None, *, provision: bool = True, box: str | None = None, frozen: bool = False
+    ) -> None:
         wanted = self.names(names)
+        self.frozen = frozen
+        if box:
+            # `up --box REF`: boot exactly this artifact (e.g. the production box) for these machines.
+            self.box_override = box
+            self._override_names = set(wanted)
         with self.state.lock("up"):
             try:
                 self._run_levels(self.devfile.levels(wanted), lambda n: self._up_one(n, provision=provision))
@@ -250,6 +276,13 @@ class Project:
         st = self.state.load(name) or {}
         handle = self.handle(name)
         live = driver.state(handle) if handle else MachineState.NOT_CREATED
+        if self.box_override and name in self._override_names and live is not MachineState.NOT_CREATED:
+            made_from = (st.get("box") or {}).get("name")
+            if made_from and boxes_differ(made_from, (st.get("box") or {}).get("version"), self.box_override):
+                raise MachineStateError(
+                    f"machine '{name}' already exists (from box {made_from}); --box applies when a machine is made",
+                    hint=f"`devenv destroy {name}` first, then `devenv up {name} --box {self.box_override}`",
+                )
         if live is MachineState.NOT_CREATED:
             if st.get("handle"):
                 ui.info(name, "the machine is gone from the engine: creating it again")
@@ -281,10 +314,53 @@ class Project:
         if provision:
             self._provision(name, handle)
 
+    def _resolve_box(self, name: str, target: Target, driver: Driver):
+        """Prepare the machine's box, pinned by Devfile.lock; record it there (unless --frozen)."""
+        from devenv.boxes import parse_ref
+        from devenv.lockfile import LockEntry
+
+        m = target.machine
+        if self.box_override and name in self._override_names:
+            ui.info(name, f"using box {self.box_override} (--box; Devfile.lock is not changed)")
+            with self._box_lock(self.box_override):
+                return driver.prepare_box(target, self.box_override)
+        ref = parse_ref(m.box or "")
+        entry = self.lock.get(name)
+        wanted = m.box or ""
+        locked = entry is not None and entry.box == ref.name and entry.provider == driver.name
+        if locked and ref.kind == "recipe" and not ref.version and entry.version:
+            wanted = f"{ref.name}@{entry.version}"
+        elif self.frozen and not locked:
+            raise UsageError(
+                f"--frozen: Devfile.lock has no {driver.name} box for machine '{name}' ({m.box})",
+                hint="run `devenv up` without --frozen (or `devenv box update`) and commit Devfile.lock",
+            )
+        with self._box_lock(wanted):
+            try:
+                box = driver.prepare_box(target, wanted)
+            except DevenvError as exc:
+                if locked and wanted != (m.box or ""):
+                    raise type(exc)(
+                        f"{exc.message} (Devfile.lock pins {entry.describe()})",
+                        hint="`devenv box update` moves the lock to the version available here",
+                    ) from exc
+                raise
+        new = LockEntry(box.name, box.version, driver.name, box.digest)
+        if locked and entry.digest and box.digest != entry.digest:
+            msg = f"{name}: box {box.name}@{box.version} here has digest {box.digest}, Devfile.lock says {entry.digest}"
+            if self.frozen:
+                raise UsageError(
+                    f"--frozen: {msg}",
+                    hint="get the locked artifact (`devenv box add`), or accept this one with `devenv box update`",
+                )
+            ui.warn(msg + " (a local build differs from the locked one; the lock is unchanged)")
+        elif entry != new and not locked:
+            self.lock.set(name, new)
+        return box
+
     def _create(self, name: str, target: Target, driver: Driver) -> str:
         m = target.machine
-        with self._box_lock(m.box or ""):
-            box = driver.prepare_box(target, m.box)
+        box = self._resolve_box(name, target, driver)
         env = resolve_env(m, self.root)
         ui.info(name, f"creating from {box.name}{'@' + box.version if box.version else ''}")
         handle = None
@@ -479,6 +555,27 @@ class Project:
                 for n in self.state.names():
                     self.state.remove(n)
                 self.index.forget(self.devfile.project_id)
+
+    def box_update(self, names: list[str] | None = None) -> list[tuple[str, str | None, str]]:
+        """Move Devfile.lock to the newest box version available for each machine."""
+        from devenv.lockfile import LockEntry
+
+        changes = []
+        with self.state.lock("box update"):
+            for n in self.names(names):
+                m = self.devfile.machines[n]
+                if not m.box:
+                    continue
+                driver = self.driver(n)
+                driver.check_available()
+                old = self.lock.get(n)
+                with self._box_lock(m.box):
+                    box = driver.prepare_box(self.target(n), m.box)
+                new = LockEntry(box.name, box.version, driver.name, box.digest)
+                if old != new:
+                    self.lock.set(n, new)
+                    changes.append((n, old.describe() if old else None, new.describe()))
+        return changes
 
     def drift(self, name: str, st: dict | None) -> str | None:
         """'recreate' when the box or driver changed, 'reload' when settings changed, else None."""

@@ -195,6 +195,22 @@ class DockerDriver:
             except errors.ImageNotFound:
                 img = self._pull(ref.name, target.name)
             return BoxArtifact(name=str(ref), version=None, ref=ref.name, digest=img.id)
+        if ref.version:
+            # A pinned version (Devfile or lock) that is already built: no recipe needed.
+            try:
+                img = self._call(
+                    "inspect image", self.client.images.get, f"{boxes.IMAGE_REPO}/{ref.name}:{ref.version}"
+                )
+                baked = [b for b in (img.labels or {}).get(boxes.LABEL_BAKED, "").split(",") if b]
+                return BoxArtifact(
+                    name=ref.name,
+                    version=ref.version,
+                    ref=f"{boxes.IMAGE_REPO}/{ref.name}:{ref.version}",
+                    digest=img.id,
+                    extra={"baked": baked},
+                )
+            except errors.ImageNotFound:
+                pass
         recipe = boxes.find_recipe(ref, target.project_root)
         try:
             img = self._call("inspect image", self.client.images.get, recipe.docker_tag)

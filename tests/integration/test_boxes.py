@@ -91,3 +91,53 @@ def test_failed_bake_stores_nothing(proj, docker_client):
     tags = [t for i in docker_client.images.list() for t in i.tags]
     assert not [t for t in tags if t.startswith("devenv-box/baked:2")], tags
     assert docker_client.containers.list(all=True, filters={"label": "devenv.build"}) == []
+
+
+def test_lockfile_frozen_update_and_up_with_a_production_box(proj, docker_client):
+    import tomllib
+
+    _project(proj)
+    try:
+        proj.run("up", check=True)
+        lock = tomllib.loads((proj.root / "Devfile.lock").read_text())["machines"]["web"]
+        assert lock["box"] == "baked" and lock["version"] == "1" and lock["provider"] == "docker"
+        assert lock["digest"] == proj.status()["web"]["box_digest"]
+
+        # The recipe moves to version 2; the lock keeps new machines on version 1.
+        proj.write("boxes/baked.toml", RECIPE.format(version="2"))
+        proj.run("box", "build", "baked", check=True)
+        proj.run("destroy", "-f", check=True)
+        proj.run("up", "--frozen", check=True)
+        assert proj.status()["web"]["box"] == "baked@1"
+
+        # --frozen refuses to add what the lock does not have.
+        (proj.root / "Devfile.lock").write_text("version = 1\n")
+        proj.run("destroy", "-f", check=True)
+        r = proj.run("up", "--frozen")
+        assert r.returncode == 2 and "--frozen: Devfile.lock has no docker box for machine 'web'" in r.stderr
+        assert_no_traceback(r)
+        assert proj.labelled()["containers"] == []
+
+        # box update moves the lock forward on purpose.
+        r = proj.run("box", "update", check=True)
+        assert "Devfile.lock: (none) -> baked@2" in r.stderr
+        assert tomllib.loads((proj.root / "Devfile.lock").read_text())["machines"]["web"]["version"] == "2"
+        proj.run("up", "--frozen", check=True)
+        assert proj.status()["web"]["box"] == "baked@2"
+
+        # Reproduce a "production" bug on the exact old artifact, without touching the lock.
+        proj.run("destroy", "-f", check=True)
+        r = proj.run("up", "--box", "baked@1", check=True)
+        assert "using box baked@1 (--box" in r.stderr
+        st = proj.status()["web"]
+        assert st["box"] == "baked@1" and st["action"] == "recreate"
+        assert tomllib.loads((proj.root / "Devfile.lock").read_text())["machines"]["web"]["version"] == "2"
+        r = proj.run("up", "--box", "baked@2")
+        assert r.returncode == 4 and "already exists" in r.stderr
+    finally:
+        proj.run("destroy", "-f")
+        for tag in ("devenv-box/baked:1", "devenv-box/baked:2"):
+            try:
+                docker_client.images.remove(tag, force=True)
+            except Exception:  # noqa: BLE001
+                pass
