@@ -94,7 +94,15 @@ _RECIPE = Table(
         ),
         "description": Field(Str(), default=""),
         "sources": Field(ListOf(_SOURCE), required=True),
-        "outputs": Field(ListOf(Str(choices=("docker", "libvirt"))), default=lambda: ["docker"]),
+        "outputs": Field(
+            ListOf(
+                Str(
+                    choices=("docker", "libvirt", "vagrant"),
+                    description="docker image, libvirt qcow2 (+kernel/initrd), vagrant .box (libvirt provider)",
+                )
+            ),
+            default=lambda: ["docker"],
+        ),
         # The same step syntax as a Devfile's provision list; paths start at the folder above boxes/.
         "provision": Field(_StepsNode(), default=list),
     },

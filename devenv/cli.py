@@ -503,6 +503,47 @@ def box_build(
         else:
             stored = vmbox.build_libvirt_box(recipe)
             ui.info(None, f"built {label} (libvirt) in {stored.folder} (disk sha256:{stored.digest()[:16]}...)")
+    if "vagrant" in outputs:
+        import tempfile
+
+        from devenv import boxfile, vmbox
+
+        stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
+        if stored is None:
+            stored = vmbox.build_libvirt_box(recipe)
+        existing = boxes.find_stored(recipe.name, recipe.version, "vagrant-libvirt")
+        if existing and not force and existing.meta.get("from_disk") == stored.digest():
+            ui.info(None, f"box {label} (.box) exists: {existing.file('box')}")
+        else:
+            with tempfile.TemporaryDirectory(dir=boxes.store_root()) as tmp, ui.progress(None, "packing the .box"):
+                out = boxfile.write_libvirt_box(stored, Path(tmp) / f"{recipe.name}-{recipe.version}-libvirt.box")
+                existing = boxes.store_box(
+                    recipe.name, recipe.version, "vagrant-libvirt", {"box": out}, {"from_disk": stored.digest()}
+                )
+            ui.info(None, f"built {label} (.box for Vagrant's libvirt provider): {existing.file('box')}")
+
+
+@box_app.command("add")
+@handle_errors
+def box_add(
+    source: Annotated[str, typer.Argument(help="A .box file (path or URL) or a Vagrant box catalog (JSON)")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Box name (default: from the file name)")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="Box version (catalog: default newest)")] = None,
+    checksum: Annotated[Optional[str], typer.Option("--checksum", help="sha256:HEX the file must have")] = None,
+) -> None:
+    """Add a box to the box store, verifying its checksum (a mismatch is refused)."""
+    from devenv import boxfile
+
+    if source.endswith(".json"):
+        stored = boxfile.add_from_catalog(source, version=version)
+    else:
+        import tempfile
+
+        stem = Path(source.rstrip("/").rsplit("/", 1)[-1]).name.removesuffix(".box")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = boxfile.fetch(source, Path(tmp) / "download.box")
+            stored = boxfile.add_box_file(Path(path), name=name or stem, version=version or "0", checksum=checksum)
+    ui.info(None, f"added {stored.name}@{stored.version} ({stored.provider}) from {source}")
 
 
 @box_app.command("update")

@@ -141,3 +141,31 @@ def test_lockfile_frozen_update_and_up_with_a_production_box(proj, docker_client
                 docker_client.images.remove(tag, force=True)
             except Exception:  # noqa: BLE001
                 pass
+
+
+def test_vagrant_accepts_our_box(tmp_path):
+    """The .box output is the format Vagrant itself adds (vagrant from Debian's package)."""
+    import os
+    import shutil
+    import subprocess
+
+    from devenv import boxes, boxfile
+    from devenv.errors import BackendUnavailable
+    from tests.integration.conftest import require_engine
+
+    def check():
+        if shutil.which("vagrant") is None:
+            raise BackendUnavailable("vagrant is not installed", hint="apt-get install --no-install-recommends vagrant")
+
+    require_engine(check)
+    src = tmp_path / "src"
+    src.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src / "disk.qcow2"), "16M"], check=True)
+    stored = boxes.store_box("vtest", "1", "libvirt", {"disk": src / "disk.qcow2"}, {"cmdline": ""})
+    out = boxfile.write_libvirt_box(stored, tmp_path / "vtest.box")
+    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vhome"), "VAGRANT_CHECKPOINT_DISABLE": "1"}
+    r = subprocess.run(["vagrant", "box", "add", "--name", "devenv/vtest", str(out)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True, env=env, timeout=60)
+    assert "devenv/vtest (libvirt, 0)" in r.stdout

@@ -1,0 +1,127 @@
+"""Vagrant .box archives and catalogs: pack, add with checksum verification, refuse mismatches."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import shutil
+import subprocess
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from devenv import boxes, boxfile
+from devenv.errors import BoxError
+
+
+@pytest.fixture
+def stored(tmp_path) -> boxes.StoredBox:
+    src = tmp_path / "src"
+    src.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src / "disk.qcow2"), "16M"], check=True)
+    (src / "vmlinuz").write_bytes(b"kernel")
+    (src / "initrd.img").write_bytes(b"initrd")
+    return boxes.store_box("tiny", "1", "libvirt",
+                           {"disk": src / "disk.qcow2", "kernel": src / "vmlinuz", "initrd": src / "initrd.img"},
+                           {"cmdline": "console=ttyS0", "ssh_user": "root", "sync": ["rsync"]})
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_pack_has_vagrant_layout(stored, tmp_path):
+    out = boxfile.write_libvirt_box(stored, tmp_path / "tiny.box")
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+        meta = json.loads(tar.extractfile("metadata.json").read())
+        vagrantfile = tar.extractfile("Vagrantfile").read().decode()
+    assert {"metadata.json", "Vagrantfile", "box.img", "vmlinuz", "initrd.img"} <= names
+    assert meta == {"provider": "libvirt", "format": "qcow2", "virtual_size": 1}
+    assert 'libvirt.cmd_line = "console=ttyS0"' in vagrantfile
+
+
+def test_add_verifies_checksum_and_refuses_a_mismatch(stored, tmp_path):
+    out = boxfile.write_libvirt_box(stored, tmp_path / "tiny.box")
+    with pytest.raises(BoxError) as exc:
+        boxfile.add_box_file(out, name="copy", version="2", checksum="sha256:" + "0" * 64)
+    assert "checksum mismatch" in exc.value.message and "was not added" in exc.value.message
+    assert boxes.find_stored("copy", None, "libvirt") is None, "nothing half-added"
+    added = boxfile.add_box_file(out, name="copy", version="2", checksum=f"sha256:{_sha(out)}")
+    assert added.meta["cmdline"] == "console=ttyS0" and added.file("kernel").read_bytes() == b"kernel"
+    assert added.digest() == stored.digest(), "the disk inside is bit-for-bit the packed one"
+
+
+def test_not_a_box(tmp_path):
+    bad = tmp_path / "bad.box"
+    bad.write_bytes(b"not a tar")
+    with pytest.raises(BoxError, match="not a valid .box archive"):
+        boxfile.add_box_file(bad, name="x", version="1")
+
+
+class _Server:
+    """A throw-away HTTP server on 127.0.0.1 serving one folder (optionally lying about lengths)."""
+
+    def __init__(self, root: Path, truncate: bool = False) -> None:
+        root_ = root
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **k):
+                super().__init__(*a, directory=str(root_), **k)
+
+            def log_message(self, *a):
+                pass
+
+            def copyfile(self, source, outputfile):
+                if truncate and self.path.endswith(".box"):
+                    outputfile.write(source.read(100))  # then the connection ends early
+                    return
+                shutil.copyfileobj(source, outputfile)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_catalog_over_http_picks_newest_libvirt_version(stored, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    out = boxfile.write_libvirt_box(stored, site / "tiny-3.box")
+    (site / "catalog.json").write_text(json.dumps({
+        "name": "acme/tiny",
+        "versions": [
+            {"version": "2", "providers": [{"name": "virtualbox", "url": "nope.box", "checksum_type": "sha256",
+                                            "checksum": "00"}]},
+            {"version": "3", "providers": [{"name": "libvirt", "url": "tiny-3.box", "checksum_type": "sha256",
+                                            "checksum": _sha(out)}]},
+        ],
+    }))
+    srv = _Server(site)
+    try:
+        added = boxfile.add_from_catalog(f"{srv.url}/catalog.json")
+    finally:
+        srv.close()
+    assert (added.name, added.version, added.provider) == ("acme-tiny", "3", "libvirt")
+
+
+def test_interrupted_download_leaves_nothing(stored, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    out = boxfile.write_libvirt_box(stored, site / "t.box")
+    (site / "catalog.json").write_text(json.dumps({"name": "t", "versions": [{"version": "1", "providers": [
+        {"name": "libvirt", "url": "t.box", "checksum_type": "sha256", "checksum": _sha(out)}]}]}))
+    srv = _Server(site, truncate=True)
+    try:
+        with pytest.raises(BoxError) as exc:
+            boxfile.add_from_catalog(f"{srv.url}/catalog.json")
+    finally:
+        srv.close()
+    assert "interrupted" in exc.value.message or "checksum mismatch" in exc.value.message
+    assert boxes.find_stored("t", None, "libvirt") is None
