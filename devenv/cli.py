@@ -397,6 +397,38 @@ def exec_(
     return _project().exec(name, argv, interactive=interactive)
 
 
+@app.command()
+@handle_errors
+def package(
+    name: Annotated[Optional[str], typer.Argument(help="Machine (optional when there is only one)")] = None,
+    box: Annotated[Optional[str], typer.Option("--box", help="Box name (default: PROJECT-MACHINE)")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="Box version (default: a timestamp)")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Also write a Vagrant .box file (VMs)")
+    ] = None,
+) -> None:
+    """Turn a machine into a box (like `vagrant package`): a Docker image or a libvirt disk."""
+    import time
+
+    project = _project()
+    machine = project.only_machine(name, "package")
+    box_name = box or f"{project.devfile.project_name}-{machine}"
+    ver = version or time.strftime("%Y%m%d.%H%M%S")
+    result = project.package(machine, box_name, ver)
+    ui.info(machine, f"packaged as box {box_name}@{ver} ({result['provider']}, {result['digest'][:19]})")
+    if output:
+        from devenv import boxes, boxfile
+
+        stored = boxes.find_stored(box_name, ver, "libvirt")
+        if stored is None:
+            raise UsageError(
+                "--output writes a .box of a VM box; this machine is a container",
+                hint=f"docker save {result['ref']} -o FILE exports the image instead",
+            )
+        boxfile.write_libvirt_box(stored, output)
+        ui.info(machine, f"wrote {output}")
+
+
 @app.command("ssh-config")
 @handle_errors
 def ssh_config(names: NamesArg = None) -> None:

@@ -577,6 +577,26 @@ class Project:
                     changes.append((n, old.describe() if old else None, new.describe()))
         return changes
 
+    def package(self, name: str, box_name: str, version: str) -> dict:
+        """Turn a machine into a box (Vagrant's `package`); its applied steps become the box's baked prefix."""
+        self.machine(name)
+        driver = self.driver(name)
+        if not hasattr(driver, "package"):
+            raise UnsupportedOperation(f"the {driver.name} driver cannot package machines yet")
+        driver.check_available()
+        h, live = self.live_state(name)
+        if live is MachineState.NOT_CREATED:
+            raise MachineStateError(f"machine '{name}' is not created", hint=f"run `devenv up {name}`")
+        st = self.state.load(name) or {}
+        baked = []
+        for p in self.plan(name, st):
+            if p.action not in ("skip", "box") or p.step.run != "once":
+                break
+            baked.append(p.fingerprint)
+        with self.state.lock("package"):
+            ui.info(name, f"packaging as box {box_name}@{version}")
+            return driver.package(h, self.target(name), box_name, version, baked)
+
     def drift(self, name: str, st: dict | None) -> str | None:
         """'recreate' when the box or driver changed, 'reload' when settings changed, else None."""
         if not st:

@@ -211,7 +211,21 @@ class DockerDriver:
                 )
             except errors.ImageNotFound:
                 pass
-        recipe = boxes.find_recipe(ref, target.project_root)
+        try:
+            recipe = boxes.find_recipe(ref, target.project_root)
+        except BoxError:
+            # No recipe: a box made by `devenv package` or added by hand, newest version first.
+            built = sorted(
+                (b for b in self.list_boxes() if b["name"] == ref.name and b["tag"]),
+                key=lambda b: boxes._version_key(b["version"] or ""),
+                reverse=True,
+            )
+            if not built:
+                raise
+            b = built[0]
+            return BoxArtifact(
+                name=ref.name, version=b["version"], ref=b["tag"], digest=b["digest"], extra={"baked": b["baked"]}
+            )
         try:
             img = self._call("inspect image", self.client.images.get, recipe.docker_tag)
         except errors.ImageNotFound:
@@ -589,6 +603,22 @@ class DockerDriver:
             self.destroy(c.id)
             removed.append(c.name)
         return removed
+
+    def package(self, handle: str, target: Target, name: str, version: str, baked: list[str]) -> dict:
+        """Commit the machine's container as box NAME@VERSION (devenv-box/NAME:VERSION)."""
+        changes = [
+            "ENTRYPOINT []",
+            'CMD ["/bin/sh"]',
+            f"LABEL {boxes.LABEL_BOX}={name} {boxes.LABEL_VERSION}={version} {boxes.LABEL_BAKED}={','.join(baked)}",
+        ]
+        img = self._call(
+            "commit",
+            self.client.containers.get(handle).commit,
+            repository=f"{boxes.IMAGE_REPO}/{name}",
+            tag=version,
+            changes=changes,
+        )
+        return {"provider": "docker", "ref": f"{boxes.IMAGE_REPO}/{name}:{version}", "digest": img.id}
 
     # -- optional roles ------------------------------------------------------------------------
     def suspend(self, handle: str) -> None:

@@ -234,6 +234,7 @@ class LibvirtDriver:
                 "cmdline": stored.meta.get("cmdline", ""),
                 "ssh_user": stored.meta.get("ssh_user", "root"),
                 "sync": stored.meta.get("sync", ["9p", "rsync"]),
+                "baked": stored.meta.get("baked", []),
             },
         )
 
@@ -729,6 +730,44 @@ class LibvirtDriver:
                 self.destroy(handle)
                 removed.append(dom.name())
         return removed
+
+    def package(self, handle: str, target: Target, name: str, version: str, baked: list[str]) -> dict:
+        """Flatten the machine's disk (overlay + box) into a new box NAME@VERSION in the box store.
+
+        The machine must be stopped: a running guest's disk is not consistent. Its SSH host key
+        and authorized key stay in the image until the next machine's seed replaces them at boot.
+        """
+        import tempfile
+
+        meta = self.metadata(handle) or {}
+        dom = self._dom(handle)
+        if dom is not None and dom.isActive():
+            raise MachineStateError(f"machine '{target.name}' is running", hint=f"`devenv halt {target.name}` first")
+        src = boxes.find_stored(
+            meta.get("box", {}).get("name", ""), meta.get("box", {}).get("version") or None, "libvirt"
+        )
+        folder = self.storage_dir(split_handle(handle)[1])
+        with tempfile.TemporaryDirectory(dir=boxes.store_root().parent) as tmp:
+            disk = Path(tmp) / "disk.qcow2"
+            with ui.progress(target.name, f"packaging the disk as box {name}@{version}"):
+                r = subprocess.run(
+                    ["qemu-img", "convert", "-q", "-O", "qcow2", str(folder / "disk.qcow2"), str(disk)],
+                    capture_output=True,
+                    text=True,
+                )
+                if r.returncode != 0:
+                    raise BoxError(f"cannot flatten the disk of '{target.name}': {r.stderr.strip()}")
+            files = {"disk": disk}
+            extra: dict = {"baked": baked, "packaged_from": f"{target.project_id}/{target.name}"}
+            if src is not None:
+                for key in ("kernel", "initrd"):
+                    f = src.file(key)
+                    if f is not None:
+                        shutil.copy2(f, Path(tmp) / f.name)
+                        files[key] = Path(tmp) / f.name
+                extra.update({k: src.meta[k] for k in ("cmdline", "ssh_user", "sync", "bootloader") if k in src.meta})
+            stored = boxes.store_box(name, version, "libvirt", files, extra)
+        return {"provider": "libvirt", "ref": str(stored.folder), "digest": "sha256:" + (stored.digest() or "")}
 
     # -- optional roles ------------------------------------------------------------------------
     def suspend(self, handle: str) -> None:

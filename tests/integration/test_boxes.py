@@ -169,3 +169,23 @@ def test_vagrant_accepts_our_box(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True, env=env, timeout=60)
     assert "devenv/vtest (libvirt, 0)" in r.stdout
+
+
+def test_package_a_container_into_a_box(proj, docker_client):
+    proj.devfile('[machines.m]\nbox = "busybox"\nprovision = [{ type = "shell", inline = "echo made > /made" }]\n')
+    try:
+        proj.run("up", check=True)
+        r = proj.run("package", "--box", "pkgd", "--version", "7", check=True)
+        assert "packaged as box pkgd@7 (docker" in r.stderr
+        # A machine on the packaged box skips the step the source machine had applied.
+        proj.run("destroy", "-f", check=True)
+        proj.devfile('[machines.m]\nbox = "pkgd"\nprovision = [{ type = "shell", inline = "echo made > /made" }]\n')
+        r = proj.run("up", check=True)
+        assert "baked into box pkgd@7, skipped" in r.stderr
+        assert proj.run("exec", "m", "--", "cat", "/made").stdout == "made\n"
+    finally:
+        proj.run("destroy", "-f")
+        try:
+            docker_client.images.remove("devenv-box/pkgd:7", force=True)
+        except Exception:  # noqa: BLE001
+            pass

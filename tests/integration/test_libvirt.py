@@ -258,3 +258,22 @@ def test_vm_reload_applies_settings_in_place_and_suspend(vm, tiny_box, libvirt_d
     r = vm.run("reload")
     assert r.returncode == 4 and "--recreate" in r.stderr
     assert_no_traceback(r)
+
+
+def test_package_a_vm_into_a_box(vm, tiny_box, tmp_path):
+    vm.devfile('[machines.p]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n'
+               'provision = [{ type = "shell", inline = "echo from-source > /data/pkg" }]\n')
+    vm.run("up", check=True)
+    r = vm.run("package", "--box", "tiny-pkg", "--version", "1")
+    assert r.returncode == 4 and "halt" in r.stderr, "a running VM's disk is not consistent"
+    vm.run("halt", check=True)
+    out = tmp_path / "tiny-pkg.box"
+    vm.run("package", "--box", "tiny-pkg", "--version", "1", "-o", str(out), check=True)
+    assert out.stat().st_size > 0
+    vm.run("destroy", "-f", check=True)
+    vm.devfile('[machines.p]\ndriver = "libvirt"\nbox = "tiny-pkg"\nmemory = "256MiB"\n'
+               'provision = [{ type = "shell", inline = "echo from-source > /data/pkg" }]\n')
+    r = vm.run("up", check=True)
+    assert "baked into box tiny-pkg@1, skipped" in r.stderr
+    assert vm.run("ssh", "p", "-c", "cat /data/pkg").stdout == "from-source\n"
+    vm.run("destroy", "-f", check=True)
