@@ -578,6 +578,64 @@ def box_add(
     ui.info(None, f"added {stored.name}@{stored.version} ({stored.provider}) from {source}")
 
 
+@box_app.command("prune")
+@handle_errors
+def box_prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go")] = False) -> None:
+    """Remove old box versions: keeps the newest of each box and every version a lock file or machine uses."""
+    import json as _json
+    import tomllib
+
+    from devenv import boxes
+    from devenv.drivers import get_driver
+    from devenv.state import GlobalIndex
+
+    keep: set[tuple[str, str]] = set()
+    for e in GlobalIndex().entries():
+        root = Path(e.get("root", ""))
+        st = root / ".devenv" / "machines" / f"{e.get('machine')}.json"
+        try:
+            b = _json.loads(st.read_text()).get("box") or {}
+            keep.add((b.get("name"), b.get("version")))
+        except (OSError, ValueError):
+            pass
+        try:
+            for m in tomllib.loads((root / "Devfile.lock").read_text()).get("machines", {}).values():
+                keep.add((m.get("box"), m.get("version")))
+        except (OSError, tomllib.TOMLDecodeError):
+            pass
+    project_root = _project_root()
+    if project_root and (project_root / "Devfile.lock").exists():
+        for m in tomllib.loads((project_root / "Devfile.lock").read_text()).get("machines", {}).values():
+            keep.add((m.get("box"), m.get("version")))
+    found: list[tuple[str, str, str]] = []  # name, version, provider
+    try:
+        driver = get_driver("docker")
+        driver.check_available()
+        found += [(b["name"], b["version"], "docker") for b in driver.list_boxes() if b["tag"]]
+    except BackendUnavailable as exc:
+        driver = None
+        ui.warn(f"docker boxes not checked: {exc.message}")
+    found += [(b.name, b.version, b.provider) for b in boxes.list_stored()]
+    newest: dict[str, str] = {}
+    for name, version, _ in found:
+        if name not in newest or boxes._version_key(version) > boxes._version_key(newest[name]):
+            newest[name] = version
+    gone = 0
+    for name, version, provider in sorted(set(found)):
+        if (name, version) in keep or newest.get(name) == version:
+            continue
+        ui.info(None, f"{'would remove' if dry_run else 'removing'} {name}@{version} ({provider})")
+        gone += 1
+        if dry_run:
+            continue
+        if provider == "docker" and driver is not None:
+            driver.remove_box(name, version)
+        else:
+            boxes.remove_stored(name, version, provider)
+    if not gone:
+        ui.info(None, "nothing to prune")
+
+
 @box_app.command("update")
 @handle_errors
 def box_update(names: NamesArg = None) -> None:
@@ -661,6 +719,11 @@ def box_remove(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]
         raise BoxError(f"no built box named {name}", hint="`devenv box list` shows the built boxes")
     for tag in removed:
         ui.info(None, f"removed {tag}")
+
+
+from devenv import vagrant_import as _vagrant_import  # noqa: E402
+
+_vagrant_import.register(app)
 
 
 def main() -> None:

@@ -125,3 +125,21 @@ def test_interrupted_download_leaves_nothing(stored, tmp_path):
         srv.close()
     assert "interrupted" in exc.value.message or "checksum mismatch" in exc.value.message
     assert boxes.find_stored("t", None, "libvirt") is None
+
+
+def test_prune_keeps_newest_and_locked_versions(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from devenv.cli import app
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # never touch real images here
+    for v in ("1", "2", "3"):
+        f = tmp_path / f"d{v}.qcow2"
+        f.write_bytes(b"disk" + v.encode())
+        boxes.store_box("tiny", v, "libvirt", {"disk": f}, {})
+    (tmp_path / "Devfile").write_text('[machines.m]\ndriver = "libvirt"\nbox = "tiny"\n')
+    (tmp_path / "Devfile.lock").write_text('version = 1\n[machines.m]\nbox = "tiny"\nversion = "1"\nprovider = "libvirt"\n')
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["box", "prune"])
+    assert r.exit_code == 0, r.output
+    assert sorted(b.version for b in boxes.list_stored()) == ["1", "3"]
