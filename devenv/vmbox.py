@@ -191,7 +191,80 @@ def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_
             "sync": ["virtiofs", "rsync"],
             "description": recipe.description,
             "built_from": str(recipe.path),
+            "baked": recipe.baked_fingerprints(),
         }
+        if recipe.provision:
+            disk = bake_in_vm(recipe, work, disk, kernel, initrd, meta, machine=machine)
         return boxes.store_box(
             recipe.name, recipe.version, "libvirt", {"disk": disk, "kernel": kernel, "initrd": initrd}, meta
         )
+
+
+# Run inside the build VM after the baked steps: the box must not carry the build machine's
+# identity (its host key, authorized key, machine-id) to every machine made from it.
+SCRUB = (
+    "rm -f /etc/ssh/ssh_host_* /root/.ssh/authorized_keys; : > /etc/machine-id; "
+    "rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/*; sync"
+)
+
+
+def bake_in_vm(
+    recipe: boxes.Recipe, work: Path, disk: Path, kernel: Path, initrd: Path, meta: dict, *, machine: str | None = None
+) -> Path:
+    """Boot the fresh disk in a temporary VM, run the recipe's steps, and flatten the result.
+
+    Whatever happens the temporary domain is destroyed; only a disk whose every step succeeded
+    is returned (and so stored).
+    """
+    from devenv.devfile import Machine
+    from devenv.drivers import BoxArtifact, Target
+    from devenv.drivers.libvirt import LibvirtDriver
+    from devenv.errors import ProvisionError
+    from devenv.provisioners import RunContext, get_provisioner
+
+    driver = LibvirtDriver()
+    driver.check_available()
+    label = machine or f"box {recipe.name}"
+    build_root = work / "build"
+    build_root.mkdir()
+    m = Machine(
+        name="bake", driver="libvirt", box=recipe.name, cpus=1, memory=768 * 1024**2, hostname=recipe.name, env={}
+    )
+    target = Target(f"build-{recipe.name}-{recipe.version}".replace(".", "-")[:40], build_root, m)
+    box = BoxArtifact(
+        recipe.name,
+        recipe.version,
+        str(disk),
+        None,
+        {"kernel": str(kernel), "initrd": str(initrd), "cmdline": meta["cmdline"], "ssh_user": "root", "sync": []},
+    )
+    handle = None
+    try:
+        with ui.progress(label, "booting the build VM"):
+            handle = driver.create(target, box)
+            driver.start(handle)
+        transport = driver.transport(handle)
+        for step in recipe.provision:
+            ui.info(label, f"bake {step.label}")
+            ctx = RunContext(
+                machine=label, root=recipe.root, transport=transport, on_output=lambda line: ui.detail(label, line)
+            )
+            try:
+                get_provisioner(step.type).run(step.config, ctx)
+            except ProvisionError as exc:
+                raise BoxError(
+                    f"box {recipe.name}@{recipe.version}: baked step {step.label} failed; nothing was stored\n"
+                    + exc.message,
+                    hint=f"fix the step in {recipe.path} and build again",
+                ) from exc
+        transport.run(["/bin/sh", "-c", SCRUB])
+        driver.stop(handle, timeout=60)
+        overlay = driver.storage_dir(handle.rpartition("#")[2]) / "disk.qcow2"
+        baked_disk = work / "baked.qcow2"
+        with ui.progress(label, "flattening the baked disk"):
+            _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(overlay), str(baked_disk)], "qemu-img convert")
+        disk.unlink()
+        return baked_disk
+    finally:
+        if handle is not None:
+            driver.destroy(handle)

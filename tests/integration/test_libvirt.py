@@ -216,10 +216,19 @@ def test_debian_box_boots_with_shared_folder(vm):
         memory = "512MiB"
         hostname = "deb"
         sync = [{ host = ".", guest = "/src" }]
-        provision = [{ type = "shell", inline = "cat /etc/debian_version > /src/version-from-guest" }]
+        provision = [
+          { type = "shell", script = "provisioners/base.sh", args = ["dev"] },
+          { type = "shell", inline = "cat /etc/debian_version > /src/version-from-guest" },
+        ]
     """)
+    # The recipe's own baked step, byte for byte: the machine must skip it and still have its effect.
+    (vm.root / "provisioners").mkdir()
+    shutil.copy2(REPO / "provisioners" / "base.sh", vm.root / "provisioners" / "base.sh")
     r = vm.run("up", timeout=1200)
     assert r.returncode == 0, r.stderr
+    assert "provision [0] shell provisioners/base.sh: baked into box debian-12@" in r.stderr
+    assert vm.run("ssh", "deb", "-c", "id -un dev").stdout == "dev\n"
+    assert vm.status()["deb"]["baked_steps"] == [0]
     assert (vm.root / "version-from-guest").read_text().startswith("12")
     st = vm.status()["deb"]
     assert st["sync"] == "virtiofs"
