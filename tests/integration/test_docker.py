@@ -309,6 +309,7 @@ def test_example_devfile_comes_up(tmp_path, docker_client):
         st = p.status()
         assert st["web"]["state"] == "running" and st["app"]["state"] == "running"
         assert st["app"]["provision"] == "up to date"
+        assert st["app"]["baked_steps"] == [0], "the box baked the same base.sh step: dev/prod parity"
         assert r.stderr.index("==> web: creating") < r.stderr.index("==> app: creating"), "depends_on order"
         assert "hello from devenv" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
         assert p.run("exec", "app", "--", "id", "dev").returncode == 0
