@@ -23,7 +23,7 @@ LABEL_BOX = "devenv.box"
 LABEL_VERSION = "devenv.box.version"
 LABEL_BAKED = "devenv.box.baked"  # comma-separated fingerprints of the baked provision steps
 
-SOURCE_TYPES = ("image", "debootstrap", "busybox")
+SOURCE_TYPES = ("image", "debootstrap", "busybox", "cloud-image", "box")
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,19 @@ def parse_ref(text: str) -> BoxRef:
 
 def _check_source(src: dict, path: tuple, problems: list) -> None:
     t = src.get("type")
-    need = {"image": ("image",), "debootstrap": ("suite",), "busybox": ()}.get(t, ())
+    need = {
+        "image": ("image",),
+        "debootstrap": ("suite",),
+        "busybox": (),
+        "cloud-image": ("sha256",),
+        "box": ("sha256",),
+    }.get(t, ())
     for k in need:
         if k not in src:
-            problems.append(Problem(path + (k,), f"is required for a '{t}' source"))
+            why = " (a downloaded image is used only when its checksum is known)" if k == "sha256" else ""
+            problems.append(Problem(path + (k,), f"is required for a '{t}' source{why}"))
+    if t in ("cloud-image", "box") and ("url" in src) == ("path" in src):
+        problems.append(Problem(path, f"a '{t}' source needs exactly one of 'url' or 'path'"))
 
 
 _SOURCE = Table(
@@ -66,6 +75,10 @@ _SOURCE = Table(
         "include": Field(ListOf(Str()), default=list),
         "vm_include": Field(ListOf(Str(description="Extra packages for VM outputs only")), default=list),
         "mirror": Field(Str(description="Debian mirror; default: the one the host's apt sources use")),
+        "url": Field(Str(description="cloud-image / box: where to download it (http, https, file)")),
+        "path": Field(Str(description="cloud-image / box: a local file, relative to the recipe's project")),
+        "sha256": Field(Str(pattern=r"(sha256:)?[0-9a-fA-F]{64}", pattern_help="64 hex digits")),
+        "ssh_user": Field(Str(description="cloud-image: the user its cloud-init gives the SSH key")),
     },
     check_fn=_check_source,
 )

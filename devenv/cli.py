@@ -494,7 +494,8 @@ def _project_root() -> Path | None:
         path = _options["file"].resolve() if _options["file"] else devfile.find_devfile()
         return path.parent
     except DevenvError:
-        return None
+        # No Devfile (yet): recipes in ./boxes still count, as when building boxes in a repo of boxes.
+        return Path.cwd()
 
 
 @box_app.command("build")

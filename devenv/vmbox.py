@@ -147,9 +147,13 @@ def configure_rootfs(root: Path, hostname: str) -> None:
 def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_size: str = "3G") -> boxes.StoredBox:
     from devenv import rootfs
 
-    src = next((s for s in recipe.sources if s["type"] == "debootstrap"), None)
+    src = next((s for s in recipe.sources if s["type"] in ("debootstrap", "cloud-image", "box")), None)
     if src is None:
-        raise BoxError(f"box {recipe.name}: a libvirt output needs a debootstrap source in {recipe.path}")
+        raise BoxError(
+            f"box {recipe.name}: a libvirt output needs a debootstrap, cloud-image or box source in {recipe.path}"
+        )
+    if src["type"] != "debootstrap":
+        return _build_from_image(recipe, src, machine=machine)
     for tool in ("mkfs.ext4", "qemu-img"):
         if shutil.which(tool) is None:
             raise BoxError(f"{tool} is not installed", hint="apt-get install e2fsprogs qemu-utils")
@@ -208,8 +212,68 @@ SCRUB = (
 )
 
 
+def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -> boxes.StoredBox:
+    """A libvirt box from a downloaded disk: a cloud image, or an existing Vagrant .box (libvirt)."""
+    import json
+    import tarfile
+
+    from devenv import boxfile
+
+    ref = src.get("url") or str((recipe.root / src["path"]).resolve())
+    boxes.store_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="devenv-vmbox-", dir=boxes.store_root()) as tmp:
+        work = Path(tmp)
+        fetched = Path(boxfile.fetch(ref, work / "download"))
+        boxfile.verify(fetched, boxfile.parse_checksum(src["sha256"]), ref)
+        kernel = initrd = None
+        meta: dict = {
+            "description": recipe.description,
+            "built_from": str(recipe.path),
+            "sync": ["rsync"],
+            "ssh_user": src.get("ssh_user", "root"),
+        }
+        if src["type"] == "box":
+            try:
+                with tarfile.open(fetched) as tar:
+                    tar.extractall(work / "box", filter="data")
+            except (tarfile.TarError, OSError) as exc:
+                raise BoxError(f"{ref} is not a valid .box archive: {exc}") from exc
+            mpath = work / "box" / "metadata.json"
+            got = json.loads(mpath.read_text()) if mpath.is_file() else {}
+            if got.get("provider") != "libvirt" or not (work / "box" / "box.img").is_file():
+                raise BoxError(f"{ref} is not a libvirt .box (provider: {got.get('provider')})")
+            extra = work / "box" / "devenv.json"
+            if extra.is_file():
+                meta.update(
+                    {k: v for k, v in json.loads(extra.read_text()).items() if k in ("cmdline", "ssh_user", "sync")}
+                )
+            disk = work / "box" / "box.img"
+            if (work / "box" / "vmlinuz").is_file():
+                kernel, initrd = work / "box" / "vmlinuz", work / "box" / "initrd.img"
+        else:
+            disk = work / "disk.qcow2"
+            _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(fetched), str(disk)], "qemu-img convert")
+        if kernel is None:
+            meta["bootloader"] = True
+        meta["baked"] = recipe.baked_fingerprints()
+        meta["source"] = {"ref": ref, "sha256": boxfile.parse_checksum(src["sha256"])[1]}
+        if recipe.provision:
+            disk = bake_in_vm(recipe, work, disk, kernel, initrd, meta, machine=machine)
+        files = {"disk": disk}
+        if kernel is not None:
+            files.update({"kernel": kernel, "initrd": initrd})
+        return boxes.store_box(recipe.name, recipe.version, "libvirt", files, meta)
+
+
 def bake_in_vm(
-    recipe: boxes.Recipe, work: Path, disk: Path, kernel: Path, initrd: Path, meta: dict, *, machine: str | None = None
+    recipe: boxes.Recipe,
+    work: Path,
+    disk: Path,
+    kernel: Path | None,
+    initrd: Path | None,
+    meta: dict,
+    *,
+    machine: str | None = None,
 ) -> Path:
     """Boot the fresh disk in a temporary VM, run the recipe's steps, and flatten the result.
 
@@ -236,7 +300,13 @@ def bake_in_vm(
         recipe.version,
         str(disk),
         None,
-        {"kernel": str(kernel), "initrd": str(initrd), "cmdline": meta["cmdline"], "ssh_user": "root", "sync": []},
+        {
+            "kernel": str(kernel) if kernel else None,
+            "initrd": str(initrd) if initrd else None,
+            "cmdline": meta.get("cmdline", ""),
+            "ssh_user": meta.get("ssh_user", "root"),
+            "sync": [],
+        },
     )
     handle = None
     try:
@@ -263,7 +333,7 @@ def bake_in_vm(
         baked_disk = work / "baked.qcow2"
         with ui.progress(label, "flattening the baked disk"):
             _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(overlay), str(baked_disk)], "qemu-img convert")
-        disk.unlink()
+        disk.unlink(missing_ok=True)
         return baked_disk
     finally:
         if handle is not None:

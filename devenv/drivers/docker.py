@@ -272,6 +272,9 @@ class DockerDriver:
                             continue
                         self._pull(src["image"], machine)
                     base = src["image"]
+                elif kind in ("cloud-image", "box"):
+                    failures.append(f"{kind}: a disk image source makes VM outputs only")
+                    continue
                 else:
                     self._build_from_rootfs(recipe, src, machine, temp_base)
                     base = temp_base

@@ -286,3 +286,33 @@ def test_package_a_vm_into_a_box(vm, tiny_box, tmp_path):
     assert "baked into box tiny-pkg@1, skipped" in r.stderr
     assert vm.run("ssh", "p", "-c", "cat /data/pkg").stdout == "from-source\n"
     vm.run("destroy", "-f", check=True)
+
+
+def test_recipe_from_a_box_file_bakes_in_a_vm(vm, tiny_box, tmp_path):
+    """A recipe whose source is an existing .box (checksum required) bakes its steps in a build VM."""
+    import hashlib
+
+    from devenv import boxfile
+
+    box_file = vm.root / "tiny.box"
+    boxfile.write_libvirt_box(tiny_box, box_file)
+    sha = hashlib.sha256(box_file.read_bytes()).hexdigest()
+    recipe = (
+        'name = "from-box"\nversion = "1"\noutputs = ["libvirt"]\n'
+        'provision = [{ type = "shell", inline = "echo baked-in-vm > /data/baked" }]\n\n'
+        '[[sources]]\ntype = "box"\npath = "tiny.box"\nsha256 = "%s"\n'
+    )
+    vm.write("boxes/from-box.toml", recipe % ("0" * 64))
+    r = vm.run("box", "build", "from-box")
+    assert r.returncode == 7 and "checksum mismatch" in r.stderr, r.stderr
+    assert "from-box" not in vm.run("box", "list", "--json", check=True).stdout.split('"recipes"')[0]
+
+    vm.write("boxes/from-box.toml", recipe % sha)
+    r = vm.run("box", "build", "from-box", check=True)
+    assert "bake [0] shell: echo baked-in-vm" in r.stderr
+    vm.devfile('[machines.b]\ndriver = "libvirt"\nbox = "from-box"\nmemory = "256MiB"\n'
+               'provision = [{ type = "shell", inline = "echo baked-in-vm > /data/baked" }]\n')
+    r = vm.run("up", check=True)
+    assert "baked into box from-box@1, skipped" in r.stderr
+    assert vm.run("ssh", "b", "-c", "cat /data/baked").stdout == "baked-in-vm\n"
+    vm.run("destroy", "-f", check=True)
