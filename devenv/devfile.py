@@ -585,7 +585,8 @@ def _make_machine(
         return origin.get(key, ("machines", name)) + (key, *rest)
 
     driver = d.get("driver", "docker")
-    if not d.get("box") and not box_written:  # an invalid box is reported where it is written
+    # An invalid box is reported where it is written; the vagrant driver's Vagrantfile names its box.
+    if not d.get("box") and not box_written and driver != "vagrant":
         problems.append(
             Problem(("machines", name, "box"), 'is required, e.g. box = "debian-12" or box = "docker:IMAGE"')
         )

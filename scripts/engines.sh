@@ -70,5 +70,12 @@ ensure_docker() {
   die "dockerd did not come up within 60 s" "see /var/log/devenv-dockerd.log"
 }
 
+ensure_vagrant() {
+  # Vagrant for the bridge driver's tests (it runs Vagrant's docker provider on the engine above).
+  if command -v vagrant >/dev/null; then log "Vagrant is installed"; return; fi
+  apt_install vagrant
+}
+
 ensure_host_tools
 ensure_docker
+case " $* " in *" --with-vagrant "*) ensure_vagrant ;; esac

@@ -1,0 +1,917 @@
+"""Vagrant bridge driver: machines only Vagrant can run, driven through python-vagrant.
+
+The machine's ``[machines.NAME.vagrant]`` table names ``dir`` (a folder with a Vagrantfile,
+relative to the project), optionally ``machine`` (the Vagrant machine in a multi-machine
+Vagrantfile) and ``provider``. Vagrant owns the machine (box, network, synced folders); devenv
+runs its own provisioners in it, keeps its fingerprints and reports drift as for any machine.
+
+Handle: ``"<absolute dir>#<vagrant machine name>"``.
+
+Vagrant is slow (every call loads Ruby and the Vagrantfile: about a second), so it is asked as
+little as possible:
+- a machine Vagrant never created has no ``.vagrant/machines/NAME/PROVIDER/id`` file: that is
+  "not created" without asking (Vagrant itself decides so from the same file);
+- a docker-provider machine's state and its transport come from the Docker engine, by the
+  container id Vagrant recorded in that ``id`` file;
+- ``vagrant ssh-config`` is read once after every up/reload/resume devenv does and cached in
+  ``.devenv/machines/NAME/vagrant.json``;
+- the answers of ``vagrant status`` are shared for a few seconds within one devenv command.
+Only machines with ``driver = "vagrant"`` ever reach this module's Vagrant calls.
+
+Host keys: Vagrant's own ssh-config turns host key checking off. devenv does not: on the first
+contact after ``vagrant up`` (right after Vagrant itself has reached the machine) the key the
+machine presents is pinned in ``.devenv/machines/NAME/known_hosts`` (under a HostKeyAlias, so a
+changed forwarded port does not matter) and every later connection runs with
+StrictHostKeyChecking=yes against it. That first contact is trust-on-first-use: nothing but
+Vagrant's unauthenticated SSH exists to cross-check it. Docker-provider machines are reached
+through the engine (``docker exec``), which needs no host key at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from devenv import ui
+from devenv.drivers import BoxArtifact, MachineState, PortBinding, Target
+from devenv.errors import (
+    BackendUnavailable,
+    CommandFailed,
+    DevenvError,
+    DevfileError,
+    MachineStateError,
+    UnsupportedOperation,
+    UsageError,
+)
+from devenv.schema import Field, Problem, Str, Table, did_you_mean
+from devenv.transport import SshTransport
+
+INSTALL_HINT = (
+    "install it: `apt-get install --no-install-recommends vagrant` (Debian/Ubuntu), "
+    "or see https://developer.hashicorp.com/vagrant/install"
+)
+STATUS_TTL = 5.0  # seconds one `vagrant status` answer is reused within a devenv command
+VAGRANTFILE_NAMES = ("Vagrantfile", "vagrantfile")
+
+_OPTIONS = Table(
+    {
+        "dir": Field(Str(description="Folder with the Vagrantfile, relative to the project"), required=True),
+        "machine": Field(
+            Str(description="Vagrant machine name (multi-machine Vagrantfile); default: its only machine")
+        ),
+        "provider": Field(Str(description="Vagrant provider for `vagrant up --provider`, e.g. docker, libvirt")),
+        "transport": Field(
+            Str(
+                choices=("auto", "ssh", "docker"),
+                description="How devenv reaches the machine: auto = the container itself for the docker "
+                "provider, SSH (from `vagrant ssh-config`, host key pinned) for every other provider",
+            ),
+            default="auto",
+        ),
+    },
+    description="Options for the Vagrant bridge driver",
+)
+
+
+class VagrantfileError(DevfileError):
+    """The Vagrantfile does not load or its configuration is invalid (Vagrant's words)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (unit-tested)
+
+_STATES: dict[str, MachineState] = {
+    "running": MachineState.RUNNING,
+    "poweroff": MachineState.STOPPED,
+    "stopped": MachineState.STOPPED,
+    "not_running": MachineState.STOPPED,
+    "shutoff": MachineState.STOPPED,
+    "shutdown": MachineState.STOPPED,
+    "aborted": MachineState.STOPPED,
+    "saved": MachineState.SUSPENDED,
+    "paused": MachineState.SUSPENDED,
+    "suspended": MachineState.SUSPENDED,
+    "frozen": MachineState.SUSPENDED,
+    "pmsuspended": MachineState.SUSPENDED,
+    "not_created": MachineState.NOT_CREATED,
+    # Vagrant's docker provider while it makes the container (left behind when that fails):
+    # it exists enough to be destroyed or brought up.
+    "preparing": MachineState.STOPPED,
+}
+
+
+def map_state(vagrant_state: str | None) -> MachineState | None:
+    """devenv's state for a Vagrant state ("poweroff", "not created", ...); None when unknown."""
+    if not vagrant_state:
+        return None
+    key = re.sub(r"[\s-]+", "_", vagrant_state.strip().lower())
+    return _STATES.get(key)
+
+
+def split_handle(handle: str) -> tuple[Path, str]:
+    folder, sep, name = handle.rpartition("#")
+    if not sep or not folder or not name:
+        raise MachineStateError(f"'{handle}' is not a Vagrant bridge handle (DIR#MACHINE)")
+    return Path(folder), name
+
+
+def make_handle(folder: Path, name: str) -> str:
+    return f"{folder}#{name}"
+
+
+@dataclass(frozen=True)
+class SshInfo:
+    host: str
+    port: int
+    user: str
+    identity_files: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"host": self.host, "port": self.port, "user": self.user, "identity_files": list(self.identity_files)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SshInfo:
+        return cls(d["host"], int(d["port"]), d["user"], tuple(d.get("identity_files", ())))
+
+    def key(self) -> str | None:
+        """The first identity file that exists (Vagrant lists its inserted key, then the insecure one)."""
+        for f in self.identity_files:
+            if Path(f).is_file():
+                return f
+        return self.identity_files[0] if self.identity_files else None
+
+
+def parse_ssh_config(text: str, machine: str | None = None) -> SshInfo:
+    """HostName, Port, User and IdentityFile(s) of one Host block of `vagrant ssh-config` output.
+
+    Takes ``Key value`` and ``Key=value`` lines, double-quoted values and comments; with several
+    Host blocks, the one named ``machine`` (else the first).
+    """
+    blocks: list[tuple[str, dict[str, list[str]]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"(\S+?)(?:\s*=\s*|\s+)(.*)$", line)
+        if not m:
+            continue
+        key, value = m.group(1).lower(), m.group(2).strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if key == "host":
+            blocks.append((value, {}))
+            continue
+        if not blocks:
+            blocks.append(("", {}))
+        blocks[-1][1].setdefault(key, []).append(value)
+    if not blocks:
+        raise CommandFailed("`vagrant ssh-config` printed no Host block")
+    chosen = next((b for n, b in blocks if machine is not None and n == machine), blocks[0][1])
+    host = (chosen.get("hostname") or [""])[0]
+    if not host:
+        raise CommandFailed("`vagrant ssh-config` names no HostName: the machine is not reachable over SSH")
+    try:
+        port = int((chosen.get("port") or ["22"])[0])
+    except ValueError as exc:
+        raise CommandFailed(f"`vagrant ssh-config` printed a bad Port: {chosen['port'][0]!r}") from exc
+    user = (chosen.get("user") or ["vagrant"])[0]
+    return SshInfo(host=host, port=port, user=user, identity_files=tuple(chosen.get("identityfile", ())))
+
+
+def _unescape_machine_readable(text: str) -> str:
+    return text.replace("%!(VAGRANT_COMMA)", ",").replace("\\n", "\n").replace("\\r", "")
+
+
+def parse_machine_readable(text: str) -> list[tuple[str, str, list[str]]]:
+    """(target, kind, data fields) of `--machine-readable` lines (timestamp,target,kind,data...)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(",", 3)
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        data = parts[3].split(",") if len(parts) > 3 else []
+        out.append((parts[1], parts[2], [_unescape_machine_readable(d) for d in data]))
+    return out
+
+
+def machine_readable_error(text: str) -> tuple[str, str] | None:
+    """(Vagrant error class, message) of an `error-exit` line, if any."""
+    for _target, kind, data in parse_machine_readable(text):
+        if kind == "error-exit" and data:
+            return data[0], ",".join(data[1:])
+    return None
+
+
+_BOILERPLATE = (
+    "Vagrant failed to initialize at a very early stage",
+    "There is a syntax error in the following Vagrantfile",
+    "message is reproduced below for convenience",
+    "There was an error loading a Vagrantfile",
+    "and the error message are shown below",
+    "an invalid or undefined variable",
+    "There are errors in the configuration of this machine",
+    "the following errors and try again",
+    "Bringing machine ",
+    "The command run along with the output from the command is shown",
+    "Run 'docker run --help'",
+)
+_NOISE = re.compile(r"\s*(==>|\d+,|below\.$|Command: \[|Stdout:\s*$)")
+
+
+def trim_vagrant_error(text: str, limit: int = 6) -> list[str]:
+    """Vagrant's error output cut to its key lines (boilerplate, blank and progress lines dropped)."""
+    err = machine_readable_error(text)
+    if err:
+        text = err[1]
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln.strip() and not any(b in ln for b in _BOILERPLATE)]
+    lines = [ln if len(ln) <= 160 else ln[:157] + "..." for ln in lines if not _NOISE.match(ln)]
+    fields = {}
+    for ln in lines:
+        m = re.match(r"(Path|Line number|Message): (.*)$", ln.strip())
+        if m:
+            fields[m.group(1)] = m.group(2)
+    if "Message" in fields:
+        where = fields.get("Path", "Vagrantfile")
+        if fields.get("Line number", "0") != "0":  # Vagrant says 0 when it does not know
+            where += f":{fields['Line number']}"
+        rest = [ln for ln in lines if not re.match(r"\s*(Path|Line number|Message): ", ln)]
+        lines = [f"{where}: {fields['Message']}", *rest]
+    if len(lines) > limit:
+        lines = lines[: limit - 1] + [f"... ({len(lines) - limit + 1} more lines)"]
+    return lines
+
+
+def strip_progress_prefix(line: str, name: str) -> str:
+    """Vagrant's "==> web: " / "    web: " prefix off a progress line (devenv adds its own)."""
+    return re.sub(rf"^(?:==> |\s+){re.escape(name)}: ?", "", line.rstrip())
+
+
+def find_vagrantfile(folder: Path) -> Path | None:
+    name = os.environ.get("VAGRANT_VAGRANTFILE")
+    for n in (name,) if name else VAGRANTFILE_NAMES:
+        if (folder / n).is_file():
+            return folder / n
+    return None
+
+
+def vagrant_env(folder: Path, provider: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(VAGRANT_CWD=str(folder), VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1")
+    if provider:
+        env["VAGRANT_DEFAULT_PROVIDER"] = provider
+    return env
+
+
+def machine_data_dir(folder: Path, name: str) -> Path:
+    """Vagrant's per-machine folder (.vagrant/machines/NAME), honouring VAGRANT_DOTFILE_PATH."""
+    dot = Path(os.path.expanduser(os.environ.get("VAGRANT_DOTFILE_PATH") or ".vagrant"))
+    return (folder / dot if not dot.is_absolute() else dot) / "machines" / name
+
+
+def created_as(folder: Path, name: str) -> tuple[str, str] | None:
+    """(provider, machine id) when Vagrant recorded the machine as created, else None."""
+    d = machine_data_dir(folder, name)
+    if not d.is_dir():
+        return None
+    for sub in sorted(d.iterdir()):
+        try:
+            mid = (sub / "id").read_text().strip()
+        except OSError:
+            continue
+        if mid:
+            return sub.name, mid
+    return None
+
+
+class _Capture:
+    """A python-vagrant output context manager that keeps what the command wrote."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    @contextlib.contextmanager
+    def cm(self) -> Iterator[Any]:
+        with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as fh:
+            try:
+                yield fh
+            finally:
+                fh.flush()
+                fh.seek(0)
+                self.text += fh.read()
+
+
+class PinnedSsh(SshTransport):
+    """SshTransport whose known_hosts entry is found by a per-machine alias, not host:port.
+
+    Vagrant forwards SSH from ports it picks (and may change on reload); the pinned key stays
+    the machine's. Connection sharing is keyed by the pinned key too, so a master connection
+    to an earlier machine on the same forwarded port is never reused.
+    """
+
+    def __init__(self, *, alias: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.alias = alias
+
+    def _control_dir(self) -> Path:
+        base = super()._control_dir()
+        try:
+            pinned = self.known_hosts.read_bytes()
+        except OSError:
+            pinned = b""
+        tag = hashlib.sha256(self.alias.encode() + b"\0" + pinned).hexdigest()[:12]
+        d = base / f"v{tag}"
+        d.mkdir(mode=0o700, exist_ok=True)
+        return d
+
+    def options(self) -> list[str]:
+        opts = super().options()
+        return [*opts[:2], "-o", f"HostKeyAlias={self.alias}", *opts[2:]]
+
+    def ssh_config(self, alias: str) -> str:
+        text = super().ssh_config(alias)
+        return text.replace(
+            "  StrictHostKeyChecking yes\n", f"  StrictHostKeyChecking yes\n  HostKeyAlias {self.alias}\n"
+        )
+
+    def pin(self, *, timeout: float = 30.0) -> str:
+        """First contact: record the key the machine presents, authenticated by our login key.
+
+        Returns the key's fingerprint. Trust on first use: see the module docstring.
+        """
+        base = self.options()
+        opts: list[str] = []
+        for flag, value in zip(base[::2], base[1::2], strict=True):  # every option is a (flag, value) pair
+            if value.startswith(("ControlMaster=", "ControlPath=", "ControlPersist=")):
+                continue
+            opts += [flag, "StrictHostKeyChecking=accept-new" if value == "StrictHostKeyChecking=yes" else value]
+        argv = ["ssh", *opts, "-o", "ControlMaster=no", "-o", "ControlPath=none", "-T", self.host, "--", "true"]
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.known_hosts.unlink()
+        deadline = time.monotonic() + timeout
+        while True:
+            r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if r.returncode == 0:
+                break
+            if time.monotonic() > deadline or "Permission denied" in r.stderr:
+                with contextlib.suppress(FileNotFoundError):
+                    self.known_hosts.unlink()
+                last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"ssh exited {r.returncode}"
+                raise CommandFailed(
+                    f"cannot make first contact with machine '{self.machine}' over SSH at {self.host}:{self.port} "
+                    f"to pin its host key: {last}",
+                    hint="check `vagrant ssh-config` in its folder; devenv logs in as that user with that key",
+                )
+            time.sleep(1)
+        self.known_hosts.chmod(0o600)
+        fp = subprocess.run(["ssh-keygen", "-l", "-f", str(self.known_hosts)], capture_output=True, text=True)
+        return fp.stdout.split()[1] if fp.returncode == 0 and len(fp.stdout.split()) > 1 else "(unknown)"
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+class VagrantDriver:
+    name: ClassVar[str] = "vagrant"
+    options: ClassVar[Table] = _OPTIONS
+    env_at_create: ClassVar[bool] = False  # env travels with every command (EnvTransport)
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._dir_locks: dict[str, threading.Lock] = {}
+        self._status_memo: dict[tuple[str, str | None], tuple[float, dict[str, tuple[str | None, str | None]]]] = {}
+        self._targets: dict[str, Target] = {}  # handle -> the devenv machine it was resolved for
+        self._names: dict[tuple[str, str | None], str] = {}
+        self._located: dict[str, tuple[Path, str]] = {}  # handle -> (project root, machine) found on disk
+        self.calls: list[tuple[str, float]] = []  # (vagrant command, seconds): for --debug and tests
+
+    # -- Vagrant access ------------------------------------------------------------------------
+    def check_available(self) -> None:
+        if shutil.which("vagrant") is None:
+            raise BackendUnavailable("Vagrant is not installed (no `vagrant` command on PATH)", hint=INSTALL_HINT)
+        self._module()
+
+    def _module(self) -> Any:
+        try:
+            import vagrant
+        except ImportError as exc:
+            raise BackendUnavailable(
+                "the vagrant driver needs python-vagrant, which is not installed",
+                hint="pip install 'devenv[vagrant]' (or: pip install python-vagrant)",
+            ) from exc
+        return vagrant
+
+    def _dir_lock(self, folder: Path) -> threading.Lock:
+        with self._guard:
+            return self._dir_locks.setdefault(str(folder), threading.Lock())
+
+    def _forget_status(self, folder: Path) -> None:
+        with self._guard:
+            for key in [k for k in self._status_memo if k[0] == str(folder)]:
+                del self._status_memo[key]
+
+    def _vagrant(
+        self,
+        folder: Path,
+        verb: str,
+        machine: str | None,
+        fn: Callable[[Any], Any],
+        *,
+        provider: str | None = None,
+    ) -> Any:
+        """Run one python-vagrant call in ``folder``; turn its failure into one clear DevenvError."""
+        self.check_available()
+        if find_vagrantfile(folder) is None:
+            # Vagrant would search the parent folders for a Vagrantfile: never let it.
+            raise UsageError(
+                f"no Vagrantfile in {folder}", hint="point [machines.NAME.vagrant] dir at the folder that has it"
+            )
+        lib = self._module()
+        err = _Capture()
+        v = lib.Vagrant(root=str(folder), env=vagrant_env(folder, provider), quiet_stdout=True, err_cm=err.cm)
+        t0 = time.monotonic()
+        try:
+            return fn(v)
+        except subprocess.CalledProcessError as exc:
+            out = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
+            raise self._failure(folder, verb, machine, err.text, out) from exc
+        except FileNotFoundError as exc:
+            raise BackendUnavailable(f"cannot run Vagrant: {exc}", hint=INSTALL_HINT) from exc
+        finally:
+            took = time.monotonic() - t0
+            self.calls.append((f"vagrant {verb}{' ' + machine if machine else ''}", took))
+            ui.debug(f"vagrant {verb} {machine or ''} in {folder}: {took:.2f}s")
+
+    def _failure(self, folder: Path, verb: str, machine: str | None, stderr: str, stdout: str) -> Exception:
+        err = machine_readable_error(stdout)
+        text = "\n".join(x for x in (stderr.strip(), err[1] if err else "") if x)
+        lines = trim_vagrant_error(text) or [f"`vagrant {verb}` exited with an error and printed nothing"]
+        if (err and err[0].endswith("MachineNotFound")) or "was not found configured for" in text:
+            return self._unknown_machine(folder, machine)
+        if (
+            "Vagrant failed to initialize" in text
+            or "errors in the configuration of this machine" in text
+            or "There was an error loading a Vagrantfile" in text
+            or (err and "Vagrantfile" in err[0])
+        ):
+            return VagrantfileError(
+                f"the Vagrantfile in {folder} does not load:\n  " + "\n  ".join(lines),
+                hint=f"fix it; `vagrant validate` in {folder} shows the same error",
+            )
+        if "not supported" in text or "doesn't support this action" in text:
+            first = re.split(r"(?<=\.)\s", " ".join(lines), maxsplit=1)[0]
+            return UnsupportedOperation(
+                f"Vagrant cannot {verb} machine '{machine}': {first}",
+                hint="its provider does not offer this; `devenv halt` / `devenv up` work everywhere",
+            )
+        return CommandFailed(
+            f"`vagrant {verb}{' ' + machine if machine else ''}` failed in {folder}:\n  " + "\n  ".join(lines)
+        )
+
+    def _unknown_machine(self, folder: Path, machine: str | None) -> UsageError:
+        try:
+            names = list(self._statuses(folder, None, fresh=True))
+        except DevenvError:
+            names = []
+        defined = f"it defines: {', '.join(names)}" if names else "see `vagrant status` in that folder"
+        return UsageError(
+            f"the Vagrantfile in {folder} has no machine named '{machine}'{did_you_mean(machine or '', names)}",
+            hint=f'{defined}; set machine = "..." in [machines.NAME.vagrant]',
+        )
+
+    def _statuses(
+        self, folder: Path, provider: str | None, *, fresh: bool = False
+    ) -> dict[str, tuple[str | None, str | None]]:
+        """{vagrant machine: (state, provider)} from one `vagrant status --machine-readable`."""
+        key = (str(folder), provider)
+        with self._guard:
+            memo = self._status_memo.get(key)
+        if memo and not fresh and time.monotonic() - memo[0] < STATUS_TTL:
+            return memo[1]
+        rows = self._vagrant(folder, "status", None, lambda v: v.status(), provider=provider)
+        result = {s.name: (s.state, s.provider) for s in rows if s.name}
+        with self._guard:
+            self._status_memo[key] = (time.monotonic(), result)
+        return result
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, machine) -> list[Problem]:
+        problems: list[Problem] = []
+        opts = machine.driver_options()
+        if not opts.get("dir"):
+            problems.append(Problem(("vagrant", "dir"), "is required"))
+        why = "Vagrant takes it from the Vagrantfile; set it there"
+        if machine.ports:
+            problems.append(Problem(("ports",), f"the vagrant driver does not forward ports: {why}"))
+        if machine.sync:
+            problems.append(Problem(("sync",), f"the vagrant driver does not sync folders: {why} (synced_folder)"))
+        for key in ("cpus", "memory"):
+            if getattr(machine, key) is not None:
+                problems.append(Problem((key,), f"the vagrant driver does not set {key}: {why}"))
+        return problems
+
+    # -- resolving a devenv machine to a Vagrant machine ---------------------------------------
+    def _resolve(self, target: Target) -> tuple[Path, str]:
+        opts = target.machine.driver_options()
+        raw = opts.get("dir")
+        if not raw:
+            raise UsageError(f"machine '{target.name}' has no [machines.{target.name}.vagrant] dir")
+        folder = Path(os.path.normpath(target.project_root / os.path.expanduser(raw)))
+        if not folder.is_dir():
+            raise UsageError(f"machine '{target.name}': the Vagrant folder {raw} does not exist ({folder})")
+        if find_vagrantfile(folder) is None:
+            raise UsageError(
+                f"machine '{target.name}': no Vagrantfile in {folder}",
+                hint="dir must name the folder that holds the Vagrantfile",
+            )
+        name = opts.get("machine")
+        if not name:
+            key = (str(folder), opts.get("provider"))
+            name = self._names.get(key)
+            if name is None:
+                names = list(self._statuses(folder, opts.get("provider")))
+                if len(names) != 1:
+                    raise UsageError(
+                        f"machine '{target.name}': the Vagrantfile in {folder} defines {len(names)} machines "
+                        f"({', '.join(names)}): say which",
+                        hint=f'set machine = "NAME" in [machines.{target.name}.vagrant]',
+                    )
+                name = self._names[key] = names[0]
+        handle = make_handle(folder, name)
+        with self._guard:
+            self._targets[handle] = target
+        return folder, name
+
+    def _label(self, handle: str) -> str:
+        """The devenv machine name for messages (the Vagrant name when no project knows it)."""
+        t = self._targets.get(handle)
+        if t is not None:
+            return t.name
+        found = self._locate(handle)
+        return found[1] if found else split_handle(handle)[1]
+
+    # -- the per-machine cache in .devenv/machines/NAME/ ---------------------------------------
+    def _cache_dir(self, handle: str) -> Path:
+        from devenv.state import ProjectState
+
+        t = self._targets.get(handle)
+        if t is not None:
+            return ProjectState(t.project_root).machine_dir(t.name)
+        found = self._locate(handle)
+        if found is not None:
+            root, name = found
+            return ProjectState(root).machine_dir(name)
+        # No project knows this handle (e.g. `global-status` elsewhere): Vagrant's own folder.
+        folder, name = split_handle(handle)
+        return machine_data_dir(folder, name) / "devenv"
+
+    def _locate(self, handle: str) -> tuple[Path, str] | None:
+        """The project (root, machine) whose state records this handle: searched upwards from
+        the Vagrant folder and from the working directory."""
+        from devenv.state import STATE_DIR
+
+        if handle in self._located:
+            return self._located[handle]
+        folder, _ = split_handle(handle)
+        seen: set[Path] = set()
+        for start in (folder, Path.cwd()):
+            for root in (start, *start.parents):
+                if root in seen:
+                    continue
+                seen.add(root)
+                machines = root / STATE_DIR / "machines"
+                if not machines.is_dir():
+                    continue
+                for f in sorted(machines.glob("*.json")):
+                    try:
+                        data = json.loads(f.read_text())
+                    except (OSError, ValueError):
+                        continue
+                    if isinstance(data, dict) and data.get("driver") == self.name and data.get("handle") == handle:
+                        self._located[handle] = (root, f.stem)
+                        return root, f.stem
+        return None
+
+    def _load_cache(self, handle: str) -> dict:
+        try:
+            data = json.loads((self._cache_dir(handle) / "vagrant.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) and data.get("handle") == handle else {}
+
+    def _save_cache(self, handle: str, data: dict) -> None:
+        from devenv.state import atomic_write
+
+        d = self._cache_dir(handle)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(d / "vagrant.json", json.dumps({**data, "handle": handle}, indent=2, sort_keys=True) + "\n")
+
+    def _transport_mode(self, handle: str, cache: dict | None = None) -> str:
+        t = self._targets.get(handle)
+        if t is not None:
+            return t.machine.driver_options().get("transport", "auto")
+        return (cache if cache is not None else self._load_cache(handle)).get("transport", "auto")
+
+    def _uses_docker(self, handle: str, provider: str, cache: dict | None = None) -> bool:
+        mode = self._transport_mode(handle, cache)
+        return mode == "docker" or (mode == "auto" and provider == "docker")
+
+    def _refresh(self, handle: str) -> None:
+        """After up/reload/resume: cache how to reach the machine (and pin its SSH host key)."""
+        folder, name = split_handle(handle)
+        created = created_as(folder, name)
+        if created is None:
+            return
+        provider, mid = created
+        old = self._load_cache(handle)
+        data = {
+            "dir": str(folder),
+            "machine": name,
+            "provider": provider,
+            "id": mid,
+            "transport": self._transport_mode(handle, old),
+            "refreshed": int(time.time()),
+        }
+        known_hosts = self._cache_dir(handle) / "known_hosts"
+        if old.get("id") not in (None, mid) and known_hosts.exists():
+            ui.warn(f"{self._label(handle)}: Vagrant recreated the machine outside devenv: pinning its new host key")
+            known_hosts.unlink()
+        if self._uses_docker(handle, provider, data):
+            data["container_id"] = mid
+            self._save_cache(handle, data)
+            return
+        text = self._vagrant(folder, "ssh-config", name, lambda v: v.ssh_config(vm_name=name))
+        data["ssh"] = parse_ssh_config(text, name).as_dict()
+        self._save_cache(handle, data)
+        self._ssh(handle, data)  # pins on first contact
+
+    # -- boxes ---------------------------------------------------------------------------------
+    def prepare_box(self, target: Target, box: str | None, *, pull: bool = False) -> BoxArtifact:
+        """The Vagrantfile stands in for the box: checked to load and to define the machine."""
+        folder, name = self._resolve(target)
+        provider = target.machine.driver_options().get("provider")
+        statuses = self._statuses(folder, provider)
+        if name not in statuses:
+            raise self._unknown_machine(folder, name)
+        vf = find_vagrantfile(folder)
+        assert vf is not None
+        try:
+            rel = folder.relative_to(target.project_root).as_posix()
+        except ValueError:
+            rel = str(folder)
+        return BoxArtifact(
+            name=f"{'' if rel == '.' else rel + '/'}{vf.name}#{name}",
+            version=None,
+            ref=str(vf),
+            digest="sha256:" + hashlib.sha256(vf.read_bytes()).hexdigest(),
+            extra={"dir": str(folder), "machine": name, "provider": provider or statuses[name][1]},
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _up(self, handle: str, *, provider: str | None = None) -> None:
+        folder, name = split_handle(handle)
+        label = self._label(handle)
+
+        def run(v: Any) -> None:
+            for line in v.up(vm_name=name, no_provision=True, provider=provider, stream_output=True):
+                if line.strip():
+                    ui.detail(label, strip_progress_prefix(line, name))
+
+        with self._dir_lock(folder):
+            try:
+                self._vagrant(folder, "up", name, run, provider=provider)
+            finally:
+                self._forget_status(folder)
+
+    def create(self, target: Target, box: BoxArtifact, *, env: dict[str, str] | None = None) -> str:
+        folder, name = self._resolve(target)
+        handle = make_handle(folder, name)
+        if self.state(handle) is not MachineState.NOT_CREATED:
+            return handle
+        # A new machine has a new host key: forget any pin of an earlier one.
+        with contextlib.suppress(FileNotFoundError):
+            (self._cache_dir(handle) / "known_hosts").unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self._cache_dir(handle) / "vagrant.json").unlink()
+        self._up(handle, provider=target.machine.driver_options().get("provider"))
+        self._refresh(handle)
+        return handle
+
+    def find(self, target: Target) -> str | None:
+        folder, name = self._resolve(target)
+        handle = make_handle(folder, name)
+        return None if self.state(handle) is MachineState.NOT_CREATED else handle
+
+    def start(self, handle: str) -> None:
+        if self.state(handle) is not MachineState.RUNNING:
+            self._up(handle)
+            self._refresh(handle)
+            return
+        folder, name = split_handle(handle)
+        created = created_as(folder, name)
+        if created is None or self._load_cache(handle).get("id") != created[1]:
+            self._refresh(handle)  # running, but not (or differently) known to devenv yet
+
+    def stop(self, handle: str, *, force: bool = False) -> None:
+        folder, name = split_handle(handle)
+        with self._dir_lock(folder):
+            try:
+                self._vagrant(folder, "halt", name, lambda v: v.halt(vm_name=name, force=force))
+            finally:
+                self._forget_status(folder)
+
+    def destroy(self, handle: str) -> None:
+        folder, name = split_handle(handle)
+        if created_as(folder, name) is None and find_vagrantfile(folder) is None:
+            return  # nothing Vagrant knows of, and no Vagrantfile to ask
+        with self._dir_lock(folder):
+            try:
+                self._vagrant(folder, "destroy", name, lambda v: v.destroy(vm_name=name))
+            finally:
+                self._forget_status(folder)
+
+    def reload(self, handle: str) -> None:
+        folder, name = split_handle(handle)
+
+        def run(v: Any) -> None:
+            for line in v.reload(vm_name=name, provision=False, stream_output=True):
+                if line.strip():
+                    ui.detail(self._label(handle), strip_progress_prefix(line, name))
+
+        with self._dir_lock(folder):
+            try:
+                self._vagrant(folder, "reload", name, run)
+            finally:
+                self._forget_status(folder)
+        self._refresh(handle)
+
+    def apply_settings(self, handle: str, target: Target, box: BoxArtifact) -> bool:
+        """Changed Devfile settings: `vagrant reload` (the Vagrantfile holds everything else)."""
+        folder, name = self._resolve(target)
+        if make_handle(folder, name) != handle:
+            raise MachineStateError(
+                f"machine '{target.name}' now names another Vagrant machine ({name} in {folder})",
+                hint=f"`devenv reload {target.name} --recreate` destroys the old one and brings up the new one",
+            )
+        self.reload(handle)
+        return True
+
+    def state(self, handle: str) -> MachineState:
+        folder, name = split_handle(handle)
+        created = created_as(folder, name)
+        if created is None:
+            return MachineState.NOT_CREATED  # what Vagrant concludes from the same missing id file
+        provider, mid = created
+        if provider == "docker":
+            st = self._docker_state(mid)
+            if st is not None:
+                return st
+        if find_vagrantfile(folder) is None:
+            return MachineState.NOT_CREATED
+        raw = self._statuses(folder, None).get(name, (None, None))[0]
+        st = map_state(raw)
+        if st is None:
+            ui.warn(f"{self._label(handle)}: Vagrant reports the state '{raw}'; treating it as stopped")
+            return MachineState.STOPPED
+        return st
+
+    def _docker(self) -> Any | None:
+        from devenv.drivers import get_driver
+
+        try:
+            return get_driver("docker").client
+        except BackendUnavailable:
+            return None
+
+    def _inspect(self, container_id: str) -> dict | None:
+        client = self._docker()
+        if client is None:
+            return None
+        import docker.errors
+
+        try:
+            return client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+
+    def _docker_state(self, container_id: str) -> MachineState | None:
+        """The state of a docker-provider machine straight from the engine (None: ask Vagrant)."""
+        info = self._inspect(container_id)
+        if info is None:
+            return None
+        status = info["State"]["Status"]
+        if status in ("running", "restarting"):
+            return MachineState.RUNNING
+        if status == "paused":
+            return MachineState.SUSPENDED
+        if status == "removing":
+            return MachineState.NOT_CREATED
+        return MachineState.STOPPED
+
+    def ports(self, handle: str) -> list[PortBinding]:
+        folder, name = split_handle(handle)
+        created = created_as(folder, name)
+        if created is None:
+            return []
+        provider, mid = created
+        out = []
+        if provider == "docker":
+            info = self._inspect(mid) or {}
+            for key, binds in ((info.get("NetworkSettings") or {}).get("Ports") or {}).items():
+                guest, _, proto = key.partition("/")
+                for b in binds or []:
+                    out.append(PortBinding(b["HostIp"], int(b["HostPort"]), int(guest), proto))
+            return sorted(out, key=lambda b: (b.guest, b.host))
+        ssh = self._load_cache(handle).get("ssh")
+        if ssh:
+            out.append(PortBinding(ssh["host"], int(ssh["port"]), 22))
+        return out
+
+    def transport(self, handle: str):
+        folder, name = split_handle(handle)
+        created = created_as(folder, name)
+        if created is None:
+            raise MachineStateError(f"Vagrant machine '{name}' is not created", hint="run `devenv up`")
+        provider, mid = created
+        cache = self._load_cache(handle)
+        if self._uses_docker(handle, provider, cache):
+            return self._docker_transport(handle, mid)
+        if cache.get("id") != mid or not cache.get("ssh"):
+            self._refresh(handle)  # no cache yet, or Vagrant recreated the machine: ask it once
+            cache = self._load_cache(handle)
+        return self._ssh(handle, cache)
+
+    def _docker_transport(self, handle: str, container_id: str):
+        from devenv.drivers import get_driver
+        from devenv.transport import DockerTransport
+
+        client = get_driver("docker").client
+        if self._inspect(container_id) is None:
+            raise MachineStateError(
+                f"the container of Vagrant machine '{split_handle(handle)[1]}' ({container_id[:12]}) is not on "
+                "the local Docker engine (Vagrant may run it in a host VM)",
+                hint='set transport = "ssh" in [machines.NAME.vagrant] to go through `vagrant ssh-config`',
+            )
+        return DockerTransport(client, container_id, self._label(handle), docker_host=os.environ.get("DOCKER_HOST"))
+
+    def _ssh(self, handle: str, cache: dict) -> PinnedSsh:
+        info = SshInfo.from_dict(cache["ssh"])
+        key = info.key()
+        if key is None:
+            raise CommandFailed(f"`vagrant ssh-config` names no IdentityFile for '{split_handle(handle)[1]}'")
+        known_hosts = self._cache_dir(handle) / "known_hosts"
+        label = self._label(handle)
+        t = PinnedSsh(
+            alias=f"devenv-vagrant-{split_handle(handle)[1]}",
+            machine=label,
+            host=info.host,
+            port=info.port,
+            user=info.user,
+            key=Path(key),
+            known_hosts=known_hosts,
+        )
+        if not known_hosts.is_file() or not known_hosts.read_text().strip():
+            fp = t.pin()
+            ui.info(label, f"pinned its SSH host key {fp} (first contact; Vagrant itself checks none)")
+        return t
+
+    def sweep(self, project_id: str) -> list[str]:
+        # Vagrant machines belong to their Vagrant project: devenv never removes one it was not asked to.
+        return []
+
+    # -- optional roles ------------------------------------------------------------------------
+    def suspend(self, handle: str) -> None:
+        folder, name = split_handle(handle)
+        with self._dir_lock(folder):
+            try:
+                self._vagrant(folder, "suspend", name, lambda v: v.suspend(vm_name=name))
+            finally:
+                self._forget_status(folder)
+
+    def resume(self, handle: str) -> None:
+        folder, name = split_handle(handle)
+        with self._dir_lock(folder):
+            try:
+                self._vagrant(folder, "resume", name, lambda v: v.resume(vm_name=name))
+            finally:
+                self._forget_status(folder)
+        self._refresh(handle)
+
+    # -- import-vagrant ------------------------------------------------------------------------
+    def list_machines(self, folder: Path) -> list[tuple[str, str | None, str | None]]:
+        """(name, state, provider) of every machine of the Vagrantfile in ``folder``."""
+        return [(n, st, prov) for n, (st, prov) in self._statuses(folder, None, fresh=True).items()]
