@@ -52,6 +52,7 @@ class Provisioner(Protocol):
 BUILTIN: dict[str, str] = {
     "shell": "devenv.provisioners.shell:ShellProvisioner",
     "file": "devenv.provisioners.file:FileProvisioner",
+    "ansible": "devenv.provisioners.ansible:AnsibleProvisioner",
 }
 
 _instances: dict[str, Provisioner] = {}

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fakes import FakeDriver, install
+from tests.unit.fakes import FakeDriver, install
 from typer.testing import CliRunner
 
 from devenv import ui

@@ -528,9 +528,9 @@ INVALID = [
         """,
         [
             'Devfile:4: machines.a.provision[0]: expected a step table like { type = "shell", script = "..." }',
-            "Devfile:5: machines.a.provision[1].type: unknown provisioner type 'shel' (known: file, shell) "
+            "Devfile:5: machines.a.provision[1].type: unknown provisioner type 'shel' (known: ansible, file, shell) "
             "(did you mean 'shell'?)",
-            "Devfile:6: machines.a.provision[2].type: is required (one of: file, shell)",
+            "Devfile:6: machines.a.provision[2].type: is required (one of: ansible, file, shell)",
             "Devfile:7: machines.a.provision[3]: a shell step needs exactly one of 'inline' or 'script'",
             "Devfile:8: machines.a.provision[4]: a shell step needs exactly one of 'inline' or 'script'",
             "Devfile:9: machines.a.provision[5].destination: must be an absolute path in the machine, got 'etc/motd'",

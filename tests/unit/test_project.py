@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from fakes import FakeDriver
+from tests.unit.fakes import FakeDriver
 
 from devenv.drivers import MachineState
 from devenv.errors import BoxError, ProvisionError
