@@ -8,10 +8,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tests.unit.fakes import FakeDriver, install
 from typer.testing import CliRunner
 
 from devenv import ui
+from tests.unit.fakes import FakeDriver, install
 
 
 class ProjectDir:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from tests.unit.fakes import FakeDriver
 
 from devenv.drivers import MachineState
 from devenv.errors import BoxError, ProvisionError
 from devenv.state import GlobalIndex
+from tests.unit.fakes import FakeDriver
 
 THREE_MACHINES = """
     [defaults]
