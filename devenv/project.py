@@ -145,9 +145,25 @@ class Project:
         from devenv.lockfile import Lockfile
 
         self.lock = Lockfile(devfile.path)
+        self._mask_secrets()
         self.frozen = False
         self.box_override: str | None = None
         self._override_names: set[str] = set()
+
+    def _mask_secrets(self) -> None:
+        """Know every secret value up front, so no command prints one (the machine's output included)."""
+        for m in self.devfile.machines.values():
+            for v in m.env.values():
+                if not isinstance(v, Secret):
+                    continue
+                if v.from_env:
+                    ui.add_secret(os.environ.get(v.from_env, ""))
+                else:
+                    try:
+                        path = (self.root / os.path.expanduser(v.from_file or "")).resolve()
+                        ui.add_secret(path.read_text(encoding="utf-8").rstrip("\n"))
+                    except OSError:
+                        pass
 
     def _check_cancel(self) -> None:
         if self._cancel.is_set():
