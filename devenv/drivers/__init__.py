@@ -120,6 +120,7 @@ class SupportsSuspend(Protocol):
 BUILTIN: dict[str, str] = {
     "docker": "devenv.drivers.docker:DockerDriver",
     "libvirt": "devenv.drivers.libvirt:LibvirtDriver",
+    "virtualbox": "devenv.drivers.virtualbox:VirtualBoxDriver",
     "vagrant": "devenv.drivers.vagrant:VagrantDriver",
 }
 

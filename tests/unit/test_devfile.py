@@ -477,7 +477,9 @@ INVALID = [
         box = "busybox"
         driver = "vagrnt"
         """,
-        ["Devfile:3: machines.a.driver: 'vagrnt' is not one of: docker, libvirt, vagrant (did you mean 'vagrant'?)"],
+        [
+            "Devfile:3: machines.a.driver: 'vagrnt' is not one of: docker, libvirt, vagrant, virtualbox (did you mean 'vagrant'?)"
+        ],
         id="unknown-driver",
     ),
     pytest.param(
