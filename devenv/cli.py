@@ -429,6 +429,33 @@ def package(
         ui.info(machine, f"wrote {output}")
 
 
+@app.command()
+@handle_errors
+def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> int:
+    """Check what this machine has for the Devfile (engines, tools, disk, ports), with a fix for each miss."""
+    from devenv.doctor import run_checks
+
+    try:
+        project = _project()
+    except DevfileError as exc:
+        if exc.problems:
+            raise
+        project = None  # no Devfile here: check the machine only
+    checks = run_checks(project)
+    failed = [c for c in checks if c.status == "missing" and c.needed]
+    if json_out:
+        print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
+        return 1 if failed else 0
+    marks = {"ok": ui.style("ok  ", "green"), "warn": ui.style("warn", "yellow"), "missing": ui.style("miss", "red")}
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        need = " (the Devfile needs it)" if c.needed and c.status == "missing" else ""
+        ui.say(f"{marks[c.status]}  {c.name:<{width}}  {c.detail}{need}")
+        if c.fix and c.status != "ok":
+            ui.say(f"      {'':<{width}}  fix: {c.fix}")
+    return 1 if failed else 0
+
+
 @app.command("ssh-config")
 @handle_errors
 def ssh_config(names: NamesArg = None) -> None:

@@ -126,16 +126,17 @@ def test_container_settings_and_volumes(proj, docker_client):
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(shutil.which("busybox") or "/bin/busybox", arcname="bin/busybox")
         tar.add(shutil.which("busybox") or "/bin/busybox", arcname="bin/sh")
-    docker_client.api.import_image_from_data(buf.getvalue(), repository=tag.split(":")[0], tag="1",
-                                             changes=["VOLUME /data"])
+    docker_client.api.import_image_from_data(
+        buf.getvalue(), repository=tag.split(":")[0], tag="1", changes=["VOLUME /data"]
+    )
     try:
-        proj.devfile(f'''\
+        proj.devfile(f"""\
             [machines.v]
             box = "docker:{tag}"
             cpus = 0.5
             memory = "64MiB"
             ports = [{{ guest = 8080 }}]
-        ''')
+        """)
         proj.run("up", check=True)
         c = docker_client.containers.list(all=True, filters={"label": f"devenv.project={proj.project_id}"})[0]
         hc = c.attrs["HostConfig"]
@@ -362,9 +363,13 @@ def test_unbuildable_box_is_a_clear_error(proj):
 
 
 def test_reload_recreates_a_container_with_new_settings(proj, docker_client):
-    proj.devfile('[machines.m]\nbox = "busybox"\nmemory = "64MiB"\nprovision = [{ type = "shell", inline = "touch /p" }]\n')
+    proj.devfile(
+        '[machines.m]\nbox = "busybox"\nmemory = "64MiB"\nprovision = [{ type = "shell", inline = "touch /p" }]\n'
+    )
     proj.run("up", check=True)
-    proj.devfile('[machines.m]\nbox = "busybox"\nmemory = "96MiB"\nprovision = [{ type = "shell", inline = "touch /p" }]\n')
+    proj.devfile(
+        '[machines.m]\nbox = "busybox"\nmemory = "96MiB"\nprovision = [{ type = "shell", inline = "touch /p" }]\n'
+    )
     st = proj.status()["m"]
     assert st["action"] == "reload"
     r = proj.run("reload", check=True)
@@ -372,3 +377,25 @@ def test_reload_recreates_a_container_with_new_settings(proj, docker_client):
     (c,) = docker_client.containers.list(all=True, filters={"label": f"devenv.project={proj.project_id}"})
     assert c.attrs["HostConfig"]["Memory"] == 96 * 1024**2
     assert proj.status()["m"]["action"] is None
+
+
+def test_doctor_reports_what_the_devfile_needs(proj):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proj.devfile(f'[machines.m]\nbox = "busybox"\nports = [{{ guest = 80, host = {port} }}]\n')
+        r = proj.run("doctor", "--json")
+        assert r.returncode == 1, r.stdout + r.stderr
+        checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+        assert checks["docker"]["status"] == "ok" and checks["docker"]["needed"] is True
+        assert checks[f"port 127.0.0.1:{port}/tcp"]["status"] == "missing"
+        assert "auto_correct" in checks[f"port 127.0.0.1:{port}/tcp"]["fix"]
+        assert checks["hardware virtualisation"]["status"] in ("ok", "warn")
+    r = proj.run("doctor")
+    assert r.returncode == 0 and f"port 127.0.0.1:{port}/tcp" in r.stdout
+    # A Devfile that needs VirtualBox on a machine without it: non-zero, with the fix.
+    proj.devfile('[machines.v]\ndriver = "virtualbox"\nbox = "x"\n')
+    r = proj.run("doctor", env={"PATH": "/usr/bin:/bin", "VBOXMANAGE": "/nonexistent/VBoxManage"})
+    assert r.returncode == 1 and "VBoxManage" in r.stdout and "fix:" in r.stdout
+    assert_no_traceback(r)

@@ -1,0 +1,169 @@
+"""`devenv doctor`: what this machine has for the Devfile, with a fix for each miss."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from devenv.errors import DevenvError
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "ok" | "missing" | "warn"
+    detail: str
+    fix: str = ""
+    needed: bool = False  # the Devfile needs it: a miss makes doctor fail
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _engine(name: str, needed: bool) -> Check:
+    from devenv.drivers import get_driver
+
+    try:
+        driver = get_driver(name)
+        driver.check_available()
+    except DevenvError as exc:
+        return Check(name, "missing", exc.message, exc.hint or "", needed)
+    if name == "docker":
+        info = driver.client.version()
+        return Check(name, "ok", f"engine {info.get('Version')} at {driver.client.api.base_url}", "", needed)
+    if name == "libvirt":
+        conn = driver.conn()
+        v = conn.getLibVersion()
+        return Check(name, "ok", f"libvirt {v // 1000000}.{v // 1000 % 1000} at {conn.getURI()}", "", needed)
+    return Check(name, "ok", "available", "", needed)
+
+
+def _tool(name: str, cmd: list[str], fix: str, needed: bool, what: str) -> Check:
+    path = shutil.which(cmd[0])
+    if path is None:
+        return Check(name, "missing", f"{cmd[0]} not found ({what})", fix, needed)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        version = (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        version = ""
+    return Check(name, "ok", f"{path} {version}".strip(), "", needed)
+
+
+def _port(ip: str, port: int, proto: str) -> bool:
+    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM) as s:
+        try:
+            s.bind((ip, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def run_checks(project=None) -> list[Check]:
+    from devenv.drivers.libvirt import hardware_virt_usable
+    from devenv.state import data_dir
+
+    machines = list(project.devfile.machines.values()) if project else []
+    drivers = {m.driver for m in machines}
+    steps = {s.type for m in machines for s in m.provision}
+    checks = [
+        _engine("docker", "docker" in drivers),
+        _engine("libvirt", "libvirt" in drivers),
+    ]
+    if hardware_virt_usable():
+        checks.append(Check("hardware virtualisation", "ok", "vmx/svm and /dev/kvm: VMs run with KVM"))
+    else:
+        checks.append(
+            Check(
+                "hardware virtualisation",
+                "warn",
+                "no vmx/svm or no usable /dev/kvm: VMs run in software emulation (slow)",
+                "enable VT-x/AMD-V in the firmware, or nested virtualisation on a cloud host",
+                False,
+            )
+        )
+    checks += [
+        _tool(
+            "VBoxManage",
+            ["VBoxManage", "--version"],
+            "install VirtualBox 6.1 or 7.x from virtualbox.org",
+            "virtualbox" in drivers,
+            "VirtualBox driver",
+        ),
+        _tool(
+            "vagrant",
+            ["vagrant", "--version"],
+            "apt-get install --no-install-recommends vagrant",
+            "vagrant" in drivers,
+            "Vagrant bridge",
+        ),
+        _tool(
+            "ansible-playbook",
+            ["ansible-playbook", "--version"],
+            "pip install 'devenv[ansible]'",
+            "ansible" in steps,
+            "ansible provisioner",
+        ),
+        _tool("ssh", ["ssh", "-V"], "apt-get install openssh-client", bool(drivers - {"docker"}), "SSH to VMs"),
+        _tool(
+            "debootstrap", ["debootstrap", "--version"], "apt-get install debootstrap", False, "building Debian boxes"
+        ),
+    ]
+    base = data_dir()
+    probe = base if base.exists() else Path.home()
+    free = shutil.disk_usage(probe).free
+    gib = free / 1024**3
+    if gib < 1:
+        checks.append(Check("disk", "missing", f"{gib:.1f} GiB free under {probe}", "free some disk space", True))
+    elif gib < 5:
+        checks.append(
+            Check(
+                "disk",
+                "warn",
+                f"{gib:.1f} GiB free under {probe} (boxes take 0.2-1 GiB each)",
+                "free some disk space or `devenv box prune`",
+            )
+        )
+    else:
+        checks.append(Check("disk", "ok", f"{gib:.0f} GiB free under {probe}"))
+    if project is not None:
+        ours = set()
+        try:
+            for row in project.status():
+                ours.update(row.ports)
+        except DevenvError:
+            pass
+        for m in machines:
+            for p in m.ports:
+                if p.host is None:
+                    continue
+                binding = f"{p.host_ip}:{p.host}/{p.protocol}"
+                mine = any(x.startswith(f"{p.host_ip}:{p.host} ->") for x in ours)
+                if mine or _port(p.host_ip, p.host, p.protocol):
+                    checks.append(
+                        Check(
+                            f"port {binding}",
+                            "ok",
+                            f"free for {m.name}" if not mine else f"in use by {m.name} itself",
+                            "",
+                            True,
+                        )
+                    )
+                else:
+                    checks.append(
+                        Check(
+                            f"port {binding}",
+                            "missing",
+                            f"in use by another program ({m.name} needs it)",
+                            "stop what uses it (`ss -ltnp`), change the port, or set auto_correct = true",
+                            True,
+                        )
+                    )
+    return checks
