@@ -63,8 +63,25 @@ def main() -> int:
     for _ in range(args.runs):
         # up (image present, no provisioners) — devenv vs `docker run -d`
         add("up", "devenv", timed([*DEVENV, "up"], work))
-        add("up", "raw", timed(["docker", "run", "-d", "--init", "--name", raw_name, "-v",
-                                f"{ka}:/.devenv/keepalive:ro", "--entrypoint", "/.devenv/keepalive", IMAGE]))
+        add(
+            "up",
+            "raw",
+            timed(
+                [
+                    "docker",
+                    "run",
+                    "-d",
+                    "--init",
+                    "--name",
+                    raw_name,
+                    "-v",
+                    f"{ka}:/.devenv/keepalive:ro",
+                    "--entrypoint",
+                    "/.devenv/keepalive",
+                    IMAGE,
+                ]
+            ),
+        )
         # status of one running machine — devenv status vs `docker inspect`
         add("status", "devenv", timed([*DEVENV, "status"], work))
         add("status", "raw", timed(["docker", "inspect", raw_name]))
@@ -83,8 +100,17 @@ def main() -> int:
     for op, m in table.items():
         print(f"{op:<14}{m['devenv']:>9.3f}{m['raw']:>9.3f}{m['devenv'] / m['raw']:>12.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"runs": args.runs, "medians": table, "samples": results,
-                                    "machine": {"node": platform.node(), "cpus": os.cpu_count()}}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "runs": args.runs,
+                "medians": table,
+                "samples": results,
+                "machine": {"node": platform.node(), "cpus": os.cpu_count()},
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}")
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -36,7 +36,7 @@ provision = [
 
 def _project(proj, version="1"):
     proj.write("boxes/baked.toml", RECIPE.format(version=version))
-    proj.write("provisioners/base.sh", "#!/bin/sh\necho \"base $1\" >> /steps.log\n", 0o755)
+    proj.write("provisioners/base.sh", '#!/bin/sh\necho "base $1" >> /steps.log\n', 0o755)
     proj.write("provisioners/conf/app.env", "MODE=prod\n")
     proj.devfile(DEVFILE)
 
@@ -70,7 +70,7 @@ def test_baked_steps_are_skipped_and_fingerprints_match(proj, docker_client):
         assert st["box"] == "baked@1" and st["box_digest"].startswith("sha256:")
 
         # A dev change to a baked step breaks the prefix: it and every later step run on the machine.
-        proj.write("provisioners/base.sh", "#!/bin/sh\necho \"base2 $1\" >> /steps.log\n", 0o755)
+        proj.write("provisioners/base.sh", '#!/bin/sh\necho "base2 $1" >> /steps.log\n', 0o755)
         st = proj.status()["web"]
         assert st["stale_step"] == 0 and st["baked_steps"] == []
         r = proj.run("provision", check=True)
@@ -164,8 +164,13 @@ def test_vagrant_accepts_our_box(tmp_path):
     stored = boxes.store_box("vtest", "1", "libvirt", {"disk": src / "disk.qcow2"}, {"cmdline": ""})
     out = boxfile.write_libvirt_box(stored, tmp_path / "vtest.box")
     env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vhome"), "VAGRANT_CHECKPOINT_DISABLE": "1"}
-    r = subprocess.run(["vagrant", "box", "add", "--name", "devenv/vtest", str(out)], capture_output=True,
-                       text=True, env=env, timeout=120)
+    r = subprocess.run(
+        ["vagrant", "box", "add", "--name", "devenv/vtest", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True, env=env, timeout=60)
     assert "devenv/vtest (libvirt, 0)" in r.stdout

@@ -33,8 +33,9 @@ def libvirt_driver():
 @pytest.fixture(scope="session")
 def tiny_guest(tmp_path_factory, libvirt_driver) -> Path:
     out = tmp_path_factory.mktemp("tiny-guest")
-    r = subprocess.run(["bash", str(REPO / "tests/guest/build-tiny-guest.sh"), str(out)], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        ["bash", str(REPO / "tests/guest/build-tiny-guest.sh"), str(out)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -51,8 +52,9 @@ def tiny_box(tiny_guest, tmp_path):
         shutil.copy(tiny_guest / fn, staging / fn)
         files[key] = staging / fn
     cmdline = (tiny_guest / "cmdline").read_text().strip()
-    return boxes.store_box("tiny-vm", "1", "libvirt", files, {"cmdline": cmdline, "ssh_user": "root",
-                                                              "sync": ["rsync"]})
+    return boxes.store_box(
+        "tiny-vm", "1", "libvirt", files, {"cmdline": cmdline, "ssh_user": "root", "sync": ["rsync"]}
+    )
 
 
 class VmProj(Proj):
@@ -126,8 +128,7 @@ def test_vm_lifecycle(vm, tiny_box, libvirt_driver):
     cfg = vm.root / "ssh_config"
     cfg.write_text(vm.run("ssh-config", check=True).stdout)
     alias = f"{vm.root.name}-box1"
-    r = subprocess.run(["ssh", "-F", str(cfg), alias, "echo plain-ssh-ok"], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(["ssh", "-F", str(cfg), alias, "echo plain-ssh-ok"], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "plain-ssh-ok", r.stderr
 
     # Snapshot save -> change -> restore: the change is gone.
@@ -157,8 +158,13 @@ def test_swapped_host_key_is_refused(vm, tiny_box):
     vm.devfile('[machines.k]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n')
     vm.run("up", check=True)
     # Give the guest a new host key (as an impostor would have), then restart it.
-    r = vm.run("ssh", "k", "-c", "dropbearkey -t ed25519 -f /tmp/new >/dev/null 2>&1 && "
-               "cp /tmp/new /etc/dropbear/dropbear_ed25519_host_key && sync")
+    r = vm.run(
+        "ssh",
+        "k",
+        "-c",
+        "dropbearkey -t ed25519 -f /tmp/new >/dev/null 2>&1 && "
+        "cp /tmp/new /etc/dropbear/dropbear_ed25519_host_key && sync",
+    )
     assert r.returncode == 0, r.stderr
     vm.run("halt", check=True)
     vm.run("up", "--no-provision", check=True)
@@ -176,8 +182,10 @@ def test_boot_failure_is_reported_and_cleaned_up(vm, tiny_box, libvirt_driver):
     meta["cmdline"] = "console=ttyS0 rdinit=/does-not-exist panic=0"
     (tiny_box.folder / "box.json").write_text(json.dumps(meta))
     assert boxes.find_stored("tiny-vm", "1", "libvirt").meta["cmdline"].endswith("panic=0")
-    vm.devfile('[machines.b]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n'
-               '[machines.b.libvirt]\nboot_timeout = 15\n')
+    vm.devfile(
+        '[machines.b]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n'
+        "[machines.b.libvirt]\nboot_timeout = 15\n"
+    )
     r = vm.run("up")
     assert r.returncode == 4, r.stderr
     assert_no_traceback(r)
@@ -270,8 +278,10 @@ def test_vm_reload_applies_settings_in_place_and_suspend(vm, tiny_box, libvirt_d
 
 
 def test_package_a_vm_into_a_box(vm, tiny_box, tmp_path):
-    vm.devfile('[machines.p]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n'
-               'provision = [{ type = "shell", inline = "echo from-source > /data/pkg" }]\n')
+    vm.devfile(
+        '[machines.p]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n'
+        'provision = [{ type = "shell", inline = "echo from-source > /data/pkg" }]\n'
+    )
     vm.run("up", check=True)
     r = vm.run("package", "--box", "tiny-pkg", "--version", "1")
     assert r.returncode == 4 and "halt" in r.stderr, "a running VM's disk is not consistent"
@@ -280,8 +290,10 @@ def test_package_a_vm_into_a_box(vm, tiny_box, tmp_path):
     vm.run("package", "--box", "tiny-pkg", "--version", "1", "-o", str(out), check=True)
     assert out.stat().st_size > 0
     vm.run("destroy", "-f", check=True)
-    vm.devfile('[machines.p]\ndriver = "libvirt"\nbox = "tiny-pkg"\nmemory = "256MiB"\n'
-               'provision = [{ type = "shell", inline = "echo from-source > /data/pkg" }]\n')
+    vm.devfile(
+        '[machines.p]\ndriver = "libvirt"\nbox = "tiny-pkg"\nmemory = "256MiB"\n'
+        'provision = [{ type = "shell", inline = "echo from-source > /data/pkg" }]\n'
+    )
     r = vm.run("up", check=True)
     assert "baked into box tiny-pkg@1, skipped" in r.stderr
     assert vm.run("ssh", "p", "-c", "cat /data/pkg").stdout == "from-source\n"
@@ -310,8 +322,10 @@ def test_recipe_from_a_box_file_bakes_in_a_vm(vm, tiny_box, tmp_path):
     vm.write("boxes/from-box.toml", recipe % sha)
     r = vm.run("box", "build", "from-box", check=True)
     assert "bake [0] shell: echo baked-in-vm" in r.stderr
-    vm.devfile('[machines.b]\ndriver = "libvirt"\nbox = "from-box"\nmemory = "256MiB"\n'
-               'provision = [{ type = "shell", inline = "echo baked-in-vm > /data/baked" }]\n')
+    vm.devfile(
+        '[machines.b]\ndriver = "libvirt"\nbox = "from-box"\nmemory = "256MiB"\n'
+        'provision = [{ type = "shell", inline = "echo baked-in-vm > /data/baked" }]\n'
+    )
     r = vm.run("up", check=True)
     assert "baked into box from-box@1, skipped" in r.stderr
     assert vm.run("ssh", "b", "-c", "cat /data/baked").stdout == "baked-in-vm\n"

@@ -40,8 +40,14 @@ def test_secrets_are_used_but_never_written_or_shown(proj, tmp_path):
     r = proj.run("ssh", "s", "-c", check, env=env)
     assert r.stdout.strip() == "same", r.stderr
     # ... but devenv masks them in everything it prints, even the machine's own output.
-    for args in (("exec", "s", "--", "cat", "/proof"), ("status", "--json"), ("status",), ("port", "s"),
-                 ("ssh", "s", "-c", "echo $API_TOKEN $DB_PASS"), ("--debug", "provision", "--force")):
+    for args in (
+        ("exec", "s", "--", "cat", "/proof"),
+        ("status", "--json"),
+        ("status",),
+        ("port", "s"),
+        ("ssh", "s", "-c", "echo $API_TOKEN $DB_PASS"),
+        ("--debug", "provision", "--force"),
+    ):
         r = proj.run(*args, env=env)
         outputs += [r.stdout, r.stderr]
     assert "token=*** pass=***" in "".join(outputs)

@@ -24,9 +24,13 @@ def stored(tmp_path) -> boxes.StoredBox:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src / "disk.qcow2"), "16M"], check=True)
     (src / "vmlinuz").write_bytes(b"kernel")
     (src / "initrd.img").write_bytes(b"initrd")
-    return boxes.store_box("tiny", "1", "libvirt",
-                           {"disk": src / "disk.qcow2", "kernel": src / "vmlinuz", "initrd": src / "initrd.img"},
-                           {"cmdline": "console=ttyS0", "ssh_user": "root", "sync": ["rsync"]})
+    return boxes.store_box(
+        "tiny",
+        "1",
+        "libvirt",
+        {"disk": src / "disk.qcow2", "kernel": src / "vmlinuz", "initrd": src / "initrd.img"},
+        {"cmdline": "console=ttyS0", "ssh_user": "root", "sync": ["rsync"]},
+    )
 
 
 def _sha(p: Path) -> str:
@@ -94,15 +98,27 @@ def test_catalog_over_http_picks_newest_libvirt_version(stored, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     out = boxfile.write_libvirt_box(stored, site / "tiny-3.box")
-    (site / "catalog.json").write_text(json.dumps({
-        "name": "acme/tiny",
-        "versions": [
-            {"version": "2", "providers": [{"name": "virtualbox", "url": "nope.box", "checksum_type": "sha256",
-                                            "checksum": "00"}]},
-            {"version": "3", "providers": [{"name": "libvirt", "url": "tiny-3.box", "checksum_type": "sha256",
-                                            "checksum": _sha(out)}]},
-        ],
-    }))
+    (site / "catalog.json").write_text(
+        json.dumps(
+            {
+                "name": "acme/tiny",
+                "versions": [
+                    {
+                        "version": "2",
+                        "providers": [
+                            {"name": "virtualbox", "url": "nope.box", "checksum_type": "sha256", "checksum": "00"}
+                        ],
+                    },
+                    {
+                        "version": "3",
+                        "providers": [
+                            {"name": "libvirt", "url": "tiny-3.box", "checksum_type": "sha256", "checksum": _sha(out)}
+                        ],
+                    },
+                ],
+            }
+        )
+    )
     srv = _Server(site)
     try:
         added = boxfile.add_from_catalog(f"{srv.url}/catalog.json")
@@ -115,8 +131,21 @@ def test_interrupted_download_leaves_nothing(stored, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     out = boxfile.write_libvirt_box(stored, site / "t.box")
-    (site / "catalog.json").write_text(json.dumps({"name": "t", "versions": [{"version": "1", "providers": [
-        {"name": "libvirt", "url": "t.box", "checksum_type": "sha256", "checksum": _sha(out)}]}]}))
+    (site / "catalog.json").write_text(
+        json.dumps(
+            {
+                "name": "t",
+                "versions": [
+                    {
+                        "version": "1",
+                        "providers": [
+                            {"name": "libvirt", "url": "t.box", "checksum_type": "sha256", "checksum": _sha(out)}
+                        ],
+                    }
+                ],
+            }
+        )
+    )
     srv = _Server(site, truncate=True)
     try:
         with pytest.raises(BoxError) as exc:
@@ -138,7 +167,9 @@ def test_prune_keeps_newest_and_locked_versions(tmp_path, monkeypatch):
         f.write_bytes(b"disk" + v.encode())
         boxes.store_box("tiny", v, "libvirt", {"disk": f}, {})
     (tmp_path / "Devfile").write_text('[machines.m]\ndriver = "libvirt"\nbox = "tiny"\n')
-    (tmp_path / "Devfile.lock").write_text('version = 1\n[machines.m]\nbox = "tiny"\nversion = "1"\nprovider = "libvirt"\n')
+    (tmp_path / "Devfile.lock").write_text(
+        'version = 1\n[machines.m]\nbox = "tiny"\nversion = "1"\nprovider = "libvirt"\n'
+    )
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["box", "prune"])
     assert r.exit_code == 0, r.output

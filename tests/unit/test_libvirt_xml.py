@@ -27,15 +27,31 @@ def _machine(tmp_path: Path, extra: str = ""):
 def _xml(tmp_path, monkeypatch, kvm: bool = False, extra: str = "") -> tuple[str, Target]:
     monkeypatch.setattr(lv, "hardware_virt_usable", lambda: kvm)
     df, target = _machine(tmp_path, extra)
-    box = BoxArtifact("tiny", "1", str(tmp_path / "disk.qcow2"), "sha256:x",
-                      {"kernel": "/boxes/vmlinuz", "initrd": "/boxes/initrd.img", "cmdline": "console=ttyS0"})
+    box = BoxArtifact(
+        "tiny",
+        "1",
+        str(tmp_path / "disk.qcow2"),
+        "sha256:x",
+        {"kernel": "/boxes/vmlinuz", "initrd": "/boxes/initrd.img", "cmdline": "console=ttyS0"},
+    )
     driver = lv.LibvirtDriver()
-    forwards = [{"host_ip": "127.0.0.1", "host": 18123, "guest": 80, "protocol": "tcp"},
-                {"host_ip": "127.0.0.2", "host": 18124, "guest": 53, "protocol": "udp"}]
+    forwards = [
+        {"host_ip": "127.0.0.1", "host": 18123, "guest": 80, "protocol": "tcp"},
+        {"host_ip": "127.0.0.2", "host": 18124, "guest": 53, "protocol": "udp"},
+    ]
     sync = driver._sync_plan(target, box)
-    xml = driver.domain_xml(target=target, box=box, name=target.resource_name, uri="qemu:///system",
-                            folder=tmp_path / "store", ssh_port=2222, ssh_user="root", keys_dir=tmp_path / "keys",
-                            forwards=forwards, sync=sync)
+    xml = driver.domain_xml(
+        target=target,
+        box=box,
+        name=target.resource_name,
+        uri="qemu:///system",
+        folder=tmp_path / "store",
+        ssh_port=2222,
+        ssh_user="root",
+        keys_dir=tmp_path / "keys",
+        forwards=forwards,
+        sync=sync,
+    )
     return xml, target
 
 
@@ -84,7 +100,10 @@ def test_metadata_and_state_on_the_test_hypervisor(tmp_path, monkeypatch):
         assert meta["project"] == target.project_id and meta["machine"] == "vm"
         assert meta["ssh"]["port"] == "2222"
         assert [str(b) for b in driver.ports(handle)] == [
-            "127.0.0.1:2222 -> 22/tcp", "127.0.0.1:18123 -> 80/tcp", "127.0.0.2:18124 -> 53/udp"]
+            "127.0.0.1:2222 -> 22/tcp",
+            "127.0.0.1:18123 -> 80/tcp",
+            "127.0.0.2:18124 -> 53/udp",
+        ]
         assert driver.sync_kind(handle) == "rsync"
         assert driver.state(handle) is MachineState.STOPPED
         assert driver.find(target) == handle, "found by its deterministic name, without .devenv/"
@@ -96,8 +115,10 @@ def test_metadata_and_state_on_the_test_hypervisor(tmp_path, monkeypatch):
 
 def test_unavailable_messages(monkeypatch):
     driver = lv.LibvirtDriver()
-    err = driver._unavailable("qemu:///system", Exception(
-        "Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory"))
+    err = driver._unavailable(
+        "qemu:///system",
+        Exception("Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory"),
+    )
     assert "libvirtd is not running" in err.message and "libvirtd" in err.hint
     err = driver._unavailable("qemu:///system", Exception("Failed to connect socket: Permission denied"))
     assert "permission denied" in err.message and "libvirt' group" in err.hint
@@ -122,7 +143,7 @@ def test_forwards_refuse_a_busy_host_port_unless_auto_correct(tmp_path):
         assert f"host port 127.0.0.1:{port}/tcp (for guest port 80) is already in use" in exc.value.message
         (tmp_path / "Devfile").write_text(
             f'[machines.vm]\ndriver = "libvirt"\nbox = "tiny"\n'
-            f'ports = [{{ guest = 80, host = {port}, auto_correct = true }}, {{ guest = 81 }}]\n'
+            f"ports = [{{ guest = 80, host = {port}, auto_correct = true }}, {{ guest = 81 }}]\n"
         )
         df = devfile.load(tmp_path / "Devfile")
         fwd = driver._forwards(Target(df.project_id, df.root, df.machines["vm"]))
