@@ -284,6 +284,7 @@ class Project:
                 self.driver(name).destroy(handle)
             finally:
                 self.state.remove(name)
+                self.index.forget(self.devfile.project_id, name)
 
     def _up_one(self, name: str, *, provision: bool) -> None:
         driver = self.driver(name)
@@ -327,8 +328,17 @@ class Project:
             ui.info(name, f"port {b}")
         if live is not MachineState.RUNNING:
             self._push_sync(name, handle)
-        if provision:
-            self._provision(name, handle)
+        try:
+            if provision:
+                self._provision(name, handle)
+        except ProvisionError:
+            # A failed step leaves the machine for inspection (Ctrl-C still removes a new one).
+            with self._created_guard:
+                self._created_now.pop(name, None)
+            raise
+        # Made and provisioned: from now on an interruption elsewhere does not remove it.
+        with self._created_guard:
+            self._created_now.pop(name, None)
 
     def _resolve_box(self, name: str, target: Target, driver: Driver):
         """Prepare the machine's box, pinned by Devfile.lock; record it there (unless --frozen)."""
@@ -421,8 +431,6 @@ class Project:
             with self._created_guard:
                 self._created_now.pop(name, None)
             raise
-        with self._created_guard:
-            self._created_now.pop(name, None)
         self.index.record(
             {
                 "project_id": self.devfile.project_id,
