@@ -340,6 +340,17 @@ def _step(value: Any, path: tuple, problems: list) -> Any:
     return out
 
 
+class _LazySchemaCustom(Custom):
+    """A Custom node whose JSON Schema is computed on export only (it imports every provisioner)."""
+
+    def __init__(self, fn, schema_fn) -> None:
+        super().__init__(fn, {})
+        self._schema_fn = schema_fn
+
+    def json_schema(self):
+        return self._schema_fn()
+
+
 def _step_schema() -> dict:
     return {"anyOf": [provisioners.get_provisioner(t).options.json_schema() for t in provisioners.provisioner_types()]}
 
@@ -371,13 +382,14 @@ def machine_table(required: bool) -> Table:
             "ports": Field(ListOf(_PORT, description="Ports forwarded from the host", keep_missing=True)),
             "sync": Field(ListOf(_SYNC, description="Folders shared into the machine", keep_missing=True)),
             "provision": Field(
-                ListOf(Custom(_step, _step_schema()), description="Ordered provision steps", keep_missing=True)
+                ListOf(_LazySchemaCustom(_step, _step_schema), description="Ordered provision steps", keep_missing=True)
             ),
             "depends_on": Field(ListOf(Str(), unique=True, description="Machines brought up first")),
         },
         description="A machine",
         extra_keys=_driver_tables,
-        extra_schema={n: drivers.driver_class(n).options.json_schema() for n in drivers.driver_names()},
+        extra_names=tuple(drivers.driver_names()),
+        extra_schema=lambda: {n: drivers.driver_class(n).options.json_schema() for n in drivers.driver_names()},
     )
 
 

@@ -316,8 +316,12 @@ class Project:
             driver.resume(handle)
         else:
             ui.info(name, "already running")
-        if not st.get("handle") or st.get("handle") != handle:
-            st = {**st, "driver": driver.name, "handle": handle}
+        if st.get("handle") != handle:
+            # Another machine than the one the state describes (found by its labels after a crash
+            # or a lost .devenv/): nothing recorded about the old one holds for it, so every step runs.
+            if st.get("handle"):
+                ui.info(name, "state described another machine: provisioning this one from the start")
+            st = {"driver": driver.name, "handle": handle, "steps": []}
             self.state.save(name, st)
         if self.drift(name, st):
             ui.warn(

@@ -11,7 +11,7 @@ import difflib
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -320,7 +320,10 @@ class Table(Node):
     # extra_keys(value, path, problems) -> {key: checked value} for keys it took care of
     # (the driver tables of a machine, whose schemas live with the drivers)
     extra_keys: Callable[[dict, tuple, list], dict[str, Any]] | None = None
-    extra_schema: dict = field(default_factory=dict)
+    # Names of the keys extra_keys handles (for "did you mean"), and their JSON Schema, built only
+    # when a schema is exported: building it imports every driver, which `devenv status` must not pay.
+    extra_names: tuple[str, ...] = ()
+    extra_schema: Callable[[], dict] | None = None
     check_fn: Callable[[dict, tuple, list], None] | None = None
 
     def check(self, value, path, problems):
@@ -334,7 +337,7 @@ class Table(Node):
                 continue
             f = self.fields.get(k)
             if f is None:
-                known = list(self.fields) + list(self.extra_schema)
+                known = list(self.fields) + list(self.extra_names)
                 problems.append(Problem(path + (k,), f"unknown key{did_you_mean(k, known)}"))
                 continue
             r = f.node.check(v, path + (k,), problems)
@@ -356,7 +359,7 @@ class Table(Node):
 
     def json_schema(self):
         props = {k: f.node.json_schema() for k, f in self.fields.items()}
-        props.update(self.extra_schema)
+        props.update(self.extra_schema() if self.extra_schema else {})
         s: dict = {"type": "object", "properties": props, "additionalProperties": False}
         req = [k for k, f in self.fields.items() if f.required]
         if req:

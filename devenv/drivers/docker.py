@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -71,6 +72,7 @@ class DockerDriver:
     def __init__(self) -> None:
         self._client: Any = None
         self._arch: str | None = None
+        self._raw: Any = False  # False: not decided yet
 
     # -- engine access -----------------------------------------------------------------------
     def _endpoint(self) -> str:
@@ -78,6 +80,33 @@ class DockerDriver:
         if host:
             return host
         return "unix:///var/run/docker.sock"
+
+    def _uses_context(self) -> bool:
+        """A non-default `docker context` is configured (then the SDK resolves the endpoint)."""
+        if os.environ.get("DOCKER_HOST"):
+            return False
+        if os.environ.get("DOCKER_CONTEXT", "default") != "default":
+            return True
+        cfg = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+        try:
+            import json
+
+            return json.loads(cfg.read_text()).get("currentContext", "default") not in ("", "default")
+        except (OSError, ValueError):
+            return False
+
+    @property
+    def raw(self) -> Any:
+        """The fast read-only client for a local unix socket, or None (then the SDK is used)."""
+        if self._raw is False:
+            endpoint = self._endpoint()
+            if endpoint.startswith("unix://") and not self._uses_context():
+                from devenv.drivers.dockerapi import RawDocker
+
+                self._raw = RawDocker(endpoint[len("unix://"):])
+            else:
+                self._raw = None
+        return self._raw
 
     @property
     def client(self) -> Any:
@@ -149,6 +178,14 @@ class DockerDriver:
         return docker.errors
 
     def check_available(self) -> None:
+        if self.raw is not None:
+            try:
+                self.raw.ping()
+                return
+            except OSError as exc:
+                raise self._unavailable(self._endpoint(), exc) from exc
+            except Exception as exc:  # noqa: BLE001 - an engine error: let the SDK path explain it
+                raise self._unavailable(self._endpoint(), exc) from exc
         self.client  # noqa: B018 - connecting is the check
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -507,6 +544,10 @@ class DockerDriver:
         return container.id
 
     def find(self, target: Target) -> str | None:
+        if self.raw is not None:
+            found = self._raw_call(self.raw.containers,
+                                   [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"])
+            return found[0]["Id"] if found else None
         found = self._call(
             "list containers",
             self.client.containers.list,
@@ -518,6 +559,13 @@ class DockerDriver:
     def start(self, handle: str) -> None:
         errors = self._errors()
         try:
+            info = self._call("inspect", self.client.api.inspect_container, handle)
+            if (info["Config"].get("Entrypoint") or [None])[0] == keepalive.PATH_IN_CONTAINER:
+                # A create interrupted before the keep-alive was copied in (kill -9): repair it.
+                try:
+                    self.client.api.get_archive(handle, keepalive.PATH_IN_CONTAINER)
+                except errors.NotFound:
+                    self.client.api.put_archive(handle, "/", keepalive.tar_archive())
             self._call("start", self.client.api.start, handle)
         except errors.NotFound as exc:
             raise MachineStateError("the container is gone", hint="run `devenv up` to recreate it") from exc
@@ -529,6 +577,17 @@ class DockerDriver:
                     hint="free the port or change `ports` in the Devfile",
                 ) from exc
             raise MachineStateError(f"the container does not start: {text}") from exc
+        # A container whose command exits at once is not a running machine: say why, with its output.
+        time.sleep(0.05)
+        info = self._call("inspect", self.client.api.inspect_container, handle)
+        if not info["State"].get("Running"):
+            logs = self.client.api.logs(handle, tail=10).decode(errors="replace").strip()
+            raise MachineStateError(
+                f"the container exited right after starting (exit code {info['State'].get('ExitCode')})"
+                + (f":\n{logs}" if logs else ""),
+                hint="its command ends by itself: drop [machines.NAME.docker] command/use_image_command, "
+                "or give it a command that keeps running",
+            )
 
     def stop(self, handle: str, *, force: bool = False) -> None:
         errors = self._errors()
@@ -556,7 +615,15 @@ class DockerDriver:
                 return
             raise
 
+    def _raw_call(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            raise self._unavailable(self._endpoint(), exc) from exc
+
     def _inspect(self, handle: str) -> dict | None:
+        if self.raw is not None:
+            return self._raw_call(self.raw.inspect, handle)
         errors = self._errors()
         try:
             return self._call("inspect", self.client.api.inspect_container, handle)
