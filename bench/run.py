@@ -1,11 +1,13 @@
-"""Benchmarks: devenv against the raw Docker engine (and Vagrant's docker provider when present).
+"""Benchmarks: devenv against the raw Docker engine and Vagrant's docker provider, same machine, same run.
 
-Runs of each tool are interleaved and each number is the median of --runs (default 5) runs,
-measured on this machine in this run. Prints a table of medians and ratios and writes JSON.
+Each round runs every tool's version of an operation back to back (interleaved), and each
+number is the median over --runs rounds (default 5). Prints a table of medians and ratios and
+writes JSON (bench/results/latest.json).
 
-    .venv/bin/python bench/run.py [--runs 5] [--out bench/results/latest.json]
+    .venv/bin/python bench/run.py [--runs 5] [--no-vagrant]
 
-Vagrant is not measured yet (issue 6): its column says so.
+Vagrant (Debian's package) is measured when installed; its docker provider has no `ssh -c`
+without SSH in the image (and `vagrant docker-exec` is broken in 2.3.4), so that cell says n/a.
 """
 
 from __future__ import annotations
@@ -25,88 +27,143 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEVENV = [sys.executable, "-m", "devenv"]
 IMAGE = "devenv-box/busybox:1"
+KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+
+VAGRANTFILE = f"""
+Vagrant.configure("2") do |config|
+  config.vm.provider "docker" do |d|
+    d.image = "{IMAGE}"
+    d.has_ssh = false
+    d.cmd = {json.dumps(KEEPALIVE)}
+  end
+end
+"""
 
 
-def timed(argv: list[str], cwd: Path | None = None) -> float:
+def timed(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(argv)}\n{r.stderr}")
     return time.perf_counter() - t0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--no-vagrant", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
     args = ap.parse_args()
     if shutil.which("docker") is None:
         print("error: the docker CLI is needed for the raw-engine column", file=sys.stderr)
         return 1
+    vagrant = None if args.no_vagrant else shutil.which("vagrant")
+    if vagrant is None:
+        print(
+            "note: Vagrant is not installed (apt-get install --no-install-recommends vagrant): its column is left out",
+            file=sys.stderr,
+        )
 
     work = Path(tempfile.mkdtemp(prefix="devenv-bench-"))
-    (work / "Devfile").write_text('[machines.b]\nbox = "busybox"\n')
-    env_home = work / "home"
-    os.environ["DEVENV_HOME"] = str(env_home)
-    subprocess.run([*DEVENV, "box", "build", "busybox"], cwd=work, check=True, capture_output=True)
-    ka = REPO / "bench" / "results" / "keepalive"
-    ka.parent.mkdir(parents=True, exist_ok=True)
-    from devenv.drivers.keepalive import elf_x86_64
-
-    ka.write_bytes(elf_x86_64())
-    ka.chmod(0o755)
+    env = {
+        **os.environ,
+        "DEVENV_HOME": str(work / "home"),
+        "NO_COLOR": "1",
+        "VAGRANT_HOME": str(work / "vagrant-home"),
+        "VAGRANT_CHECKPOINT_DISABLE": "1",
+    }
+    one, four, steps, vg = work / "one", work / "four", work / "steps", work / "vagrant"
+    for d in (one, four, steps, vg):
+        d.mkdir()
+    (one / "Devfile").write_text('[machines.b]\nbox = "busybox"\n')
+    (four / "Devfile").write_text("".join(f'[machines.m{i}]\nbox = "busybox"\n' for i in range(4)))
+    (steps / "Devfile").write_text(
+        '[machines.p]\nbox = "busybox"\nprovision = [\n'
+        + "".join(f'  {{ type = "shell", inline = "echo step {i}" }},\n' for i in range(10))
+        + "]\n"
+    )
+    (vg / "Vagrantfile").write_text(VAGRANTFILE)
+    subprocess.run([*DEVENV, "box", "build", "busybox"], cwd=one, env=env, check=True, capture_output=True)
+    subprocess.run([*DEVENV, "up"], cwd=steps, env=env, check=True, capture_output=True)
 
     results: dict[str, dict[str, list[float]]] = {}
 
     def add(op: str, tool: str, value: float) -> None:
         results.setdefault(op, {}).setdefault(tool, []).append(value)
 
-    raw_name = "devenv-bench-raw"
-    for _ in range(args.runs):
-        # up (image present, no provisioners) — devenv vs `docker run -d`
-        add("up", "devenv", timed([*DEVENV, "up"], work))
-        add(
-            "up",
-            "raw",
-            timed(
-                [
-                    "docker",
-                    "run",
-                    "-d",
-                    "--init",
-                    "--name",
-                    raw_name,
-                    "-v",
-                    f"{ka}:/.devenv/keepalive:ro",
-                    "--entrypoint",
-                    "/.devenv/keepalive",
-                    IMAGE,
-                ]
-            ),
-        )
-        # status of one running machine — devenv status vs `docker inspect`
-        add("status", "devenv", timed([*DEVENV, "status"], work))
-        add("status", "raw", timed(["docker", "inspect", raw_name]))
-        # one command in the machine
-        add("ssh -c true", "devenv", timed([*DEVENV, "ssh", "b", "-c", "true"], work))
-        add("ssh -c true", "raw", timed(["docker", "exec", raw_name, "true"]))
-        # destroy
-        add("destroy", "devenv", timed([*DEVENV, "destroy", "-f"], work))
-        add("destroy", "raw", timed(["docker", "rm", "-f", raw_name]))
+    raw = "devenv-bench-raw"
+    try:
+        for _ in range(args.runs):
+            add("up (image present)", "devenv", timed([*DEVENV, "up"], one, env))
+            add("up (image present)", "raw", timed(["docker", "run", "-d", "--init", "--name", raw, IMAGE, *KEEPALIVE]))
+            if vagrant:
+                add("up (image present)", "vagrant", timed([vagrant, "up", "--provider", "docker"], vg, env))
 
-    table = {op: {tool: statistics.median(v) for tool, v in tools.items()} for op, tools in results.items()}
-    py = platform.python_version()
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {py}")
-    print(f"medians of {args.runs} interleaved runs (seconds); Vagrant: not measured yet")
-    print(f"{'operation':<14}{'devenv':>9}{'raw':>9}{'devenv/raw':>12}")
-    for op, m in table.items():
-        print(f"{op:<14}{m['devenv']:>9.3f}{m['raw']:>9.3f}{m['devenv'] / m['raw']:>12.1f}")
+            add("status (running)", "devenv", timed([*DEVENV, "status"], one, env))
+            add("status (running)", "raw", timed(["docker", "inspect", raw]))
+            if vagrant:
+                add("status (running)", "vagrant", timed([vagrant, "status"], vg, env))
+
+            add("ssh -c true", "devenv", timed([*DEVENV, "ssh", "b", "-c", "true"], one, env))
+            add("ssh -c true", "raw", timed(["docker", "exec", raw, "true"]))
+            add("exec true", "devenv", timed([*DEVENV, "exec", "b", "--", "true"], one, env))
+            add("exec true", "raw", timed(["docker", "exec", raw, "true"]))
+
+            add("provision (10 steps, no-op)", "devenv", timed([*DEVENV, "provision"], steps, env))
+            if vagrant:
+                add("provision (10 steps, no-op)", "vagrant", timed([vagrant, "provision"], vg, env))
+
+            add("destroy", "devenv", timed([*DEVENV, "destroy", "-f"], one, env))
+            add("destroy", "raw", timed(["docker", "rm", "-f", raw]))
+            if vagrant:
+                add("destroy", "vagrant", timed([vagrant, "destroy", "-f"], vg, env))
+
+            add("up 4 machines", "devenv", timed([*DEVENV, "up"], four, env))
+            subprocess.run([*DEVENV, "destroy", "-f"], cwd=four, env=env, check=True, capture_output=True)
+    finally:
+        subprocess.run(["docker", "rm", "-f", raw], capture_output=True)
+        for d in (one, four, steps):
+            subprocess.run([*DEVENV, "destroy", "-f"], cwd=d, env=env, capture_output=True)
+        if vagrant:
+            subprocess.run([vagrant, "destroy", "-f"], cwd=vg, env=env, capture_output=True)
+
+    med = {op: {tool: statistics.median(v) for tool, v in tools.items()} for op, tools in results.items()}
+    med["up 4 machines"]["devenv (1 machine)"] = med["up (image present)"]["devenv"]
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    print(
+        f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}; medians of {args.runs} interleaved runs, seconds"
+    )
+    print("| operation | devenv | raw engine | Vagrant | devenv/raw | devenv/Vagrant |\n|---|---|---|---|---|---|")
+
+    def cell(x: float | None) -> str:
+        return f"{x:.3f}" if x is not None else "n/a"
+
+    for op, m in med.items():
+        d, r, v = m.get("devenv"), m.get("raw"), m.get("vagrant")
+        if op == "up 4 machines":
+            r = m["devenv (1 machine)"]
+        ratio_r = f"{d / r:.2f}" if d and r else "n/a"
+        ratio_v = f"{d / v:.2f}" if d and v else "n/a"
+        label = op + (" (raw = devenv up of 1)" if op == "up 4 machines" else "")
+        print(f"| {label} | {cell(d)} | {cell(r)} | {cell(v)} | {ratio_r} | {ratio_v} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
                 "runs": args.runs,
-                "medians": table,
+                "medians": med,
                 "samples": results,
-                "machine": {"node": platform.node(), "cpus": os.cpu_count()},
+                "cpu": cpu,
+                "cores": os.cpu_count(),
+                "date": time.strftime("%Y-%m-%d"),
             },
             indent=2,
         )

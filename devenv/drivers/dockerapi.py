@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 import urllib.parse
 
 API_VERSION = "v1.41"  # Docker 20.10; newer engines answer it too
@@ -37,22 +38,24 @@ class RawDocker:
     def __init__(self, socket_path: str, timeout: float = 30) -> None:
         self.path = socket_path
         self.timeout = timeout
-        self._conn: _UnixConnection | None = None
+        # One connection per thread: `up` works on independent machines in parallel threads.
+        self._local = threading.local()
 
     def _request(self, path: str, query: dict | None = None) -> tuple[int, bytes]:
         url = f"/{API_VERSION}{path}"
         if query:
             url += "?" + urllib.parse.urlencode(query)
         for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = _UnixConnection(self.path, self.timeout)
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = _UnixConnection(self.path, self.timeout)
             try:
-                self._conn.request("GET", url, headers={"Host": "docker"})
-                r = self._conn.getresponse()
+                conn.request("GET", url, headers={"Host": "docker"})
+                r = conn.getresponse()
                 return r.status, r.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 # A kept-alive connection the engine closed: one fresh try.
-                self._conn = None
+                self._local.conn = None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
