@@ -78,4 +78,11 @@ ensure_vagrant() {
 
 ensure_host_tools
 ensure_docker
-case " $* " in *" --with-vagrant "*) ensure_vagrant ;; esac
+ensure_sshd_binary() {
+  # The remote-engine tests start their own sshd on 127.0.0.1 (never the system's): they need the binary.
+  if [ -x /usr/sbin/sshd ]; then log "sshd is installed"; return; fi
+  apt_install openssh-server
+}
+
+case " $* " in *" --with-vagrant "* | *" --for-tests "*) ensure_vagrant ;; esac
+case " $* " in *" --for-tests "*) ensure_sshd_binary ;; esac

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "${1:-}" = "--test" ]; then bash scripts/engines.sh --with-vagrant; else bash scripts/engines.sh; fi
+if [ "${1:-}" = "--test" ]; then bash scripts/engines.sh --for-tests; else bash scripts/engines.sh; fi
 # The test suite drives libvirt + QEMU too (real VMs, under emulation when there is no KVM).
 if [ "${1:-}" = "--test" ]; then bash scripts/libvirt.sh; fi
 

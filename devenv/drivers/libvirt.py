@@ -460,10 +460,12 @@ class LibvirtDriver:
             if any(s["kind"] == "virtiofs" for s in sync)
             else ""
         )
-        # QEMU runs as the invoking user: it can read the project folder and box files that are
-        # private to that user, and files it writes through 9p belong to that user.
+        # QEMU runs as the invoking user (any .../system URI): it can read the project folder and
+        # box files private to that user, and files it writes through a share belong to that user.
+        # A remote URI needs the same paths on that host (shared storage); uploading volumes into a
+        # remote storage pool is not done yet.
         seclabel = ""
-        if uri.startswith("qemu:///system"):
+        if uri.split("?")[0].endswith("/system"):
             seclabel = (
                 f"<seclabel type='static' model='dac' relabel='no'><label>+{os.getuid()}:+{os.getgid()}"
                 "</label></seclabel>"

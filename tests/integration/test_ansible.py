@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import assert_no_traceback
-from tests.integration.test_libvirt import libvirt_driver, tiny_box, tiny_guest, vm  # noqa: F401
 
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 

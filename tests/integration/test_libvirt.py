@@ -16,73 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, Proj, assert_no_traceback, free_port, require_engine
+from tests.integration.conftest import REPO, assert_no_traceback, free_port
 
 pytestmark = pytest.mark.libvirt
-
-
-@pytest.fixture(scope="session")
-def libvirt_driver():
-    from devenv.drivers.libvirt import LibvirtDriver
-
-    d = LibvirtDriver()
-    require_engine(d.check_available)
-    return d
-
-
-@pytest.fixture(scope="session")
-def tiny_guest(tmp_path_factory, libvirt_driver) -> Path:
-    out = tmp_path_factory.mktemp("tiny-guest")
-    r = subprocess.run(
-        ["bash", str(REPO / "tests/guest/build-tiny-guest.sh"), str(out)], capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr
-    return out
-
-
-@pytest.fixture
-def tiny_box(tiny_guest, tmp_path):
-    """The tiny guest as box tiny-vm@1 in this test's box store (DEVENV_HOME)."""
-    from devenv import boxes
-
-    files = {}
-    staging = tmp_path / "box-staging"
-    staging.mkdir()
-    for key, fn in (("disk", "disk.qcow2"), ("kernel", "vmlinuz"), ("initrd", "initrd.img")):
-        shutil.copy(tiny_guest / fn, staging / fn)
-        files[key] = staging / fn
-    cmdline = (tiny_guest / "cmdline").read_text().strip()
-    return boxes.store_box(
-        "tiny-vm", "1", "libvirt", files, {"cmdline": cmdline, "ssh_user": "root", "sync": ["rsync"]}
-    )
-
-
-class VmProj(Proj):
-    def domains(self, libvirt_driver) -> list[str]:
-        out = []
-        for dom in libvirt_driver.conn().listAllDomains(0):
-            meta = libvirt_driver.metadata(f"{libvirt_driver.default_uri()}#{dom.name()}")
-            if meta and meta["project"] == self.project_id:
-                out.append(dom.name())
-        return out
-
-    def sweep(self) -> None:
-        super().sweep()
-        from devenv.drivers.libvirt import LibvirtDriver
-
-        try:
-            LibvirtDriver().sweep(self.project_id)
-        except Exception:  # noqa: BLE001 - best-effort cleanup after a failed test
-            pass
-
-
-@pytest.fixture
-def vm(tmp_path, docker_client, libvirt_driver):
-    root = tmp_path / "vmproj"
-    root.mkdir()
-    p = VmProj(root, docker_client)
-    yield p
-    p.sweep()
 
 
 def test_vm_lifecycle(vm, tiny_box, libvirt_driver):
