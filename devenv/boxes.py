@@ -133,6 +133,26 @@ class Recipe:
     root: Path = field(default=Path("."))  # where the recipe's relative paths start
     provision: tuple = ()  # devenv.devfile.Step, baked in order
 
+    def bake(self, transport, label: str) -> None:
+        """Run the baked steps in a build machine; any failure means nothing is stored."""
+        from devenv import ui
+        from devenv.errors import ProvisionError
+        from devenv.provisioners import RunContext, get_provisioner
+
+        for step in self.provision:
+            ui.info(label, f"bake {step.label}")
+            ctx = RunContext(
+                machine=label, root=self.root, transport=transport, on_output=lambda line: ui.detail(label, line)
+            )
+            try:
+                get_provisioner(step.type).run(step.config, ctx)
+            except ProvisionError as exc:
+                raise BoxError(
+                    f"box {self.name}@{self.version}: baked step {step.label} failed; nothing was stored\n"
+                    + exc.message,
+                    hint=f"fix the step in {self.path} and build again",
+                ) from exc
+
     def baked_fingerprints(self) -> list[str]:
         """The fingerprints of the baked steps: what a machine on this box may skip."""
         from devenv.provisioners import fingerprint

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import shutil
-import socket
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from devenv.drivers.hostports import port_free
 from devenv.errors import DevenvError
 
 
@@ -52,18 +51,6 @@ def _tool(name: str, cmd: list[str], fix: str, needed: bool, what: str) -> Check
     except (OSError, subprocess.TimeoutExpired):
         version = ""
     return Check(name, "ok", f"{path} {version}".strip(), "", needed)
-
-
-def _port(ip: str, port: int, proto: str) -> bool:
-    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM) as s:
-        try:
-            s.bind((ip, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
 
 
 def run_checks(project=None) -> list[Check]:
@@ -146,7 +133,7 @@ def run_checks(project=None) -> list[Check]:
                     continue
                 binding = f"{p.host_ip}:{p.host}/{p.protocol}"
                 mine = any(x.startswith(f"{p.host_ip}:{p.host} ->") for x in ours)
-                if mine or _port(p.host_ip, p.host, p.protocol):
+                if mine or port_free(p.host_ip, p.host, p.protocol):
                     checks.append(
                         Check(
                             f"port {binding}",

@@ -283,8 +283,6 @@ def bake_in_vm(
     from devenv.devfile import Machine
     from devenv.drivers import BoxArtifact, Target
     from devenv.drivers.libvirt import LibvirtDriver
-    from devenv.errors import ProvisionError
-    from devenv.provisioners import RunContext, get_provisioner
 
     driver = LibvirtDriver()
     driver.check_available()
@@ -314,19 +312,7 @@ def bake_in_vm(
             handle = driver.create(target, box)
             driver.start(handle)
         transport = driver.transport(handle)
-        for step in recipe.provision:
-            ui.info(label, f"bake {step.label}")
-            ctx = RunContext(
-                machine=label, root=recipe.root, transport=transport, on_output=lambda line: ui.detail(label, line)
-            )
-            try:
-                get_provisioner(step.type).run(step.config, ctx)
-            except ProvisionError as exc:
-                raise BoxError(
-                    f"box {recipe.name}@{recipe.version}: baked step {step.label} failed; nothing was stored\n"
-                    + exc.message,
-                    hint=f"fix the step in {recipe.path} and build again",
-                ) from exc
+        recipe.bake(transport, label)
         transport.run(["/bin/sh", "-c", SCRUB])
         driver.stop(handle, timeout=60)
         overlay = driver.storage_dir(handle.rpartition("#")[2]) / "disk.qcow2"

@@ -7,9 +7,7 @@ context are honoured.
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +23,9 @@ from devenv.drivers import (
     Target,
     keepalive,
 )
-from devenv.errors import BackendUnavailable, BoxError, DevenvError, MachineStateError
+from devenv.drivers.hostports import is_loopback, resolve_host_port
+from devenv.errors import BackendUnavailable, BoxError, MachineStateError, PortConflict
 from devenv.schema import Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
-
-
-class PortConflict(DevenvError):
-    exit_code = 11
 
 
 def _command(value: Any, path: tuple, problems: list) -> Any:
@@ -103,7 +98,7 @@ class DockerDriver:
             if endpoint.startswith("unix://") and not self._uses_context():
                 from devenv.drivers.dockerapi import RawDocker
 
-                self._raw = RawDocker(endpoint[len("unix://"):])
+                self._raw = RawDocker(endpoint[len("unix://") :])
             else:
                 self._raw = None
         return self._raw
@@ -339,8 +334,6 @@ class DockerDriver:
         """Run the baked steps in a temporary container and commit it with devenv's labels."""
         import uuid
 
-        from devenv.errors import ProvisionError
-        from devenv.provisioners import RunContext, get_provisioner
         from devenv.transport import DockerTransport
 
         label = machine or f"box {recipe.name}"
@@ -358,19 +351,7 @@ class DockerDriver:
             self.client.api.put_archive(container.id, "/", keepalive.tar_archive())
             container.start()
             transport = DockerTransport(self.client, container.id, label, docker_host=os.environ.get("DOCKER_HOST"))
-            for step in recipe.provision:
-                ui.info(label, f"bake {step.label}")
-                ctx = RunContext(
-                    machine=label, root=recipe.root, transport=transport, on_output=lambda line: ui.detail(label, line)
-                )
-                try:
-                    get_provisioner(step.type).run(step.config, ctx)
-                except ProvisionError as exc:
-                    raise BoxError(
-                        f"box {recipe.name}@{recipe.version}: baked step {step.label} failed; nothing was stored\n"
-                        + exc.message,
-                        hint=f"fix the step in {recipe.path} and build again",
-                    ) from exc
+            recipe.bake(transport, label)
             container.stop(timeout=5)
             changes = [
                 "ENTRYPOINT []",
@@ -454,34 +435,15 @@ class DockerDriver:
             self._arch = self.client.info().get("Architecture", "")
         return self._arch in ("x86_64", "amd64")
 
-    def _host_port_free(self, ip: str, port: int, proto: str) -> bool:
-        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-        with socket.socket(fam, kind) as s:
-            try:
-                s.bind((ip, port))
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    return False
-                raise
-        return True
-
     def _port_bindings(self, target: Target) -> dict:
         bindings: dict[str, list] = {}
+        # Host ports can be checked only when the engine publishes them on this host.
         check_local = self._engine_is_local()
         for p in target.machine.ports:
             host = p.host
-            if host is not None and check_local and not self._host_port_free(p.host_ip, host, p.protocol):
-                if not p.auto_correct:
-                    raise PortConflict(
-                        f"host port {p.host_ip}:{host}/{p.protocol} (for guest port {p.guest}) is already in use",
-                        hint="stop what uses it (`ss -ltnp`), pick another host port, or set auto_correct = true",
-                    )
-                start = host
-                while host < 65535 and not self._host_port_free(p.host_ip, host, p.protocol):
-                    host += 1
-                ui.info(target.name, f"host port {start} is in use: forwarding {host} -> {p.guest} instead")
-            if not p.host_ip.startswith("127.") and p.host_ip != "::1":
+            if host is not None and check_local:
+                host = resolve_host_port(target.name, p.host_ip, host, p.guest, p.protocol, p.auto_correct)
+            if not is_loopback(p.host_ip):
                 # Allowed, but it exposes the machine beyond this host: say so every time.
                 ui.warn(
                     f"{target.name}: port {p.guest}/{p.protocol} is reachable from other hosts (host_ip = {p.host_ip})"
@@ -545,8 +507,9 @@ class DockerDriver:
 
     def find(self, target: Target) -> str | None:
         if self.raw is not None:
-            found = self._raw_call(self.raw.containers,
-                                   [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"])
+            found = self._raw_call(
+                self.raw.containers, [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"]
+            )
             return found[0]["Id"] if found else None
         found = self._call(
             "list containers",

@@ -12,7 +12,6 @@ vmx/svm and /dev/kvm exists — libvirt's own capability report is not trusted f
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -25,17 +24,22 @@ from typing import Any, ClassVar
 from xml.sax.saxutils import escape, quoteattr
 
 from devenv import boxes, ui
-from devenv.drivers import BoxArtifact, MachineState, PortBinding, Target
-from devenv.errors import BackendUnavailable, BoxError, DevenvError, MachineStateError, UnsupportedOperation
+from devenv.drivers import BoxArtifact, MachineState, Target
+from devenv.drivers.hostports import free_port, plan_forwards, port_free
+from devenv.drivers.vmcommon import VmMetadataMixin
+from devenv.errors import (
+    BackendUnavailable,
+    BoxError,
+    DevenvError,
+    MachineStateError,
+    PortConflict,
+    UnsupportedOperation,
+)
 from devenv.schema import Bool, Field, Int, Problem, Str, Table
 
 DEFAULT_URI = "qemu:///system"
 NS = "https://devenv.invalid/xmlns/libvirt/1"  # metadata namespace: an identifier, never fetched
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-
-
-class PortConflict(DevenvError):
-    exit_code = 11
 
 
 _OPTIONS = Table(
@@ -61,25 +65,6 @@ def hardware_virt_usable() -> bool:
     return bool(re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M)) and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def _free_port(ip: str) -> int:
-    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(fam) as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
-def _port_free(ip: str, port: int, proto: str) -> bool:
-    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM) as s:
-        try:
-            s.bind((ip, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
-
-
 def virtiofsd_path() -> str | None:
     for p in ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd"):
         if os.access(p, os.X_OK):
@@ -95,7 +80,9 @@ def split_handle(handle: str) -> tuple[str, str]:
     return uri or DEFAULT_URI, name
 
 
-class LibvirtDriver:
+class LibvirtDriver(VmMetadataMixin):
+    gone_message = "the domain is gone"
+
     name: ClassVar[str] = "libvirt"
     options: ClassVar[Table] = _OPTIONS
     env_at_create: ClassVar[bool] = False  # the project passes env with every command instead
@@ -253,27 +240,7 @@ class LibvirtDriver:
         return "kvm" if local and hardware_virt_usable() else "qemu"
 
     def _forwards(self, target: Target) -> list[dict]:
-        out = []
-        for p in target.machine.ports:
-            host = p.host
-            if host is None:
-                host = _free_port(p.host_ip)
-            elif not _port_free(p.host_ip, host, p.protocol):
-                if not p.auto_correct:
-                    raise PortConflict(
-                        f"host port {p.host_ip}:{host}/{p.protocol} (for guest port {p.guest}) is already in use",
-                        hint="stop what uses it, pick another host port, or set auto_correct = true",
-                    )
-                start = host
-                while host < 65535 and not _port_free(p.host_ip, host, p.protocol):
-                    host += 1
-                ui.info(target.name, f"host port {start} is in use: forwarding {host} -> {p.guest} instead")
-            if not p.host_ip.startswith("127.") and p.host_ip != "::1":
-                ui.warn(
-                    f"{target.name}: port {p.guest}/{p.protocol} is reachable from other hosts (host_ip = {p.host_ip})"
-                )
-            out.append({"host_ip": p.host_ip, "host": host, "guest": p.guest, "protocol": p.protocol})
-        return out
+        return plan_forwards(target)
 
     def _sync_plan(self, target: Target, box: BoxArtifact) -> list[dict]:
         plan = []
@@ -317,7 +284,7 @@ class LibvirtDriver:
                     f"cannot create the disk overlay for '{m.name}': {r.stderr.strip()}",
                     hint="is qemu-utils installed? (apt-get install qemu-utils)",
                 )
-        self._define(target, box, handle, ssh_port=_free_port("127.0.0.1"))
+        self._define(target, box, handle, ssh_port=free_port("127.0.0.1"))
         return handle
 
     def _define(self, target: Target, box: BoxArtifact, handle: str, *, ssh_port: int) -> None:
@@ -383,9 +350,9 @@ class LibvirtDriver:
         """Apply changed cpus/memory/ports/hostname/sync in place: stop, redefine, keep the disk."""
         meta = self.metadata(handle) or {}
         self.stop(handle)
-        port = int(meta.get("ssh", {}).get("port") or _free_port("127.0.0.1"))
-        if not _port_free("127.0.0.1", port, "tcp"):
-            port = _free_port("127.0.0.1")
+        port = int(meta.get("ssh", {}).get("port") or free_port("127.0.0.1"))
+        if not port_free("127.0.0.1", port, "tcp"):
+            port = free_port("127.0.0.1")
         self._define(target, box, handle, ssh_port=port)
         return True
 
@@ -675,49 +642,6 @@ class LibvirtDriver:
         if st == lib.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0):
             return MachineState.SUSPENDED
         return MachineState.STOPPED
-
-    def ports(self, handle: str) -> list[PortBinding]:
-        meta = self.metadata(handle) or {}
-        out = []
-        ssh = meta.get("ssh", {})
-        if ssh.get("port"):
-            out.append(PortBinding(host_ip=ssh.get("host", "127.0.0.1"), host=int(ssh["port"]), guest=22))
-        for p in meta.get("ports", []):
-            out.append(
-                PortBinding(host_ip=p["host_ip"], host=int(p["host"]), guest=int(p["guest"]), protocol=p["protocol"])
-            )
-        return out
-
-    def sync_kind(self, handle: str) -> str | None:
-        meta = self.metadata(handle) or {}
-        kinds = sorted({s["kind"] for s in meta.get("sync", [])})
-        return ", ".join(kinds) if kinds else None
-
-    def sync_plan(self, handle: str) -> list[dict]:
-        return (self.metadata(handle) or {}).get("sync", [])
-
-    def transport(self, handle: str):
-        from devenv.identity import MachineKeys
-        from devenv.transport import SshTransport
-
-        meta = self.metadata(handle)
-        if not meta:
-            raise MachineStateError("the domain is gone", hint="run `devenv up` to recreate it")
-        ssh = meta["ssh"]
-        keys = MachineKeys(Path(ssh["keys"]))
-        if not keys.client_key.exists():
-            raise MachineStateError(
-                f"the SSH key of machine '{meta['machine']}' is missing ({keys.client_key})",
-                hint="its .devenv/ folder was removed: `devenv destroy` and `devenv up` it to make a new identity",
-            )
-        return SshTransport(
-            machine=meta["machine"],
-            host=ssh.get("host", "127.0.0.1"),
-            port=int(ssh["port"]),
-            user=ssh.get("user", "root"),
-            key=keys.client_key,
-            known_hosts=keys.known_hosts,
-        )
 
     def sweep(self, project_id: str) -> list[str]:
         removed = []

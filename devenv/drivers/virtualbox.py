@@ -32,14 +32,18 @@ from pathlib import Path
 from typing import ClassVar
 
 from devenv import boxes, ui
-from devenv.drivers import BoxArtifact, MachineState, PortBinding, Target
-from devenv.drivers.libvirt import PortConflict, _free_port, _port_free
+from devenv.drivers import BoxArtifact, MachineState, Target
+from devenv.drivers.hostports import free_port as _free_port
+from devenv.drivers.hostports import plan_forwards
+from devenv.drivers.hostports import port_free as _port_free
+from devenv.drivers.vmcommon import VmMetadataMixin
 from devenv.errors import (
     BackendUnavailable,
     BoxError,
     CommandFailed,
     DevenvError,
     MachineStateError,
+    PortConflict,
     UnsupportedOperation,
     UsageError,
 )
@@ -116,7 +120,9 @@ def snapshot_names(text: str) -> list[str]:
     return [v for k, v in parse_machinereadable(text).items() if re.fullmatch(r"SnapshotName(-\d+)*", k)]
 
 
-class VirtualBoxDriver:
+class VirtualBoxDriver(VmMetadataMixin):
+    gone_message = "the VM is gone or half-made"
+
     name: ClassVar[str] = "virtualbox"
     options: ClassVar[Table] = _OPTIONS
     env_at_create: ClassVar[bool] = False  # the project passes env with every command instead
@@ -400,27 +406,7 @@ class VirtualBoxDriver:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _forwards(self, target: Target) -> list[dict]:
-        out = []
-        for p in target.machine.ports:
-            host = p.host
-            if host is None:
-                host = _free_port(p.host_ip)
-            elif not _port_free(p.host_ip, host, p.protocol):
-                if not p.auto_correct:
-                    raise PortConflict(
-                        f"host port {p.host_ip}:{host}/{p.protocol} (for guest port {p.guest}) is already in use",
-                        hint="stop what uses it, pick another host port, or set auto_correct = true",
-                    )
-                start = host
-                while host < 65535 and not _port_free(p.host_ip, host, p.protocol):
-                    host += 1
-                ui.info(target.name, f"host port {start} is in use: forwarding {host} -> {p.guest} instead")
-            if not p.host_ip.startswith("127."):
-                ui.warn(
-                    f"{target.name}: port {p.guest}/{p.protocol} is reachable from other hosts (host_ip = {p.host_ip})"
-                )
-            out.append({"host_ip": p.host_ip, "host": host, "guest": p.guest, "protocol": p.protocol})
-        return out
+        return plan_forwards(target)
 
     def _sync_plan(self, target: Target, box: BoxArtifact) -> list[dict]:
         plan = []
@@ -713,48 +699,6 @@ class VirtualBoxDriver:
         if st in _SUSPENDED:
             return MachineState.SUSPENDED
         return MachineState.STOPPED  # poweroff, aborted, teleported
-
-    def ports(self, handle: str) -> list[PortBinding]:
-        meta = self.metadata(handle) or {}
-        out = []
-        ssh = meta.get("ssh", {})
-        if ssh.get("port"):
-            out.append(PortBinding(host_ip=ssh.get("host", "127.0.0.1"), host=int(ssh["port"]), guest=22))
-        for p in meta.get("ports", []):
-            out.append(
-                PortBinding(host_ip=p["host_ip"], host=int(p["host"]), guest=int(p["guest"]), protocol=p["protocol"])
-            )
-        return out
-
-    def sync_kind(self, handle: str) -> str | None:
-        kinds = sorted({s["kind"] for s in (self.metadata(handle) or {}).get("sync", [])})
-        return ", ".join(kinds) if kinds else None
-
-    def sync_plan(self, handle: str) -> list[dict]:
-        return (self.metadata(handle) or {}).get("sync", [])
-
-    def transport(self, handle: str):
-        from devenv.identity import MachineKeys
-        from devenv.transport import SshTransport
-
-        meta = self.metadata(handle)
-        if not meta:
-            raise MachineStateError("the VM is gone or half-made", hint="run `devenv up` to recreate it")
-        ssh = meta["ssh"]
-        keys = MachineKeys(Path(ssh["keys"]))
-        if not keys.client_key.exists():
-            raise MachineStateError(
-                f"the SSH key of machine '{meta['machine']}' is missing ({keys.client_key})",
-                hint="its .devenv/ folder was removed: `devenv destroy` and `devenv up` it to make a new identity",
-            )
-        return SshTransport(
-            machine=meta["machine"],
-            host=ssh.get("host", "127.0.0.1"),
-            port=int(ssh["port"]),
-            user=ssh.get("user", "root"),
-            key=keys.client_key,
-            known_hosts=keys.known_hosts,
-        )
 
     def sweep(self, project_id: str) -> list[str]:
         """Remove the project's VMs, found by their extradata (devenv's VMs are named devenv-*)."""
