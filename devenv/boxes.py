@@ -330,21 +330,31 @@ def store_box(name: str, version: str, provider: str, files: dict[str, Path], me
     import tempfile
 
     dest = store_root() / name / version / provider
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{provider}-", dir=dest.parent))
+    tmp = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{provider}-", dir=dest.parent))
         entries = {}
         for key, src in files.items():
             target = tmp / src.name
-            shutil.move(str(src), target) if src.parent != tmp else None
+            if src.parent != tmp:
+                shutil.move(str(src), target)
             entries[key] = {"path": target.name, "sha256": sha256_file(target)}
         doc = {"name": name, "version": version, "provider": provider, **meta, "files": entries}
         (tmp / "box.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise BoxError(
+            f"cannot store box {name}@{version} ({provider}) in {store_root()}: {exc.strerror or exc}",
+            hint="free some disk space (`devenv box prune` removes unused versions) and build or add it again",
+        ) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     found = find_stored(name, version, provider)
     assert found is not None

@@ -174,3 +174,25 @@ def test_prune_keeps_newest_and_locked_versions(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["box", "prune"])
     assert r.exit_code == 0, r.output
     assert sorted(b.version for b in boxes.list_stored()) == ["1", "3"]
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_the_store_consistent(tmp_path, monkeypatch):
+    """The box store on a 1 MiB tmpfs: adding a larger box fails cleanly, nothing half-stored."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        monkeypatch.setenv("DEVENV_HOME", str(small))
+        big = tmp_path / "big.img"
+        big.write_bytes(os.urandom(3 * 1024 * 1024))
+        with pytest.raises(BoxError) as exc:
+            boxes.store_box("big", "1", "libvirt", {"disk": big}, {})
+        assert "No space left on device" in exc.value.message and "box prune" in exc.value.hint
+        assert boxes.list_stored() == []
+        assert [p.name for p in (small / "boxes" / "big" / "1").iterdir()] == [], "no half-written folder left"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
