@@ -150,10 +150,12 @@ def add_box_file(path: Path, *, name: str, version: str, checksum: str | None = 
             raise BoxError(f"{path} is not a Vagrant box: no metadata.json at its root")
         meta = json.loads(meta_path.read_text())
         provider = meta.get("provider")
+        if provider == "virtualbox":
+            return _add_virtualbox(work, path, name=name, version=version, sha=sha)
         if provider != "libvirt":
             raise BoxError(
-                f"{path} is a '{provider}' box; devenv can add libvirt boxes so far",
-                hint="use a libvirt box, or a Vagrant bridge machine for other providers",
+                f"{path} is a '{provider}' box; devenv adds libvirt and virtualbox boxes",
+                hint="run it through the Vagrant bridge (driver = \"vagrant\") instead",
             )
         files = {"disk": work / "box.img"}
         if not files["disk"].is_file():
@@ -198,3 +200,28 @@ def add_from_catalog(catalog_ref: str, *, version: str | None = None) -> boxes.S
 
 def copy_out(src: Path, dest: Path) -> None:
     shutil.copy2(src, dest)
+
+
+def _add_virtualbox(work: Path, path: Path, *, name: str, version: str, sha: str) -> boxes.StoredBox:
+    """The virtualbox provider's layout: an OVF descriptor and the disks it names."""
+    import re
+
+    ovfs = sorted(work.glob("*.ovf"))
+    if not ovfs:
+        raise BoxError(f"{path}: a virtualbox box needs an .ovf descriptor at its root")
+    ovf = ovfs[0]
+    names = re.findall(r'ovf:href="([^"]+)"', ovf.read_text(errors="replace"))
+    disks = [work / n for n in names]
+    missing = [n for n, d in zip(names, disks, strict=True) if not d.is_file()]
+    if not disks or missing:
+        raise BoxError(f"{path}: the OVF names disk files that are not in the box: {', '.join(missing) or '(none)'}")
+    files = {"ovf": ovf, "disk": disks[0]}
+    for i, d in enumerate(disks[1:], start=2):
+        files[f"disk{i}"] = d
+    vagrantfile = (work / "Vagrantfile").read_text(errors="replace") if (work / "Vagrantfile").is_file() else ""
+    extra = json.loads((work / "devenv.json").read_text()) if (work / "devenv.json").is_file() else {}
+    meta = {k: v for k, v in extra.items() if k in ("ssh_user", "guest_additions", "baked", "description")}
+    meta.setdefault("ssh_user", "vagrant" if "vagrant" in vagrantfile or not extra else "root")
+    meta.setdefault("guest_additions", False)
+    meta["source"] = {"file": str(path), "sha256": sha}
+    return boxes.store_box(name, version, "virtualbox", files, meta)

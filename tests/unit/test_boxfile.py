@@ -196,3 +196,28 @@ def test_a_full_disk_is_a_clear_error_and_leaves_the_store_consistent(tmp_path, 
         assert [p.name for p in (small / "boxes" / "big" / "1").iterdir()] == [], "no half-written folder left"
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_add_a_virtualbox_box(tmp_path):
+    src = tmp_path / "vb"
+    src.mkdir()
+    (src / "metadata.json").write_text('{"provider": "virtualbox"}')
+    (src / "box.ovf").write_text('<Envelope><References><File ovf:id="file1" ovf:href="box-disk001.vmdk"/>'
+                                 "</References></Envelope>")
+    (src / "box-disk001.vmdk").write_bytes(b"vmdk")
+    (src / "devenv.json").write_text('{"ssh_user": "root", "guest_additions": true}')
+    out = tmp_path / "vb.box"
+    with tarfile.open(out, "w") as tar:
+        for f in src.iterdir():
+            tar.add(f, f.name)
+    added = boxfile.add_box_file(out, name="vbtest", version="1", checksum=f"sha256:{_sha(out)}")
+    assert added.provider == "virtualbox" and added.file("ovf").name == "box.ovf"
+    assert added.file("disk").read_bytes() == b"vmdk" and added.meta["guest_additions"] is True
+    # An OVF naming a disk that is not in the archive is refused.
+    (src / "box-disk001.vmdk").unlink()
+    bad = tmp_path / "bad.box"
+    with tarfile.open(bad, "w") as tar:
+        for f in src.iterdir():
+            tar.add(f, f.name)
+    with pytest.raises(BoxError, match="not in the box: box-disk001.vmdk"):
+        boxfile.add_box_file(bad, name="vbbad", version="1")
