@@ -127,7 +127,7 @@ def test_unavailable_messages(monkeypatch):
 def test_forwards_refuse_a_busy_host_port_unless_auto_correct(tmp_path):
     import socket
 
-    from devenv.drivers.libvirt import PortConflict
+    from devenv.errors import PortConflict
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
