@@ -266,3 +266,16 @@ def test_recipe_from_a_box_file_bakes_in_a_vm(vm, tiny_box, tmp_path):
     assert "baked into box from-box@1, skipped" in r.stderr
     assert vm.run("ssh", "b", "-c", "cat /data/baked").stdout == "baked-in-vm\n"
     vm.run("destroy", "-f", check=True)
+
+
+def test_libvirt_unreachable_is_one_clear_message(vm, tiny_box):
+    vm.devfile(
+        '[machines.x]\ndriver = "libvirt"\nbox = "tiny-vm"\n'
+        '[machines.x.libvirt]\nuri = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"\n'
+    )
+    r = vm.run("up")
+    assert r.returncode == 3, r.stderr
+    assert "libvirtd is not running" in r.stderr and "hint:" in r.stderr
+    assert_no_traceback(r)
+    r = vm.run("up", env={"DEVENV_LIBVIRT_URI": "qemu+unix:///system?socket=/nonexistent/sock"})
+    assert r.returncode == 3
