@@ -111,7 +111,7 @@ _RECIPE = Table(
             ListOf(
                 Str(
                     choices=("docker", "libvirt", "vagrant"),
-                    description="docker image, libvirt qcow2 (+kernel/initrd), vagrant .box (libvirt provider)",
+                    description="docker image, libvirt qcow2 (+kernel/initrd), vagrant .box (libvirt+virtualbox)",
                 )
             ),
             default=lambda: ["docker"],

@@ -155,7 +155,7 @@ def add_box_file(path: Path, *, name: str, version: str, checksum: str | None = 
         if provider != "libvirt":
             raise BoxError(
                 f"{path} is a '{provider}' box; devenv adds libvirt and virtualbox boxes",
-                hint="run it through the Vagrant bridge (driver = \"vagrant\") instead",
+                hint='run it through the Vagrant bridge (driver = "vagrant") instead',
             )
         files = {"disk": work / "box.img"}
         if not files["disk"].is_file():
@@ -225,3 +225,106 @@ def _add_virtualbox(work: Path, path: Path, *, name: str, version: str, sha: str
     meta.setdefault("guest_additions", False)
     meta["source"] = {"file": str(path), "sha256": sha}
     return boxes.store_box(name, version, "virtualbox", files, meta)
+
+
+OVF_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by devenv: one BIOS-bootable disk (SYSLINUX) on an IDE controller, NAT networking. -->
+<Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+    xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+    xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+    xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References>
+    <File ovf:id="file1" ovf:href="{disk}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disks</Info>
+    <Disk ovf:capacity="{capacity}" ovf:diskId="vmdisk1" ovf:fileRef="file1"
+        ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <NetworkSection>
+    <Info>Logical networks</Info>
+    <Network ovf:name="NAT"><Description>NAT</Description></Network>
+  </NetworkSection>
+  <VirtualSystem ovf:id="{name}">
+    <Info>A devenv box</Info>
+    <OperatingSystemSection ovf:id="96">
+      <Info>Guest OS</Info><Description>Debian_64</Description>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware</Info>
+      <System><vssd:ElementName>Virtual Hardware Family</vssd:ElementName><vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>virtualbox-2.2</vssd:VirtualSystemType></System>
+      <Item><rasd:Caption>1 virtual CPU</rasd:Caption><rasd:ElementName>1 virtual CPU</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits><rasd:Caption>1024 MB of memory</rasd:Caption>
+        <rasd:ElementName>1024 MB of memory</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>1024</rasd:VirtualQuantity></Item>
+      <Item><rasd:Address>0</rasd:Address><rasd:Caption>ideController0</rasd:Caption>
+        <rasd:ElementName>ideController0</rasd:ElementName><rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>PIIX4</rasd:ResourceSubType><rasd:ResourceType>5</rasd:ResourceType></Item>
+      <Item><rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Caption>Ethernet adapter on NAT</rasd:Caption>
+        <rasd:Connection>NAT</rasd:Connection><rasd:ElementName>Ethernet adapter on NAT</rasd:ElementName>
+        <rasd:InstanceID>4</rasd:InstanceID><rasd:ResourceSubType>virtio</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:Caption>disk1</rasd:Caption>
+        <rasd:ElementName>disk1</rasd:ElementName><rasd:HostResource>/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>5</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"""
+
+
+def write_virtualbox_box(stored: boxes.StoredBox, out: Path) -> Path:
+    """Pack a libvirt box for VirtualBox: its root put on a BIOS-bootable disk (SYSLINUX), as VMDK + OVF.
+
+    Verified here by booting the same disk under QEMU without direct kernel boot; VirtualBox itself
+    cannot run on our machines.
+    """
+    import subprocess
+
+    from devenv import biosdisk
+
+    disk, kernel, initrd = stored.file("disk"), stored.file("kernel"), stored.file("initrd")
+    if disk is None or kernel is None or initrd is None:
+        raise BoxError(f"box {stored.name}@{stored.version}: a VirtualBox box is made from a libvirt box with a kernel")
+    cmdline = stored.meta.get("cmdline", "").replace("root=/dev/vda", "root=LABEL=root")
+    if "root=" not in cmdline:
+        cmdline = ("root=LABEL=root rw " + cmdline).strip()
+    with tempfile.TemporaryDirectory(dir=out.parent) as d:
+        work = Path(d)
+        root = work / "root.raw"
+        r = subprocess.run(
+            ["qemu-img", "convert", "-q", "-O", "raw", str(disk), str(root)], capture_output=True, text=True
+        )
+        if r.returncode != 0:
+            raise BoxError(f"qemu-img convert failed: {r.stderr.strip()}")
+        raw = work / "bios.raw"
+        biosdisk.make_bios_disk(root, kernel, initrd, cmdline, raw)
+        root.unlink()
+        vmdk = work / "box-disk001.vmdk"
+        r = subprocess.run(
+            ["qemu-img", "convert", "-q", "-O", "vmdk", "-o", "subformat=streamOptimized", str(raw), str(vmdk)],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            raise BoxError(f"qemu-img convert to vmdk failed: {r.stderr.strip()}")
+        capacity = raw.stat().st_size
+        raw.unlink()
+        (work / "box.ovf").write_text(
+            OVF_TEMPLATE.format(disk=vmdk.name, capacity=capacity, name=f"{stored.name}-{stored.version}")
+        )
+        (work / "metadata.json").write_text(json.dumps({"provider": "virtualbox"}) + "\n")
+        (work / "Vagrantfile").write_text('Vagrant.configure("2") do |config|\n  config.vm.base_mac = nil\nend\n')
+        extra = {k: v for k, v in stored.meta.items() if k in ("baked", "description")}
+        (work / "devenv.json").write_text(json.dumps({**extra, "ssh_user": "root", "guest_additions": False}) + "\n")
+        tmp = out.with_name(f".{out.name}.tmp")
+        with tarfile.open(tmp, "w") as tar:  # VMDK is compressed already
+            for name in ("metadata.json", "box.ovf", vmdk.name, "Vagrantfile", "devenv.json"):
+                tar.add(work / name, name)
+        tmp.replace(out)
+    return out

@@ -581,6 +581,20 @@ def box_build(
                     recipe.name, recipe.version, "vagrant-libvirt", {"box": out}, {"from_disk": stored.digest()}
                 )
             ui.info(None, f"built {label} (.box for Vagrant's libvirt provider): {existing.file('box')}")
+        existing = boxes.find_stored(recipe.name, recipe.version, "vagrant-virtualbox")
+        if existing and not force and existing.meta.get("from_disk") == stored.digest():
+            ui.info(None, f"box {label} (.box, virtualbox) exists: {existing.file('box')}")
+        else:
+            name = f"{recipe.name}-{recipe.version}-virtualbox.box"
+            with (
+                tempfile.TemporaryDirectory(dir=boxes.store_root()) as tmp,
+                ui.progress(None, "packing the .box for VirtualBox (BIOS-bootable disk, VMDK, OVF)"),
+            ):
+                out = boxfile.write_virtualbox_box(stored, Path(tmp) / name)
+                existing = boxes.store_box(
+                    recipe.name, recipe.version, "vagrant-virtualbox", {"box": out}, {"from_disk": stored.digest()}
+                )
+            ui.info(None, f"built {label} (.box for Vagrant's virtualbox provider): {existing.file('box')}")
 
 
 @box_app.command("add")

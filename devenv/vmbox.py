@@ -104,7 +104,7 @@ def _run(argv: list[str], what: str) -> None:
 
 
 def configure_rootfs(root: Path, hostname: str) -> None:
-    (root / "etc/fstab").write_text("/dev/vda / ext4 defaults,errors=remount-ro 0 1\n")
+    (root / "etc/fstab").write_text("LABEL=root / ext4 defaults,errors=remount-ro 0 1\n")  # any disk bus, any layout
     (root / "etc/hostname").write_text(hostname + "\n")
     (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n::1 localhost ip6-localhost\n")
     (root / "etc/resolv.conf").unlink(missing_ok=True)

@@ -16,6 +16,7 @@ is_root() { [ "$(id -u)" = 0 ]; }
 PACKAGES=(
   libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-dev pkg-config
   genisoimage dropbear-bin busybox-static linux-image-cloud-amd64 qemu-guest-agent
+  syslinux syslinux-common mtools dosfstools fdisk
 )
 
 pkg_installed() {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, assert_no_traceback, free_port
+from tests.integration.conftest import REPO, assert_no_traceback, free_port, require_engine
 
 pytestmark = pytest.mark.libvirt
 
@@ -279,3 +279,63 @@ def test_libvirt_unreachable_is_one_clear_message(vm, tiny_box):
     assert_no_traceback(r)
     r = vm.run("up", env={"DEVENV_LIBVIRT_URI": "qemu+unix:///system?socket=/nonexistent/sock"})
     assert r.returncode == 3
+
+
+def test_bios_bootable_disk_boots_without_direct_kernel_boot(vm, tiny_box, tmp_path):
+    """The disk layout of VirtualBox boxes (MBR + SYSLINUX + kernel on FAT + root partition), booted by
+    QEMU's BIOS: the one part of a VirtualBox box that can be checked on a machine without VirtualBox."""
+    import subprocess
+
+    from devenv import biosdisk, boxes
+
+    raw_root = tmp_path / "root.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(tiny_box.file("disk")), str(raw_root)], check=True)
+    raw = tmp_path / "bios.raw"
+    biosdisk.make_bios_disk(raw_root, tiny_box.file("kernel"), tiny_box.file("initrd"), tiny_box.meta["cmdline"], raw)
+    disk = tmp_path / "bios.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], check=True)
+    boxes.store_box(
+        "tiny-bios", "1", "libvirt", {"disk": disk}, {"bootloader": True, "ssh_user": "root", "sync": ["rsync"]}
+    )
+    vm.devfile('[machines.bios]\ndriver = "libvirt"\nbox = "tiny-bios"\nmemory = "256MiB"\n')
+    vm.run("up", check=True)
+    r = vm.run("ssh", "bios", "-c", "cat /proc/cmdline")
+    assert "BOOT_IMAGE=vmlinuz" in r.stdout, r.stdout + r.stderr  # SYSLINUX booted it, not libvirt
+    vm.run("destroy", "-f", check=True)
+
+
+def test_virtualbox_box_output_is_accepted_by_vagrant_and_box_add(vm, tiny_box, tmp_path):
+    import hashlib
+    import tarfile
+
+    from devenv import boxes, boxfile
+    from devenv.errors import BackendUnavailable
+
+    out = boxfile.write_virtualbox_box(tiny_box, tmp_path / "tiny-vb.box")
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+        ovf = tar.extractfile("box.ovf").read().decode()
+    assert {"metadata.json", "box.ovf", "box-disk001.vmdk", "Vagrantfile"} <= names
+    assert 'ovf:href="box-disk001.vmdk"' in ovf and "PIIX4" in ovf
+    sha = hashlib.sha256(out.read_bytes()).hexdigest()
+    added = boxfile.add_box_file(out, name="tiny-vb", version="1", checksum=f"sha256:{sha}")
+    assert added.provider == "virtualbox" and boxes.find_stored("tiny-vb", "1", "virtualbox") is not None
+
+    def check():
+        if shutil.which("vagrant") is None:
+            raise BackendUnavailable("vagrant is not installed", hint="apt-get install --no-install-recommends vagrant")
+
+    require_engine(check)
+    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vhome"), "VAGRANT_CHECKPOINT_DISABLE": "1"}
+    r = subprocess.run(
+        ["vagrant", "box", "add", "--name", "devenv/tiny-vb", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (
+        "devenv/tiny-vb (virtualbox, 0)"
+        in subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True, env=env).stdout
+    )

@@ -202,8 +202,9 @@ def test_add_a_virtualbox_box(tmp_path):
     src = tmp_path / "vb"
     src.mkdir()
     (src / "metadata.json").write_text('{"provider": "virtualbox"}')
-    (src / "box.ovf").write_text('<Envelope><References><File ovf:id="file1" ovf:href="box-disk001.vmdk"/>'
-                                 "</References></Envelope>")
+    (src / "box.ovf").write_text(
+        '<Envelope><References><File ovf:id="file1" ovf:href="box-disk001.vmdk"/></References></Envelope>'
+    )
     (src / "box-disk001.vmdk").write_bytes(b"vmdk")
     (src / "devenv.json").write_text('{"ssh_user": "root", "guest_additions": true}')
     out = tmp_path / "vb.box"
