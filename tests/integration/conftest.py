@@ -18,19 +18,10 @@ from pathlib import Path
 import pytest
 
 from devenv.errors import DevenvError
+from tests.support import require_engine  # noqa: F401 - re-exported for the test modules
 
 REPO = Path(__file__).resolve().parents[2]
 DEVENV = [sys.executable, "-m", "devenv"]
-
-
-def require_engine(check) -> None:
-    try:
-        check()
-    except DevenvError as exc:
-        msg = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-        if os.environ.get("CI"):
-            pytest.fail(f"engine missing in CI: {msg}")
-        pytest.skip(msg)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 
 from devenv import boxes, boxfile
 from devenv.errors import BoxError
+from tests.support import missing
 
 
 @pytest.fixture
@@ -181,7 +182,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_the_store_consistent(tmp_path, 
     import os
 
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        missing("mounting a tmpfs needs root")
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)

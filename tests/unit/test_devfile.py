@@ -18,6 +18,7 @@ from devenv import devfile
 from devenv.devfile import LocatedProblem, Port, check_file, find_devfile, json_schema, load
 from devenv.errors import DevfileError
 from devenv.schema import parse_size
+from tests.support import missing
 
 REPO = Path(__file__).resolve().parents[2]
 DEVENV = Path(sys.executable).with_name("devenv")
@@ -976,7 +977,10 @@ def test_json_schema_structure() -> None:
 
 @pytest.fixture
 def validator():
-    jsonschema = pytest.importorskip("jsonschema")
+    try:
+        import jsonschema
+    except ImportError:
+        missing("jsonschema is not installed (pip install 'devenv[test]')")
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)

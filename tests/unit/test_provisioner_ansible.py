@@ -18,6 +18,7 @@ from devenv.errors import ProvisionError
 from devenv.provisioners import RunContext, fingerprint, get_provisioner
 from devenv.provisioners import ansible as ans
 from devenv.transport import DockerTransport, EnvTransport, SshTransport
+from tests.support import missing
 
 
 @pytest.fixture
@@ -443,7 +444,7 @@ def test_the_real_ansible_playbook_understands_the_inventory(tmp_path, monkeypat
     if not exe.exists():
         exe = shutil.which("ansible-inventory")
         if exe is None:
-            pytest.skip("ansible is not installed")
+            missing("ansible-inventory is not installed (pip install 'devenv[test]')")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     t = EnvTransport(ssh_transport(tmp_path), {"MODE": "dev"})
     inv = tmp_path / "inventory.yml"
