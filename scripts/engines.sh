@@ -4,22 +4,8 @@
 # plus the host tools boxes are built with (debootstrap, busybox-static).
 # Safe to run again: it only does what is missing. Needs root to install or start anything.
 set -euo pipefail
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit 1; }
-
-is_root() { [ "$(id -u)" = 0 ]; }
-
-apt_install() {
-  is_root || die "missing packages: $*" "run this script as root, or: sudo apt-get install -y $*"
-  command -v apt-get >/dev/null || die "missing packages: $* (and no apt-get here)" "install them with your package manager"
-  log "installing $* (apt-get)"
-  if [ -z "${DEVENV_APT_UPDATED:-}" ]; then
-    apt-get update -qq >/dev/null
-    export DEVENV_APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 docker_answers() {
   if command -v docker >/dev/null; then

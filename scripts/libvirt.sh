@@ -7,35 +7,14 @@
 # dropbear, genisoimage, qemu-guest-agent).
 # Safe to run again: it only does what is missing. Needs root to install or start anything.
 set -euo pipefail
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit 1; }
-
-is_root() { [ "$(id -u)" = 0 ]; }
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 PACKAGES=(
   libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-dev pkg-config
   genisoimage dropbear-bin busybox-static linux-image-cloud-amd64 qemu-guest-agent
   syslinux syslinux-common mtools dosfstools fdisk
 )
-
-pkg_installed() {
-  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
-}
-
-apt_install() {
-  is_root || die "missing packages: $*" "run this script as root, or: sudo apt-get install -y $*"
-  command -v apt-get >/dev/null || die "missing packages: $* (and no apt-get here)" "install them with your package manager"
-  log "installing $* (apt-get)"
-  if [ -z "${DEVENV_APT_UPDATED:-}" ]; then
-    apt-get update -qq >/dev/null
-    export DEVENV_APT_UPDATED=1
-  fi
-  # NEEDRESTART_SUSPEND: Debian's needrestart hook otherwise chatters (and may prompt) after installs
-  DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq --no-install-recommends "$@" 2>&1 >/dev/null \
-    | grep -v "^debconf: delaying package configuration" >&2 || true
-  for p in "$@"; do pkg_installed "$p" || die "apt-get could not install $p" "run: apt-get install $p"; done
-}
 
 VIRSH_URI=qemu:///system
 libvirt_answers() { command -v virsh >/dev/null && timeout 10 virsh -c "$VIRSH_URI" version >/dev/null 2>&1; }
