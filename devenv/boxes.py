@@ -277,7 +277,7 @@ def store_root() -> Path:
     return data_dir() / "boxes"
 
 
-def _version_key(v: str) -> tuple:
+def version_key(v: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\-]", v))
 
 
@@ -285,7 +285,7 @@ def find_stored(name: str, version: str | None, provider: str) -> StoredBox | No
     base = store_root() / name
     if not base.is_dir():
         return None
-    versions = [version] if version else sorted((p.name for p in base.iterdir()), key=_version_key, reverse=True)
+    versions = [version] if version else sorted((p.name for p in base.iterdir()), key=version_key, reverse=True)
     for v in versions:
         folder = base / v / provider
         meta_path = folder / "box.json"

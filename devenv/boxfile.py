@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tarfile
 import tempfile
 import urllib.parse
@@ -184,7 +183,7 @@ def add_from_catalog(catalog_ref: str, *, version: str | None = None) -> boxes.S
         for v in cat.get("versions", []):
             for p in v.get("providers", []):
                 if p.get("name") == "libvirt" and (version is None or v.get("version") == version):
-                    candidates.append((boxes._version_key(str(v["version"])), str(v["version"]), p))
+                    candidates.append((boxes.version_key(str(v["version"])), str(v["version"]), p))
         if not candidates:
             raise BoxError(f"catalog {catalog_ref} has no libvirt box" + (f" at version {version}" if version else ""))
         _, ver, prov = max(candidates, key=lambda c: c[0])
@@ -196,10 +195,6 @@ def add_from_catalog(catalog_ref: str, *, version: str | None = None) -> boxes.S
         box_path = fetch(url, Path(d) / "download.box")
         checksum = f"{prov.get('checksum_type', 'sha256')}:{prov['checksum']}"
         return add_box_file(Path(box_path), name=name, version=ver, checksum=checksum)
-
-
-def copy_out(src: Path, dest: Path) -> None:
-    shutil.copy2(src, dest)
 
 
 def _add_virtualbox(work: Path, path: Path, *, name: str, version: str, sha: str) -> boxes.StoredBox:

@@ -660,7 +660,7 @@ def box_prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say 
     found += [(b.name, b.version, b.provider) for b in boxes.list_stored()]
     newest: dict[str, str] = {}
     for name, version, _ in found:
-        if name not in newest or boxes._version_key(version) > boxes._version_key(newest[name]):
+        if name not in newest or boxes.version_key(version) > boxes.version_key(newest[name]):
             newest[name] = version
     gone = 0
     for name, version, provider in sorted(set(found)):

@@ -61,6 +61,12 @@ class Secret:
     def describe(self) -> str:
         return f"from_env:{self.from_env}" if self.from_env else f"from_file:{self.from_file}"
 
+    def read(self, root: Path) -> str:
+        """The value now: KeyError when the variable is unset, OSError when the file cannot be read."""
+        if self.from_env:
+            return os.environ[self.from_env]
+        return (root / os.path.expanduser(self.from_file or "")).resolve().read_text(encoding="utf-8").rstrip("\n")
+
 
 @dataclass(frozen=True)
 class Port:
@@ -597,8 +603,8 @@ def _make_machine(
         return origin.get(key, ("machines", name)) + (key, *rest)
 
     driver = d.get("driver", "docker")
-    # An invalid box is reported where it is written; the vagrant driver's Vagrantfile names its box.
-    if not d.get("box") and not box_written and driver != "vagrant":
+    # An invalid box is reported where it is written; some drivers take the box from their own config.
+    if not d.get("box") and not box_written and drivers.needs_box(driver):
         problems.append(
             Problem(("machines", name, "box"), 'is required, e.g. box = "debian-12" or box = "docker:IMAGE"')
         )

@@ -89,9 +89,3 @@ class PortConflict(DevenvError):
     """A host port a machine forwards is already in use."""
 
     exit_code = 11
-
-
-class Interrupted(DevenvError):
-    """The user pressed Ctrl-C; what was half-created has been removed."""
-
-    exit_code = 130

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import threading
 import time
@@ -79,22 +78,17 @@ def resolve_env(machine: Machine, root: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in machine.env.items():
         if isinstance(v, Secret):
-            if v.from_env:
-                if v.from_env not in os.environ:
-                    raise UsageError(
-                        f"machine '{machine.name}': env {k} comes from the host variable {v.from_env}, "
-                        "which is not set",
-                        hint=f"export {v.from_env}=... before running devenv",
-                    )
-                value = os.environ[v.from_env]
-            else:
-                path = (root / os.path.expanduser(v.from_file or "")).resolve()
-                try:
-                    value = path.read_text(encoding="utf-8").rstrip("\n")
-                except OSError as exc:
-                    raise UsageError(
-                        f"machine '{machine.name}': env {k} comes from {path}, which cannot be read: {exc.strerror}"
-                    ) from exc
+            try:
+                value = v.read(root)
+            except KeyError:
+                raise UsageError(
+                    f"machine '{machine.name}': env {k} comes from the host variable {v.from_env}, which is not set",
+                    hint=f"export {v.from_env}=... before running devenv",
+                ) from None
+            except OSError as exc:
+                raise UsageError(
+                    f"machine '{machine.name}': env {k} comes from {v.from_file}, which cannot be read: {exc.strerror}"
+                ) from exc
             ui.add_secret(value)
             out[k] = value
         else:
@@ -154,16 +148,11 @@ class Project:
         """Know every secret value up front, so no command prints one (the machine's output included)."""
         for m in self.devfile.machines.values():
             for v in m.env.values():
-                if not isinstance(v, Secret):
-                    continue
-                if v.from_env:
-                    ui.add_secret(os.environ.get(v.from_env, ""))
-                else:
+                if isinstance(v, Secret):
                     try:
-                        path = (self.root / os.path.expanduser(v.from_file or "")).resolve()
-                        ui.add_secret(path.read_text(encoding="utf-8").rstrip("\n"))
-                    except OSError:
-                        pass
+                        ui.add_secret(v.read(self.root))
+                    except (KeyError, OSError):
+                        pass  # reported by the command that needs the value
 
     def _check_cancel(self) -> None:
         if self._cancel.is_set():
@@ -712,7 +701,9 @@ class Project:
             if st and st.get("box"):
                 b = st["box"]
                 box = f"{b['name']}@{b['version']}" if b.get("version") else b["name"]
-            provision, stale = self._provision_summary(n, st, live)
+            # One plan per machine: it hashes every file the steps read.
+            plans = self.plan(n, st) if live is not MachineState.NOT_CREATED and m.provision else []
+            provision, stale = self._provision_summary(n, st, live, plans)
             settings = "up to date"
             drift = self.drift(n, st) if live is not MachineState.NOT_CREATED else None
             if drift == "recreate":
@@ -726,17 +717,18 @@ class Project:
             row = MachineStatus(n, m.driver, live, box or m.box, provision, stale, settings, ports, sync, h, drift)
             if st and live is not MachineState.NOT_CREATED:
                 row.box_digest = (st.get("box") or {}).get("digest")
-                row.baked_steps = [p.step.index for p in self.plan(n, st) if p.action == "box"]
+                row.baked_steps = [p.step.index for p in plans if p.action == "box"]
             out.append(row)
         return out
 
-    def _provision_summary(self, name: str, st: dict | None, live: MachineState) -> tuple[str, int | None]:
+    def _provision_summary(
+        self, name: str, st: dict | None, live: MachineState, plans: list[StepPlan]
+    ) -> tuple[str, int | None]:
         m = self.devfile.machines[name]
         if not m.provision:
             return "no steps", None
         if live is MachineState.NOT_CREATED:
             return "not created", None
-        plans = self.plan(name, st)
         if st and st.get("failed_step") is not None:
             i = st["failed_step"]
             label = m.provision[i].label if i < len(m.provision) else f"[{i}]"

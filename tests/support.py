@@ -21,3 +21,11 @@ def missing(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"missing in CI: {reason}")
     pytest.skip(reason)
+
+
+def require_tool(name: str, install: str) -> None:
+    """A command the test drives (vagrant, …) must be on PATH."""
+    import shutil
+
+    if shutil.which(name) is None:
+        missing(f"{name} is not installed ({install})")

@@ -85,6 +85,7 @@ class PortBinding:
 
 class Driver(Protocol):
     name: ClassVar[str]
+    needs_box: ClassVar[bool]  # False when the engine's own config names the image (a Vagrantfile)
     options: ClassVar[Table]  # the schema of [machines.NAME.<driver>]
 
     def check_available(self) -> None: ...
@@ -142,6 +143,14 @@ def driver_class(name: str) -> type:
         raise DevfileError(f"unknown driver '{name}' (known: {', '.join(driver_names())})")
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def needs_box(name: str) -> bool:
+    """Whether machines of this driver must name a box (unknown drivers: yes; reported elsewhere)."""
+    try:
+        return getattr(driver_class(name), "needs_box", True)
+    except DevfileError:
+        return True
 
 
 def get_driver(name: str) -> Driver:

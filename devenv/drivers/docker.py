@@ -249,7 +249,7 @@ class DockerDriver:
             # No recipe: a box made by `devenv package` or added by hand, newest version first.
             built = sorted(
                 (b for b in self.list_boxes() if b["name"] == ref.name and b["tag"]),
-                key=lambda b: boxes._version_key(b["version"] or ""),
+                key=lambda b: boxes.version_key(b["version"] or ""),
                 reverse=True,
             )
             if not built:

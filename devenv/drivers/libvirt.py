@@ -30,10 +30,10 @@ from devenv.drivers.vmcommon import VmMetadataMixin
 from devenv.errors import (
     BackendUnavailable,
     BoxError,
-    DevenvError,
     MachineStateError,
     PortConflict,
     UnsupportedOperation,
+    UsageError,
 )
 from devenv.schema import Bool, Field, Int, Problem, Str, Table
 
@@ -741,7 +741,7 @@ class LibvirtDriver(VmMetadataMixin):
         try:
             return dom.snapshotLookupByName(name, 0)
         except lib.libvirtError as exc:
-            raise UsageErrorSnapshot(
+            raise UsageError(
                 f"no snapshot named '{name}'", hint="`devenv snapshot list NAME` shows the snapshots"
             ) from exc
 
@@ -757,7 +757,3 @@ class LibvirtDriver(VmMetadataMixin):
 
     def snapshot_delete(self, handle: str, name: str) -> None:
         self._snapshot(handle, name).delete(0)
-
-
-class UsageErrorSnapshot(DevenvError):
-    exit_code = 2

@@ -387,6 +387,7 @@ class PinnedSsh(SshTransport):
 
 class VagrantDriver:
     name: ClassVar[str] = "vagrant"
+    needs_box: ClassVar[bool] = False  # the Vagrantfile names the box
     options: ClassVar[Table] = _OPTIONS
     env_at_create: ClassVar[bool] = False  # env travels with every command (EnvTransport)
 
@@ -789,38 +790,22 @@ class VagrantDriver:
             return MachineState.STOPPED
         return st
 
-    def _docker(self) -> Any | None:
+    def _docker_driver(self):
+        """devenv's own Docker driver (its fast engine reads), or None when the engine is unreachable."""
         from devenv.drivers import get_driver
 
+        driver = get_driver("docker")
         try:
-            return get_driver("docker").client
+            driver.check_available()
         except BackendUnavailable:
             return None
-
-    def _inspect(self, container_id: str) -> dict | None:
-        client = self._docker()
-        if client is None:
-            return None
-        import docker.errors
-
-        try:
-            return client.api.inspect_container(container_id)
-        except docker.errors.NotFound:
-            return None
+        return driver
 
     def _docker_state(self, container_id: str) -> MachineState | None:
         """The state of a docker-provider machine straight from the engine (None: ask Vagrant)."""
-        info = self._inspect(container_id)
-        if info is None:
-            return None
-        status = info["State"]["Status"]
-        if status in ("running", "restarting"):
-            return MachineState.RUNNING
-        if status == "paused":
-            return MachineState.SUSPENDED
-        if status == "removing":
-            return MachineState.NOT_CREATED
-        return MachineState.STOPPED
+        driver = self._docker_driver()
+        st = driver.state(container_id) if driver is not None else None
+        return None if st is MachineState.NOT_CREATED else st
 
     def ports(self, handle: str) -> list[PortBinding]:
         folder, name = split_handle(handle)
@@ -830,12 +815,8 @@ class VagrantDriver:
         provider, mid = created
         out = []
         if provider == "docker":
-            info = self._inspect(mid) or {}
-            for key, binds in ((info.get("NetworkSettings") or {}).get("Ports") or {}).items():
-                guest, _, proto = key.partition("/")
-                for b in binds or []:
-                    out.append(PortBinding(b["HostIp"], int(b["HostPort"]), int(guest), proto))
-            return sorted(out, key=lambda b: (b.guest, b.host))
+            driver = self._docker_driver()
+            return driver.ports(mid) if driver is not None else []
         ssh = self._load_cache(handle).get("ssh")
         if ssh:
             out.append(PortBinding(ssh["host"], int(ssh["port"]), 22))
@@ -856,17 +837,18 @@ class VagrantDriver:
         return self._ssh(handle, cache)
 
     def _docker_transport(self, handle: str, container_id: str):
-        from devenv.drivers import get_driver
         from devenv.transport import DockerTransport
 
-        client = get_driver("docker").client
-        if self._inspect(container_id) is None:
+        driver = self._docker_driver()
+        if driver is None or driver.state(container_id) is MachineState.NOT_CREATED:
             raise MachineStateError(
                 f"the container of Vagrant machine '{split_handle(handle)[1]}' ({container_id[:12]}) is not on "
                 "the local Docker engine (Vagrant may run it in a host VM)",
                 hint='set transport = "ssh" in [machines.NAME.vagrant] to go through `vagrant ssh-config`',
             )
-        return DockerTransport(client, container_id, self._label(handle), docker_host=os.environ.get("DOCKER_HOST"))
+        return DockerTransport(
+            driver.client, container_id, self._label(handle), docker_host=os.environ.get("DOCKER_HOST")
+        )
 
     def _ssh(self, handle: str, cache: dict) -> PinnedSsh:
         info = SshInfo.from_dict(cache["ssh"])

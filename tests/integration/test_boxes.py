@@ -146,18 +146,12 @@ def test_lockfile_frozen_update_and_up_with_a_production_box(proj, docker_client
 def test_vagrant_accepts_our_box(tmp_path):
     """The .box output is the format Vagrant itself adds (vagrant from Debian's package)."""
     import os
-    import shutil
     import subprocess
 
     from devenv import boxes, boxfile
-    from devenv.errors import BackendUnavailable
-    from tests.integration.conftest import require_engine
+    from tests.support import require_tool
 
-    def check():
-        if shutil.which("vagrant") is None:
-            raise BackendUnavailable("vagrant is not installed", hint="apt-get install --no-install-recommends vagrant")
-
-    require_engine(check)
+    require_tool("vagrant", "apt-get install --no-install-recommends vagrant")
     src = tmp_path / "src"
     src.mkdir()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src / "disk.qcow2"), "16M"], check=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, assert_no_traceback, free_port, require_engine
+from tests.integration.conftest import REPO, assert_no_traceback, free_port
+from tests.support import require_tool
 
 pytestmark = pytest.mark.libvirt
 
@@ -309,7 +310,6 @@ def test_virtualbox_box_output_is_accepted_by_vagrant_and_box_add(vm, tiny_box, 
     import tarfile
 
     from devenv import boxes, boxfile
-    from devenv.errors import BackendUnavailable
 
     out = boxfile.write_virtualbox_box(tiny_box, tmp_path / "tiny-vb.box")
     with tarfile.open(out) as tar:
@@ -321,11 +321,7 @@ def test_virtualbox_box_output_is_accepted_by_vagrant_and_box_add(vm, tiny_box, 
     added = boxfile.add_box_file(out, name="tiny-vb", version="1", checksum=f"sha256:{sha}")
     assert added.provider == "virtualbox" and boxes.find_stored("tiny-vb", "1", "virtualbox") is not None
 
-    def check():
-        if shutil.which("vagrant") is None:
-            raise BackendUnavailable("vagrant is not installed", hint="apt-get install --no-install-recommends vagrant")
-
-    require_engine(check)
+    require_tool("vagrant", "apt-get install --no-install-recommends vagrant")
     env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vhome"), "VAGRANT_CHECKPOINT_DISABLE": "1"}
     r = subprocess.run(
         ["vagrant", "box", "add", "--name", "devenv/tiny-vb", str(out)],
