@@ -553,7 +553,7 @@ def box_build(
             ui.info(None, f"box {label} (docker) exists ({existing[0]['digest'][:19]}); --force rebuilds it")
         else:
             img = driver.build_box(recipe, pull=pull)
-            ui.info(None, f"built {recipe.docker_tag} ({img.id[:19]})")
+            ui.info(None, f"built {recipe.docker_tag} ({img['Id'][:19]})")
     if "libvirt" in outputs:
         from devenv import vmbox
 

@@ -32,8 +32,8 @@ def _engine(name: str, needed: bool) -> Check:
     except DevenvError as exc:
         return Check(name, "missing", exc.message, exc.hint or "", needed)
     if name == "docker":
-        info = driver.client.version()
-        return Check(name, "ok", f"engine {info.get('Version')} at {driver.client.api.base_url}", "", needed)
+        info = driver.engine.version()
+        return Check(name, "ok", f"engine {info.get('Version')} at {driver.endpoint()}", "", needed)
     if name == "libvirt":
         conn = driver.conn()
         v = conn.getLibVersion()

@@ -123,78 +123,76 @@ def tar_for_put(local: Path, remote: str, exclude: tuple[str, ...] = ()) -> tupl
 
 
 class DockerTransport:
-    """docker exec + the archive API, streaming output line by line."""
+    """docker exec + the archive API, streaming output line by line.
 
-    def __init__(self, client: Any, container_id: str, machine: str, docker_host: str | None = None) -> None:
-        self.client = client
+    `engine` is a drivers.dockerapi engine (UnixEngine or SdkEngine)."""
+
+    def __init__(self, engine: Any, container_id: str, machine: str, docker_host: str | None = None) -> None:
+        self.engine = engine
         self.container_id = container_id
         self.machine = machine
         self.docker_host = docker_host
 
-    def _errors(self):
-        import docker.errors
-
-        return docker.errors
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"lost the Docker engine while working on '{self.machine}': {exc}",
+                hint="check that the engine runs (`docker info`), then run the command again",
+            ) from exc
 
     def run(self, argv, *, env=None, user=None, workdir=None, on_output=None, on_stderr=None) -> int:
-        api = self.client.api
-        errors = self._errors()
+        from devenv.drivers.dockerapi import EngineError, exec_config
+
+        splitter = _LineSplitter(on_output or (lambda _line: None))
+        # Kept apart when asked, so `devenv ssh -c` output can be piped while errors still show.
+        err_splitter = _LineSplitter(on_stderr) if on_stderr is not None else splitter
         try:
-            ex = api.exec_create(
+            code = self._call(
+                self.engine.exec_run,
                 self.container_id,
-                list(argv),
-                stdout=True,
-                stderr=True,
-                tty=False,
-                environment=dict(env) if env else None,
-                user=user or "",
-                workdir=workdir,
+                exec_config(list(argv), env, user, workdir),
+                splitter.feed,
+                err_splitter.feed,
             )
-            splitter = _LineSplitter(on_output or (lambda _line: None))
-            if on_stderr is None:
-                for chunk in api.exec_start(ex["Id"], stream=True):
-                    splitter.feed(chunk)
-            else:
-                # Kept apart so `devenv ssh -c` output can be piped while errors still show.
-                err_splitter = _LineSplitter(on_stderr)
-                for out, err in api.exec_start(ex["Id"], stream=True, demux=True):
-                    if out:
-                        splitter.feed(out)
-                    if err:
-                        err_splitter.feed(err)
-                err_splitter.close()
-            splitter.close()
-            code = api.exec_inspect(ex["Id"])["ExitCode"]
-        except errors.NotFound as exc:
-            raise MachineStateError(
-                f"machine '{self.machine}' is gone: {exc.explanation}", hint=f"run `devenv up {self.machine}`"
-            ) from exc
-        except errors.APIError as exc:
-            text = exc.explanation or str(exc)
-            if "is not running" in text:
+        except EngineError as exc:
+            if exc.status == 404:
+                raise MachineStateError(
+                    f"machine '{self.machine}' is gone: {exc.message}", hint=f"run `devenv up {self.machine}`"
+                ) from exc
+            text = exc.message
+            if "is not running" in text or "is paused" in text:
                 raise MachineStateError(
                     f"machine '{self.machine}' is not running", hint=f"run `devenv up {self.machine}`"
                 ) from exc
             if "executable file not found" in text or "no such file or directory" in text:
                 return 127
             raise CommandFailed(f"cannot run {shlex.join(argv)} in '{self.machine}': {text}") from exc
+        if err_splitter is not splitter:
+            err_splitter.close()
+        splitter.close()
         return 127 if code is None else int(code)
 
     def put(self, local: Path, remote: str) -> None:
+        from devenv.drivers.dockerapi import EngineError
+
         data, at = tar_for_put(local, remote)
-        errors = self._errors()
         try:
-            self.client.api.put_archive(self.container_id, at, data)
-        except errors.APIError as exc:
-            raise CommandFailed(f"cannot copy {local} to {self.machine}:{remote}: {exc.explanation or exc}") from exc
+            self._call(self.engine.put_archive, self.container_id, at, data)
+        except EngineError as exc:
+            raise CommandFailed(f"cannot copy {local} to {self.machine}:{remote}: {exc.message}") from exc
 
     def get(self, remote: str, local: Path) -> None:
-        errors = self._errors()
+        from devenv.drivers.dockerapi import EngineError
+
         try:
-            stream, _stat = self.client.api.get_archive(self.container_id, remote)
-        except errors.NotFound as exc:
-            raise CommandFailed(f"not found in '{self.machine}': {remote}") from exc
-        buf = io.BytesIO(b"".join(stream))
+            data = self._call(self.engine.get_archive, self.container_id, remote)
+        except EngineError as exc:
+            if exc.status == 404:
+                raise CommandFailed(f"not found in '{self.machine}': {remote}") from exc
+            raise CommandFailed(f"cannot copy {self.machine}:{remote}: {exc.message}") from exc
+        buf = io.BytesIO(data)
         with tarfile.open(fileobj=buf) as tar:
             members = tar.getmembers()
             if len(members) == 1 and members[0].isfile():

@@ -1,14 +1,14 @@
-"""Docker driver: one container per machine, through the docker SDK.
+"""Docker driver: one container per machine.
 
-The SDK is imported on first use, never at module import, so validating a Devfile or
-printing help does not pay for it. DOCKER_HOST (including ssh://) and the current docker
-context are honoured.
+Machine lifecycle and exec go through `dockerapi`: its own HTTP client on the local socket
+(no SDK import on the hot path), the docker SDK's low-level client for DOCKER_HOST=ssh://,
+tcp:// and docker contexts. Image work (building boxes, pulling, committing) uses the SDK.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import shlex
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +24,7 @@ from devenv.drivers import (
     keepalive,
 )
 from devenv.drivers.hostports import is_loopback, resolve_host_port
-from devenv.errors import BackendUnavailable, BoxError, MachineStateError, PortConflict
+from devenv.errors import BackendUnavailable, BoxError, MachineStateError, PortConflict, UsageError
 from devenv.schema import Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
 
 
@@ -67,10 +67,11 @@ class DockerDriver:
     def __init__(self) -> None:
         self._client: Any = None
         self._arch: str | None = None
-        self._raw: Any = False  # False: not decided yet
+        self._engine: Any = None
+        self._fresh: set[str] = set()  # containers this process created with the keep-alive in place
 
     # -- engine access -----------------------------------------------------------------------
-    def _endpoint(self) -> str:
+    def endpoint(self) -> str:
         host = os.environ.get("DOCKER_HOST")
         if host:
             return host
@@ -91,17 +92,17 @@ class DockerDriver:
             return False
 
     @property
-    def raw(self) -> Any:
-        """The fast read-only client for a local unix socket, or None (then the SDK is used)."""
-        if self._raw is False:
-            endpoint = self._endpoint()
-            if endpoint.startswith("unix://") and not self._uses_context():
-                from devenv.drivers.dockerapi import RawDocker
+    def engine(self) -> Any:
+        """The Engine API client (dockerapi.UnixEngine or SdkEngine) every lifecycle call uses."""
+        if self._engine is None:
+            from devenv.drivers import dockerapi
 
-                self._raw = RawDocker(endpoint[len("unix://") :])
+            endpoint = self.endpoint()
+            if endpoint.startswith("unix://") and not self._uses_context():
+                self._engine = dockerapi.UnixEngine(endpoint[len("unix://") :])
             else:
-                self._raw = None
-        return self._raw
+                self._engine = dockerapi.SdkEngine(self.client.api)
+        return self._engine
 
     @property
     def client(self) -> Any:
@@ -114,7 +115,7 @@ class DockerDriver:
             import docker
         except ImportError as exc:  # pragma: no cover - docker is a core dependency
             raise BackendUnavailable("the docker Python package is missing", hint="pip install docker") from exc
-        endpoint = self._endpoint()
+        endpoint = self.endpoint()
         try:
             if endpoint.startswith("ssh://"):
                 # The system ssh client honours ~/.ssh/config and agents; paramiko would not.
@@ -173,25 +174,40 @@ class DockerDriver:
         return docker.errors
 
     def check_available(self) -> None:
-        if self.raw is not None:
-            try:
-                self.raw.ping()
-                return
-            except OSError as exc:
-                raise self._unavailable(self._endpoint(), exc) from exc
-            except Exception as exc:  # noqa: BLE001 - an engine error: let the SDK path explain it
-                raise self._unavailable(self._endpoint(), exc) from exc
-        self.client  # noqa: B018 - connecting is the check
+        try:
+            self.engine.ping()
+        except BackendUnavailable:
+            raise  # connecting the SDK (remote engines) explained it already
+        except Exception as exc:  # noqa: BLE001 - refused, missing socket, engine error: all "unavailable"
+            raise self._unavailable(self.endpoint(), exc) from exc
 
     def _call(self, what: str, fn, *args, **kwargs):
-        """Call the engine, turning a connection lost mid-command into BackendUnavailable."""
+        """Call the SDK, turning a connection lost mid-command into BackendUnavailable."""
         import requests
 
         try:
             return fn(*args, **kwargs)
         except requests.exceptions.ConnectionError as exc:
             self._client = None
-            raise self._unavailable(self._endpoint(), exc) from exc
+            raise self._unavailable(self.endpoint(), exc) from exc
+
+    def _eng(self, fn, *args, **kwargs):
+        """Call the engine client, turning an engine that went away into BackendUnavailable."""
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            self._client = self._engine = None
+            raise self._unavailable(self.endpoint(), exc) from exc
+
+    def _image(self, ref: str) -> dict | None:
+        return self._eng(self.engine.inspect_image, ref)
+
+    @staticmethod
+    def _artifact(name: str, version: str | None, ref: str, img: dict) -> BoxArtifact:
+        labels = (img.get("Config") or {}).get("Labels") or {}
+        baked = [b for b in labels.get(boxes.LABEL_BAKED, "").split(",") if b]
+        extra = {"baked": baked, "arch": img.get("Architecture", "")}
+        return BoxArtifact(name=name, version=version, ref=ref, digest=img["Id"], extra=extra)
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self, machine) -> list[Problem]:
@@ -215,34 +231,28 @@ class DockerDriver:
                         f'type \'{s.type}\' is not supported (use "auto" or "bind")',
                     )
                 )
+        shm = machine.driver_options().get("shm_size")
+        if shm is not None:
+            try:
+                docker_bytes(shm)
+            except UsageError as exc:
+                problems.append(Problem(("docker", "shm_size"), exc.message))
         return problems
 
     # -- boxes ---------------------------------------------------------------------------------
     def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
         ref = boxes.parse_ref(box)
-        errors = self._errors()
         if ref.kind == "image":
-            try:
-                img = self._call("inspect image", self.client.images.get, ref.name)
-            except errors.ImageNotFound:
-                img = self._pull(ref.name, target.name)
-            return BoxArtifact(name=str(ref), version=None, ref=ref.name, digest=img.id)
+            img = self._image(ref.name) or self._pull(ref.name, target.name)
+            art = self._artifact(str(ref), None, ref.name, img)
+            art.extra.pop("baked")
+            return art
         if ref.version:
             # A pinned version (Devfile or lock) that is already built: no recipe needed.
-            try:
-                img = self._call(
-                    "inspect image", self.client.images.get, f"{boxes.IMAGE_REPO}/{ref.name}:{ref.version}"
-                )
-                baked = [b for b in (img.labels or {}).get(boxes.LABEL_BAKED, "").split(",") if b]
-                return BoxArtifact(
-                    name=ref.name,
-                    version=ref.version,
-                    ref=f"{boxes.IMAGE_REPO}/{ref.name}:{ref.version}",
-                    digest=img.id,
-                    extra={"baked": baked},
-                )
-            except errors.ImageNotFound:
-                pass
+            tag = f"{boxes.IMAGE_REPO}/{ref.name}:{ref.version}"
+            img = self._image(tag)
+            if img is not None:
+                return self._artifact(ref.name, ref.version, tag, img)
         try:
             recipe = boxes.find_recipe(ref, target.project_root)
         except BoxError:
@@ -255,19 +265,12 @@ class DockerDriver:
             if not built:
                 raise
             b = built[0]
-            return BoxArtifact(
-                name=ref.name, version=b["version"], ref=b["tag"], digest=b["digest"], extra={"baked": b["baked"]}
-            )
-        try:
-            img = self._call("inspect image", self.client.images.get, recipe.docker_tag)
-        except errors.ImageNotFound:
-            img = self.build_box(recipe, machine=target.name, pull=pull)
-        baked = [b for b in (img.labels or {}).get(boxes.LABEL_BAKED, "").split(",") if b]
-        return BoxArtifact(
-            name=recipe.name, version=recipe.version, ref=recipe.docker_tag, digest=img.id, extra={"baked": baked}
-        )
+            return self._artifact(ref.name, b["version"], b["tag"], self._image(b["tag"]) or {"Id": b["digest"]})
+        img = self._image(recipe.docker_tag) or self.build_box(recipe, machine=target.name, pull=pull)
+        return self._artifact(recipe.name, recipe.version, recipe.docker_tag, img)
 
-    def _pull(self, image: str, machine: str | None) -> Any:
+    def _pull(self, image: str, machine: str | None) -> dict:
+        """Pull an image; returns its inspect data."""
         errors = self._errors()
         repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
         try:
@@ -275,18 +278,22 @@ class DockerDriver:
                 for ev in self.client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
                     if "error" in ev:
                         raise errors.APIError(ev["error"])
-            return self.client.images.get(image)
+            img = self._image(image)
+            if img is None:
+                raise errors.APIError("the pull finished but the engine does not have the image")
+            return img
         except errors.APIError as exc:
             raise BoxError(
                 f"image {image} is not on the engine and cannot be pulled: {exc.explanation or exc}",
                 hint="load or build it first (`docker load`, `docker import`, `docker build`), or use a box recipe",
             ) from exc
 
-    def build_box(self, recipe: boxes.Recipe, *, machine: str | None = None, pull: bool = False) -> Any:
+    def build_box(self, recipe: boxes.Recipe, *, machine: str | None = None, pull: bool = False) -> dict:
         """Make the recipe's image: base from the first source that works, then the baked steps.
 
-        The result is committed as devenv-box/NAME:VERSION only when every step succeeded; the
-        temporary build container and base tag are removed whatever happens.
+        Returns the image's inspect data. The result is committed as devenv-box/NAME:VERSION only
+        when every step succeeded; the temporary build container and base tag are removed whatever
+        happens.
         """
         errors = self._errors()
         failures: list[str] = []
@@ -296,9 +303,7 @@ class DockerDriver:
             kind = src["type"]
             try:
                 if kind == "image":
-                    try:
-                        self.client.images.get(src["image"])
-                    except errors.ImageNotFound:
+                    if self._image(src["image"]) is None:
                         if not pull:
                             failures.append(f"image {src['image']}: not on the engine (pull with --pull)")
                             continue
@@ -330,7 +335,7 @@ class DockerDriver:
                 except errors.APIError:
                     pass
 
-    def _finalize(self, recipe: boxes.Recipe, base: str, machine: str | None) -> Any:
+    def _finalize(self, recipe: boxes.Recipe, base: str, machine: str | None) -> dict:
         """Run the baked steps in a temporary container and commit it with devenv's labels."""
         import uuid
 
@@ -350,7 +355,7 @@ class DockerDriver:
         try:
             self.client.api.put_archive(container.id, "/", keepalive.tar_archive())
             container.start()
-            transport = DockerTransport(self.client, container.id, label, docker_host=os.environ.get("DOCKER_HOST"))
+            transport = DockerTransport(self.engine, container.id, label, docker_host=os.environ.get("DOCKER_HOST"))
             recipe.bake(transport, label)
             container.stop(timeout=5)
             changes = [
@@ -363,9 +368,14 @@ class DockerDriver:
             container.commit(repository=f"{boxes.IMAGE_REPO}/{recipe.name}", tag=recipe.version, changes=changes)
         finally:
             container.remove(force=True, v=True)
-        return self.client.images.get(recipe.docker_tag)
+        img = self._image(recipe.docker_tag)
+        if img is None:
+            raise BoxError(f"committing box {recipe.docker_tag} left no image on the engine")
+        return img
 
     def _build_from_rootfs(self, recipe: boxes.Recipe, src: dict, machine: str | None, tag: str) -> None:
+        import tempfile
+
         from devenv import rootfs
 
         with tempfile.TemporaryDirectory(prefix="devenv-box-") as tmp:
@@ -425,17 +435,24 @@ class DockerDriver:
     # -- lifecycle -----------------------------------------------------------------------------
     def _engine_is_local(self) -> bool:
         """True when the engine's host ports are this machine's (unix socket or a loopback TCP URL)."""
-        url = self.client.api.base_url
+        if self.engine.local:
+            return True
+        url = self.engine.base_url
         return url == "http+docker://localhost" or url.startswith(
             ("http://127.", "https://127.", "http://localhost", "https://localhost")
         )
 
-    def _arch_x86_64(self) -> bool:
-        if self._arch is None:
-            self._arch = self.client.info().get("Architecture", "")
-        return self._arch in ("x86_64", "amd64")
+    def _arch_x86_64(self, box: BoxArtifact) -> bool:
+        """Our keep-alive is x86-64 code: it fits when the image (not just the engine) is x86-64."""
+        arch = box.extra.get("arch")
+        if not arch:
+            if self._arch is None:
+                self._arch = self._eng(self.engine.info).get("Architecture", "")
+            arch = self._arch
+        return arch in ("x86_64", "amd64")
 
     def _port_bindings(self, target: Target) -> dict:
+        """HostConfig.PortBindings: {"80/tcp": [{"HostIp": ..., "HostPort": ...}]}."""
         bindings: dict[str, list] = {}
         # Host ports can be checked only when the engine publishes them on this host.
         check_local = self._engine_is_local()
@@ -448,103 +465,115 @@ class DockerDriver:
                 ui.warn(
                     f"{target.name}: port {p.guest}/{p.protocol} is reachable from other hosts (host_ip = {p.host_ip})"
                 )
-            bindings.setdefault(f"{p.guest}/{p.protocol}", []).append((p.host_ip, host))
+            bindings.setdefault(f"{p.guest}/{p.protocol}", []).append(
+                {"HostIp": p.host_ip, "HostPort": "" if host is None else str(host)}
+            )
         return bindings
 
-    def create(self, target: Target, box: BoxArtifact, *, env: dict[str, str] | None = None) -> str:
-        from docker.types import Mount
-
+    def container_config(self, target: Target, box: BoxArtifact, env: dict[str, str] | None = None) -> dict:
+        """The Engine API body of POST /containers/create for this machine."""
         m = target.machine
         opts = m.driver_options()
-        errors = self._errors()
+        ports = self._port_bindings(target)
+        host: dict[str, Any] = {
+            "Mounts": [
+                {"Type": "bind", "Source": str(s.host), "Target": s.guest, "ReadOnly": bool(s.read_only)}
+                for s in m.sync
+            ],
+            "PortBindings": ports,
+            "Privileged": bool(opts.get("privileged", False)),
+            "Init": bool(opts.get("init", True)),
+        }
+        if opts.get("cap_add"):
+            host["CapAdd"] = list(opts["cap_add"])
+        if m.cpus:
+            host["NanoCpus"] = int(m.cpus * 1e9)
+        if m.memory:
+            host["Memory"] = int(m.memory)
+        if opts.get("network"):
+            host["NetworkMode"] = opts["network"]
+        if opts.get("shm_size"):
+            host["ShmSize"] = docker_bytes(opts["shm_size"])
+        config: dict[str, Any] = {
+            "Image": box.ref,
+            "Hostname": m.hostname,
+            "Labels": {**opts.get("labels", {}), **target.labels},
+            "Env": [f"{k}={v}" for k, v in (env or {}).items()],
+            "ExposedPorts": {key: {} for key in ports},
+            "HostConfig": host,
+        }
+        if opts.get("user"):
+            config["User"] = opts["user"]
+        if opts.get("workdir"):
+            config["WorkingDir"] = opts["workdir"]
+        if not opts.get("use_image_command") and "command" not in opts:
+            if self._arch_x86_64(box):
+                config["Entrypoint"] = [keepalive.PATH_IN_CONTAINER]
+            else:
+                # No hand-assembled keep-alive for this architecture: rely on the image's sleep.
+                config["Entrypoint"] = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"]
+            config["Cmd"] = []
+        elif "command" in opts:
+            cmd = opts["command"]
+            config["Cmd"] = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+        return {k: v for k, v in config.items() if v is not None}
+
+    def create(self, target: Target, box: BoxArtifact, *, env: dict[str, str] | None = None) -> str:
+        from devenv.drivers.dockerapi import EngineError
+
         existing = self.find(target)
         if existing:
             return existing
-        mounts = [Mount(target=s.guest, source=str(s.host), type="bind", read_only=s.read_only) for s in m.sync]
-        kwargs: dict[str, Any] = dict(
-            name=target.resource_name,
-            labels={**opts.get("labels", {}), **target.labels},
-            hostname=m.hostname,
-            environment=env or {},
-            mounts=mounts,
-            ports=self._port_bindings(target),
-            privileged=bool(opts.get("privileged", False)),
-            cap_add=opts.get("cap_add") or None,
-            init=opts.get("init", True),
-            detach=True,
-        )
-        if m.cpus:
-            kwargs["nano_cpus"] = int(m.cpus * 1e9)
-        if m.memory:
-            kwargs["mem_limit"] = m.memory
-        for k in ("user", "network", "shm_size"):
-            if opts.get(k):
-                kwargs[k] = opts[k]
-        if opts.get("workdir"):
-            kwargs["working_dir"] = opts["workdir"]
-        keepalive_needed = not opts.get("use_image_command") and "command" not in opts
-        if keepalive_needed:
-            if self._arch_x86_64():
-                kwargs["entrypoint"] = [keepalive.PATH_IN_CONTAINER]
-                kwargs["command"] = []
-            else:
-                # No hand-assembled keep-alive for this architecture: rely on the image's sleep.
-                kwargs["entrypoint"] = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"]
-                kwargs["command"] = []
-        elif "command" in opts:
-            kwargs["command"] = opts["command"]
+        config = self.container_config(target, box, env)
         try:
-            container = self._call("create container", self.client.containers.create, box.ref, **kwargs)
-        except errors.APIError as exc:
-            if exc.status_code == 409:  # a concurrent devenv created it first: use that one
+            cid = self._eng(self.engine.create_container, config, target.resource_name)
+        except EngineError as exc:
+            if exc.status == 409:  # a concurrent devenv created it first: use that one
                 found = self.find(target)
                 if found:
                     return found
-            raise BoxError(f"cannot create the container for '{m.name}': {exc.explanation or exc}") from exc
-        if keepalive_needed and self._arch_x86_64():
-            self.client.api.put_archive(container.id, "/", keepalive.tar_archive())
-        return container.id
+            raise BoxError(f"cannot create the container for '{target.name}': {exc.message}") from exc
+        if config.get("Entrypoint") == [keepalive.PATH_IN_CONTAINER]:
+            self._eng(self.engine.put_archive, cid, "/", keepalive.tar_archive())
+            self._fresh.add(cid)
+        return cid
 
     def find(self, target: Target) -> str | None:
-        if self.raw is not None:
-            found = self._raw_call(
-                self.raw.containers, [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"]
-            )
-            return found[0]["Id"] if found else None
-        found = self._call(
-            "list containers",
-            self.client.containers.list,
-            all=True,
-            filters={"label": [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"]},
+        found = self._eng(
+            self.engine.containers, [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"]
         )
-        return found[0].id if found else None
+        return found[0]["Id"] if found else None
 
     def start(self, handle: str) -> None:
-        errors = self._errors()
+        from devenv.drivers.dockerapi import EngineError
+
+        info = self._inspect(handle)
+        if info is None:
+            raise MachineStateError("the container is gone", hint="run `devenv up` to recreate it")
+        keeps_alive = (info["Config"].get("Entrypoint") or [None])[0] == keepalive.PATH_IN_CONTAINER
         try:
-            info = self._call("inspect", self.client.api.inspect_container, handle)
-            if (info["Config"].get("Entrypoint") or [None])[0] == keepalive.PATH_IN_CONTAINER:
+            if keeps_alive and handle not in self._fresh:
                 # A create interrupted before the keep-alive was copied in (kill -9): repair it.
-                try:
-                    self.client.api.get_archive(handle, keepalive.PATH_IN_CONTAINER)
-                except errors.NotFound:
-                    self.client.api.put_archive(handle, "/", keepalive.tar_archive())
-            self._call("start", self.client.api.start, handle)
-        except errors.NotFound as exc:
-            raise MachineStateError("the container is gone", hint="run `devenv up` to recreate it") from exc
-        except errors.APIError as exc:
-            text = exc.explanation or str(exc)
+                if not self._eng(self.engine.archive_exists, handle, keepalive.PATH_IN_CONTAINER):
+                    self._eng(self.engine.put_archive, handle, "/", keepalive.tar_archive())
+            self._eng(self.engine.start, handle)
+        except EngineError as exc:
+            if exc.status == 404:
+                raise MachineStateError("the container is gone", hint="run `devenv up` to recreate it") from exc
+            text = exc.message
             if "port is already allocated" in text or "address already in use" in text:
                 raise PortConflict(
                     f"a forwarded host port is already in use: {text}",
                     hint="free the port or change `ports` in the Devfile",
                 ) from exc
             raise MachineStateError(f"the container does not start: {text}") from exc
+        if keeps_alive:
+            return  # devenv's own keep-alive does not exit by itself
         # A container whose command exits at once is not a running machine: say why, with its output.
         time.sleep(0.05)
-        info = self._call("inspect", self.client.api.inspect_container, handle)
-        if not info["State"].get("Running"):
-            logs = self.client.api.logs(handle, tail=10).decode(errors="replace").strip()
+        info = self._inspect(handle)
+        if info is not None and not info["State"].get("Running"):
+            logs = self._eng(self.engine.logs, handle, 10).decode(errors="replace").strip()
             raise MachineStateError(
                 f"the container exited right after starting (exit code {info['State'].get('ExitCode')})"
                 + (f":\n{logs}" if logs else ""),
@@ -553,45 +582,30 @@ class DockerDriver:
             )
 
     def stop(self, handle: str, *, force: bool = False) -> None:
-        errors = self._errors()
+        from devenv.drivers.dockerapi import EngineError
+
         try:
             if force:
-                self._call("kill", self.client.api.kill, handle)
+                self._eng(self.engine.kill, handle)
             else:
-                self._call("stop", self.client.api.stop, handle, timeout=10)
-        except errors.NotFound:
-            return
-        except errors.APIError as exc:
-            if "is not running" in str(exc):
+                self._eng(self.engine.stop, handle, 10)
+        except EngineError as exc:
+            if exc.status in (304, 404, 409) or "is not running" in exc.message:
                 return
-            raise
+            raise MachineStateError(f"the container does not stop: {exc.message}") from exc
 
     def destroy(self, handle: str) -> None:
-        errors = self._errors()
-        try:
-            # v=True: anonymous volumes (from the image's VOLUME lines) go with the container.
-            self._call("remove", self.client.api.remove_container, handle, v=True, force=True)
-        except errors.NotFound:
-            return
-        except errors.APIError as exc:
-            if "already in progress" in str(exc):
-                return
-            raise
+        from devenv.drivers.dockerapi import EngineError
 
-    def _raw_call(self, fn, *args):
         try:
-            return fn(*args)
-        except OSError as exc:
-            raise self._unavailable(self._endpoint(), exc) from exc
+            self._eng(self.engine.remove, handle)
+        except EngineError as exc:
+            if exc.status == 404 or "already in progress" in exc.message:
+                return
+            raise MachineStateError(f"the container cannot be removed: {exc.message}") from exc
 
     def _inspect(self, handle: str) -> dict | None:
-        if self.raw is not None:
-            return self._raw_call(self.raw.inspect, handle)
-        errors = self._errors()
-        try:
-            return self._call("inspect", self.client.api.inspect_container, handle)
-        except errors.NotFound:
-            return None
+        return self._eng(self.engine.inspect_container, handle)
 
     def state(self, handle: str) -> MachineState:
         info = self._inspect(handle)
@@ -625,16 +639,14 @@ class DockerDriver:
 
         info = self._inspect(handle)
         name = (info or {}).get("Config", {}).get("Labels", {}).get(LABEL_MACHINE, handle[:12])
-        return DockerTransport(self.client, handle, name, docker_host=os.environ.get("DOCKER_HOST"))
+        return DockerTransport(self.engine, handle, name, docker_host=os.environ.get("DOCKER_HOST"))
 
     def sweep(self, project_id: str) -> list[str]:
         """Remove every container labelled for the project (even without state)."""
         removed = []
-        for c in self._call(
-            "list containers", self.client.containers.list, all=True, filters={"label": f"{LABEL_PROJECT}={project_id}"}
-        ):
-            self.destroy(c.id)
-            removed.append(c.name)
+        for c in self._eng(self.engine.containers, [f"{LABEL_PROJECT}={project_id}"]):
+            self.destroy(c["Id"])
+            removed.append((c.get("Names") or ["/" + c["Id"][:12]])[0].lstrip("/"))
         return removed
 
     def package(self, handle: str, target: Target, name: str, version: str, baked: list[str]) -> dict:
@@ -655,7 +667,20 @@ class DockerDriver:
 
     # -- optional roles ------------------------------------------------------------------------
     def suspend(self, handle: str) -> None:
-        self._call("pause", self.client.api.pause, handle)
+        self._eng(self.engine.pause, handle)
 
     def resume(self, handle: str) -> None:
-        self._call("unpause", self.client.api.unpause, handle)
+        self._eng(self.engine.unpause, handle)
+
+
+def docker_bytes(value: str | int) -> int:
+    """A size as docker's CLI takes it: 67108864, "64m", "1g", "512k", "1GiB"."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    units = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    num, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
+    try:
+        return int(float(num) * units[unit])
+    except ValueError:
+        raise UsageError(f'\'{value}\' is not a size (use e.g. "64m" or "1g")') from None

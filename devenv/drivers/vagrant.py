@@ -847,7 +847,7 @@ class VagrantDriver:
                 hint='set transport = "ssh" in [machines.NAME.vagrant] to go through `vagrant ssh-config`',
             )
         return DockerTransport(
-            driver.client, container_id, self._label(handle), docker_host=os.environ.get("DOCKER_HOST")
+            driver.engine, container_id, self._label(handle), docker_host=os.environ.get("DOCKER_HOST")
         )
 
     def _ssh(self, handle: str, cache: dict) -> PinnedSsh:

@@ -501,6 +501,15 @@ INVALID = [
         """
         [machines.a]
         box = "busybox"
+        docker = { shm_size = "64 megs" }
+        """,
+        ["Devfile:3: machines.a.docker.shm_size: '64 megs' is not a size (use e.g. \"64m\" or \"1g\")"],
+        id="docker-shm-size",
+    ),
+    pytest.param(
+        """
+        [machines.a]
+        box = "busybox"
         env = { "1X" = "a", OK = [1], X = { from_env = "1BAD" }, Y = { from_file = "" }, Z = {}, W = { from_env = "A", from_file = "b" } }
         """,
         [
