@@ -8,7 +8,6 @@ problem in one run.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -240,6 +239,8 @@ class IPAddress(Node):
             problems.append(Problem(path, f"expected an IP address string, got {_type_name(value)}"))
             return MISSING
         try:
+            import ipaddress
+
             ipaddress.ip_address(value)
         except ValueError:
             problems.append(Problem(path, f"'{value}' is not an IP address"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import struct
-import tarfile
 
 BASE = 0x400000
 _HEADER = 64 + 56  # ELF header + one program header
@@ -74,6 +73,8 @@ def tar_archive() -> bytes:
     """A tar holding the program at PATH_IN_CONTAINER (mode 0755), for put_archive at '/'."""
     data = elf_x86_64()
     buf = io.BytesIO()
+    import tarfile  # only `up` needs it
+
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         d = tarfile.TarInfo(".devenv")
         d.type, d.mode = tarfile.DIRTYPE, 0o755

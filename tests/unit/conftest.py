@@ -38,9 +38,11 @@ class ProjectDir:
         return Project(devfile.load(self.root / "Devfile"))
 
     def cli(self, *args: str, input: str | None = None):
-        from devenv.cli import app
+        from devenv.cli import app_for
 
-        result = CliRunner().invoke(app, ["-f", str(self.root / "Devfile"), *args], input=input)
+        argv = ["-f", str(self.root / "Devfile"), *args]
+        # As `devenv` runs it: app_for builds only the command argv names.
+        result = CliRunner().invoke(app_for(argv), argv, input=input)
         assert "Traceback" not in result.output, result.output
         return result
 

@@ -229,3 +229,54 @@ def test_ssh_and_port_name_is_optional_only_with_one_machine(proj):
     r = proj.cli("ssh", "-c", "exit 4")
     assert r.exit_code == 4, r.output
     assert proj.cli("port").exit_code == 0
+
+
+def _names(typer_app) -> set[str]:
+    import typer
+
+    cmd = typer.main.get_command(typer_app)
+    return set(cmd.commands)
+
+
+def test_app_for_builds_only_the_command_that_runs():
+    from devenv.cli import app_for
+
+    every = _names(app)
+    assert {"up", "status", "exec", "global-status", "ssh-config", "box", "snapshot"} <= every
+    for name in every:
+        # Every command and group is found by the name users type, global options before it or not.
+        assert _names(app_for([name])) == {name}
+        assert _names(app_for(["-f", "Devfile", "--debug", name, "--json"])) == {name}
+        assert _names(app_for(["--file", "x", "-q", name])) == {name}
+    # Help, version, typos and nothing at all: the full app, so help and suggestions stay whole.
+    for argv in ([], ["--help"], ["-h"], ["--version"], ["stauts"], ["-f", "Devfile"], ["--", "up"]):
+        assert app_for(argv) is app
+
+
+def test_slim_app_reads_like_the_full_one(proj):
+    from devenv.cli import app_for
+
+    setup(proj)
+    for argv in (["status", "--help"], ["box", "--help"], ["box", "list", "--help"], ["up", "--nope"]):
+        full = CliRunner().invoke(app, argv)
+        slim = CliRunner().invoke(app_for(argv), argv)
+        assert (slim.exit_code, slim.output) == (full.exit_code, full.output)
+    r = CliRunner().invoke(app, ["stauts"])
+    assert r.exit_code == 2 and r.output.count("Did you mean 'status'?") == 1
+
+
+def test_reader_gone_stops_quietly(tmp_path):
+    """`devenv schema | head -1`: a closed pipe is no internal error, just exit 141 like SIGPIPE."""
+    import os
+    import subprocess
+    import sys
+
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)  # the reader has gone before devenv writes
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "devenv", "schema"], stdout=w_fd, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        )
+    finally:
+        os.close(w_fd)
+    assert (p.returncode, p.stderr) == (141, "")
