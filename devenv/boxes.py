@@ -343,6 +343,9 @@ def store_box(name: str, version: str, provider: str, files: dict[str, Path], me
         doc = {"name": name, "version": version, "provider": provider, **meta, "files": entries}
         (tmp / "box.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         if dest.exists():
+            old = find_stored(name, version, provider)
+            if old is not None:
+                ensure_unused(old, "replace")
             shutil.rmtree(dest)
         tmp.rename(dest)
     except OSError as exc:
@@ -361,12 +364,62 @@ def store_box(name: str, version: str, provider: str, files: dict[str, Path], me
     return found
 
 
+def qcow2_backing(path: Path) -> str | None:
+    """The backing file a qcow2 image names in its header, or None (no backing file, not qcow2)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+            if len(head) < 20 or head[:4] != b"QFI\xfb":
+                return None
+            offset, size = struct.unpack(">QI", head[8:20])
+            if not offset or not size or size > 4096:
+                return None
+            f.seek(offset)
+            return f.read(size).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def disk_users(folder: Path) -> list[str]:
+    """The libvirt machines whose disk is an overlay on a file in `folder` (a stored box version).
+
+    Overlays keep pointing at the box's disk for their whole life: replacing or removing that
+    file under them corrupts every machine built on it."""
+    from devenv.state import data_dir
+
+    folder = folder.resolve()
+    users = []
+    for overlay in sorted((data_dir() / "libvirt").glob("*/disk.qcow2")):
+        backing = qcow2_backing(overlay)
+        if backing and folder in Path(backing).resolve().parents:
+            users.append(overlay.parent.name)
+    return users
+
+
+def ensure_unused(box: StoredBox, doing: str) -> None:
+    """Refuse to replace or remove a stored box that machines still boot from."""
+    users = disk_users(box.folder)
+    if users:
+        raise BoxError(
+            f"cannot {doing} box {box.name}@{box.version} ({box.provider}): the disks of "
+            f"{', '.join(users)} are built on it",
+            hint="destroy those machines first (`devenv global-status` lists them), or give the box a new "
+            "version: a box version is meant to stay as it was built",
+        )
+
+
 def remove_stored(name: str, version: str | None, provider: str | None = None) -> list[str]:
     import shutil
 
-    removed = []
-    for b in list_stored():
-        if b.name == name and (version is None or b.version == version) and (provider in (None, b.provider)):
-            shutil.rmtree(b.folder)
-            removed.append(f"{b.name}@{b.version} ({b.provider})")
-    return removed
+    chosen = [
+        b
+        for b in list_stored()
+        if b.name == name and (version is None or b.version == version) and (provider in (None, b.provider))
+    ]
+    for b in chosen:  # all checked before anything goes
+        ensure_unused(b, "remove")
+    for b in chosen:
+        shutil.rmtree(b.folder)
+    return [f"{b.name}@{b.version} ({b.provider})" for b in chosen]

@@ -589,6 +589,8 @@ def box_build(
         if stored and not force:
             ui.info(None, f"box {label} (libvirt) exists in {stored.folder}; --force rebuilds it")
         else:
+            if stored:
+                boxes.ensure_unused(stored, "rebuild")  # before minutes of building, not after
             stored = vmbox.build_libvirt_box(recipe)
             ui.info(None, f"built {label} (libvirt) in {stored.folder} (disk sha256:{stored.digest()[:16]}...)")
     if "vagrant" in outputs:
@@ -693,6 +695,12 @@ def box_prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say 
     gone = 0
     for name, version, provider in sorted(set(found)):
         if (name, version) in keep or newest.get(name) == version:
+            continue
+        stored = boxes.find_stored(name, version, provider) if provider != "docker" else None
+        users = boxes.disk_users(stored.folder) if stored else []
+        if users:
+            # A machine outside every known project (its folder moved, say) still boots from it.
+            ui.info(None, f"keeping {name}@{version} ({provider}): the disks of {', '.join(users)} are built on it")
             continue
         ui.info(None, f"{'would remove' if dry_run else 'removing'} {name}@{version} ({provider})")
         gone += 1
