@@ -22,6 +22,7 @@ IMAGE_REPO = "devenv-box"
 LABEL_BOX = "devenv.box"
 LABEL_VERSION = "devenv.box.version"
 LABEL_BAKED = "devenv.box.baked"  # comma-separated fingerprints of the baked provision steps
+LABEL_KEEPALIVE = "devenv.keepalive"  # the image holds devenv's keep-alive with this digest
 
 SOURCE_TYPES = ("image", "debootstrap", "busybox", "cloud-image", "box")
 

@@ -206,7 +206,9 @@ class DockerDriver:
     def _artifact(name: str, version: str | None, ref: str, img: dict) -> BoxArtifact:
         labels = (img.get("Config") or {}).get("Labels") or {}
         baked = [b for b in labels.get(boxes.LABEL_BAKED, "").split(",") if b]
-        extra = {"baked": baked, "arch": img.get("Architecture", "")}
+        # Boxes devenv built carry its keep-alive already: `up` need not copy it in (~40 ms).
+        has_keepalive = labels.get(boxes.LABEL_KEEPALIVE) == keepalive.digest()
+        extra = {"baked": baked, "arch": img.get("Architecture", ""), "keepalive": has_keepalive}
         return BoxArtifact(name=name, version=version, ref=ref, digest=img["Id"], extra=extra)
 
     # -- validation ----------------------------------------------------------------------------
@@ -245,7 +247,7 @@ class DockerDriver:
         if ref.kind == "image":
             img = self._image(ref.name) or self._pull(ref.name, target.name)
             art = self._artifact(str(ref), None, ref.name, img)
-            art.extra.pop("baked")
+            del art.extra["baked"]
             return art
         if ref.version:
             # A pinned version (Devfile or lock) that is already built: no recipe needed.
@@ -363,7 +365,7 @@ class DockerDriver:
                 'CMD ["/bin/sh"]',
                 "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 f"LABEL {boxes.LABEL_BOX}={recipe.name} {boxes.LABEL_VERSION}={recipe.version} "
-                f"{boxes.LABEL_BAKED}={','.join(baked)}",
+                f"{boxes.LABEL_BAKED}={','.join(baked)} {boxes.LABEL_KEEPALIVE}={keepalive.digest()}",
             ]
             container.commit(repository=f"{boxes.IMAGE_REPO}/{recipe.name}", tag=recipe.version, changes=changes)
         finally:
@@ -534,7 +536,8 @@ class DockerDriver:
                     return found
             raise BoxError(f"cannot create the container for '{target.name}': {exc.message}") from exc
         if config.get("Entrypoint") == [keepalive.PATH_IN_CONTAINER]:
-            self._eng(self.engine.put_archive, cid, "/", keepalive.tar_archive())
+            if not box.extra.get("keepalive"):
+                self._eng(self.engine.put_archive, cid, "/", keepalive.tar_archive())
             self._fresh.add(cid)
         return cid
 
@@ -651,11 +654,11 @@ class DockerDriver:
 
     def package(self, handle: str, target: Target, name: str, version: str, baked: list[str]) -> dict:
         """Commit the machine's container as box NAME@VERSION (devenv-box/NAME:VERSION)."""
-        changes = [
-            "ENTRYPOINT []",
-            'CMD ["/bin/sh"]',
-            f"LABEL {boxes.LABEL_BOX}={name} {boxes.LABEL_VERSION}={version} {boxes.LABEL_BAKED}={','.join(baked)}",
-        ]
+        label = f"LABEL {boxes.LABEL_BOX}={name} {boxes.LABEL_VERSION}={version} {boxes.LABEL_BAKED}={','.join(baked)}"
+        info = self._inspect(handle) or {}
+        if (info.get("Config", {}).get("Entrypoint") or [None])[0] == keepalive.PATH_IN_CONTAINER:
+            label += f" {boxes.LABEL_KEEPALIVE}={keepalive.digest()}"  # the committed files include it
+        changes = ["ENTRYPOINT []", 'CMD ["/bin/sh"]', label]
         img = self._call(
             "commit",
             self.client.containers.get(handle).commit,

@@ -336,8 +336,16 @@ def test_box_commands(proj):
     data = json.loads(listed)
     assert any(b["name"] == "tiny" and b["version"] == "0.1" for b in data["built"])
     assert {"tiny", "busybox", "debian-12"} <= {r["name"] for r in data["recipes"]}
+    # The box carries devenv's keep-alive (so `up` copies nothing in), labelled with its digest.
+    from devenv.drivers import keepalive
+
+    img = proj.client.images.get("devenv-box/tiny:0.1")
+    assert img.labels["devenv.keepalive"] == keepalive.digest()
     proj.run("up", check=True)
     assert proj.status()["m"]["box"] == "tiny@0.1"
+    # The image's copy is what keeps the machine up: it runs under Docker's init.
+    r = proj.run("ssh", "m", "-c", "tr '\\0' ' ' < /proc/1/cmdline", check=True)
+    assert "/.devenv/keepalive" in r.stdout
     r = proj.run("box", "remove", "tiny")
     assert r.returncode == 7 and "in use" in r.stderr
     proj.run("destroy", "-f", check=True)
