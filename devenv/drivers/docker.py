@@ -60,6 +60,12 @@ _OPTIONS = Table(
 )
 
 
+# A box must run like any image (`docker run BOX CMD...` in production), not with devenv's
+# keep-alive as its entrypoint. In a commit, `ENTRYPOINT []` keeps the container's entrypoint;
+# [""] is the engine's "none" (it ignores it when running, as `docker run --entrypoint ""`).
+_NO_ENTRYPOINT = 'ENTRYPOINT [""]'
+
+
 class DockerDriver:
     name: ClassVar[str] = "docker"
     options: ClassVar[Table] = _OPTIONS
@@ -361,7 +367,7 @@ class DockerDriver:
             recipe.bake(transport, label)
             container.stop(timeout=5)
             changes = [
-                "ENTRYPOINT []",
+                _NO_ENTRYPOINT,
                 'CMD ["/bin/sh"]',
                 "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 f"LABEL {boxes.LABEL_BOX}={recipe.name} {boxes.LABEL_VERSION}={recipe.version} "
@@ -658,7 +664,7 @@ class DockerDriver:
         info = self._inspect(handle) or {}
         if (info.get("Config", {}).get("Entrypoint") or [None])[0] == keepalive.PATH_IN_CONTAINER:
             label += f" {boxes.LABEL_KEEPALIVE}={keepalive.digest()}"  # the committed files include it
-        changes = ["ENTRYPOINT []", 'CMD ["/bin/sh"]', label]
+        changes = [_NO_ENTRYPOINT, 'CMD ["/bin/sh"]', label]
         img = self._call(
             "commit",
             self.client.containers.get(handle).commit,

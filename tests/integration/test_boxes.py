@@ -176,6 +176,10 @@ def test_package_a_container_into_a_box(proj, docker_client):
         proj.run("up", check=True)
         r = proj.run("package", "--box", "pkgd", "--version", "7", check=True)
         assert "packaged as box pkgd@7 (docker" in r.stderr
+        # The package runs like any image, outside devenv too: its command, not devenv's keep-alive.
+        assert run_image(docker_client, "devenv-box/pkgd:7", ["cat", "/made"]) == b"made\n"
+        img = docker_client.images.get("devenv-box/pkgd:7")
+        assert img.attrs["Config"]["Cmd"] == ["/bin/sh"] and img.attrs["Config"]["Entrypoint"] in (None, [], [""])
         # A machine on the packaged box skips the step the source machine had applied.
         proj.run("destroy", "-f", check=True)
         proj.devfile('[machines.m]\nbox = "pkgd"\nprovision = [{ type = "shell", inline = "echo made > /made" }]\n')
@@ -188,3 +192,13 @@ def test_package_a_container_into_a_box(proj, docker_client):
             docker_client.images.remove("devenv-box/pkgd:7", force=True)
         except Exception:  # noqa: BLE001
             pass
+
+
+def run_image(client, image: str, cmd: list[str]) -> bytes:
+    """`docker run IMAGE CMD` as production would, bounded: a keep-alive entrypoint would never end."""
+    c = client.containers.run(image, cmd, detach=True)
+    try:
+        c.wait(timeout=30)
+        return c.logs()
+    finally:
+        c.remove(force=True)
