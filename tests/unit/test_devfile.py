@@ -503,7 +503,7 @@ INVALID = [
         box = "busybox"
         docker = { shm_size = "64 megs" }
         """,
-        ["Devfile:3: machines.a.docker.shm_size: '64 megs' is not a size (use e.g. \"64m\" or \"1g\")"],
+        ['Devfile:3: machines.a.docker.shm_size: \'64 megs\' is not a size (use e.g. "64m" or "1g")'],
         id="docker-shm-size",
     ),
     pytest.param(

@@ -84,7 +84,13 @@ def test_content_length_json_and_request_line(engine):
     server, eng = engine
     body = json.dumps([{"Id": "abc", "Names": ["/x"]}]).encode()
     server.replies.append(
-        [reply("200 OK", body + b"garbage after the body is ignored", {"Content-Type": "application/json", "Content-Length": str(len(body))})]
+        [
+            reply(
+                "200 OK",
+                body + b"garbage after the body is ignored",
+                {"Content-Type": "application/json", "Content-Length": str(len(body))},
+            )
+        ]
     )
     assert eng.containers(["devenv.project=p1", "devenv.machine=web"]) == [{"Id": "abc", "Names": ["/x"]}]
     req = server.requests[0].decode()
@@ -119,9 +125,13 @@ def test_body_until_close_and_no_body_answers(engine):
 def test_errors_carry_status_and_engine_message(engine):
     server, eng = engine
     msg = json.dumps({"message": "No such container: nope"}).encode()
-    server.replies.append([reply("404 Not Found", msg, {"Content-Type": "application/json", "Content-Length": str(len(msg))})])
+    server.replies.append(
+        [reply("404 Not Found", msg, {"Content-Type": "application/json", "Content-Length": str(len(msg))})]
+    )
     assert eng.inspect_container("nope") is None  # 404 on inspect: simply absent
-    server.replies.append([reply("404 Not Found", msg, {"Content-Type": "application/json", "Content-Length": str(len(msg))})])
+    server.replies.append(
+        [reply("404 Not Found", msg, {"Content-Type": "application/json", "Content-Length": str(len(msg))})]
+    )
     with pytest.raises(EngineError) as exc:
         eng.start("nope")
     assert (exc.value.status, exc.value.message) == (404, "No such container: nope")
@@ -133,7 +143,9 @@ def test_errors_carry_status_and_engine_message(engine):
 def test_create_sends_the_config_and_returns_the_id(engine):
     server, eng = engine
     out = b'{"Id":"new1","Warnings":[]}'
-    server.replies.append([reply("201 Created", out, {"Content-Type": "application/json", "Content-Length": str(len(out))})])
+    server.replies.append(
+        [reply("201 Created", out, {"Content-Type": "application/json", "Content-Length": str(len(out))})]
+    )
     config = {"Image": "devenv-box/busybox:1", "Labels": {"a": "b"}, "HostConfig": {"Init": True}}
     assert eng.create_container(config, "devenv-p-web") == "new1"
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
@@ -159,7 +171,9 @@ def test_exec_streams_both_outputs_and_returns_the_exit_code(engine):
     head = reply("200 OK", b"", {"Content-Type": "application/vnd.docker.raw-stream"})
     server.replies.append([head + stream[:5], stream[5:17], stream[17:]])
     done = b'{"ExitCode": 3, "Running": false}'
-    server.replies.append([reply("200 OK", done, {"Content-Type": "application/json", "Content-Length": str(len(done))})])
+    server.replies.append(
+        [reply("200 OK", done, {"Content-Type": "application/json", "Content-Length": str(len(done))})]
+    )
     out: list[bytes] = []
     err: list[bytes] = []
     code = eng.exec_run("c1", exec_config(["sh", "-c", "x"], {"K": "v"}, "app", "/w"), out.append, err.append)
