@@ -4,10 +4,10 @@ Each round runs every tool's version of an operation back to back (interleaved),
 number is the median over --runs rounds (default 5). Prints a table of medians and ratios and
 writes JSON (bench/results/latest.json).
 
-    .venv/bin/python bench/run.py [--runs 5] [--no-vagrant]
+    .venv/bin/python bench/run.py [--runs 5] [--no-vagrant] [--no-vm]
 
-Vagrant (Debian's package) is measured when installed; its docker provider has no `ssh -c`
-without SSH in the image (and `vagrant docker-exec` is broken in 2.3.4), so that cell says n/a.
+Vagrant (Debian's package) is measured when installed. Its docker provider runs `ssh -c` only
+over real SSH: bench/vagrant_ssh.py builds a local image with sshd for that row.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEVENV = [sys.executable, "-m", "devenv"]
+# The installed command, as users run it (python -m devenv when there is none next to Python).
+_SCRIPT = Path(sys.executable).with_name("devenv")
+DEVENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "devenv"]
 IMAGE = "devenv-box/busybox:1"
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
 
@@ -48,10 +50,22 @@ def timed(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> 
     return time.perf_counter() - t0
 
 
+def timed_parallel(argvs: list[list[str]]) -> float:
+    """Start every command at once; the time until the last one has finished."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for a in argvs]
+    for p, a in zip(procs, argvs, strict=True):
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"benchmark command failed: {' '.join(a)}\n{err}")
+    return time.perf_counter() - t0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-vagrant", action="store_true")
+    ap.add_argument("--no-vm", action="store_true", help="Leave out the libvirt VM rows (~2 minutes)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
     args = ap.parse_args()
     if shutil.which("docker") is None:
@@ -85,6 +99,17 @@ def main() -> int:
     (vg / "Vagrantfile").write_text(VAGRANTFILE)
     subprocess.run([*DEVENV, "box", "build", "busybox"], cwd=one, env=env, check=True, capture_output=True)
     subprocess.run([*DEVENV, "up"], cwd=steps, env=env, check=True, capture_output=True)
+    vg_ssh = None
+    if vagrant:
+        sys.path.insert(0, str(REPO / "bench"))
+        import vagrant_ssh
+
+        vg_ssh, why = vagrant_ssh.prepare(DEVENV, env, work)
+        if vg_ssh is None:
+            print(f"note: Vagrant's ssh -c left out: {why}", file=sys.stderr)
+        else:
+            vg_up = [vagrant, "up", "--provider", "docker"]
+            subprocess.run(vg_up, cwd=vg_ssh, env=env, check=True, capture_output=True)
 
     results: dict[str, dict[str, list[float]]] = {}
 
@@ -106,6 +131,8 @@ def main() -> int:
 
             add("ssh -c true", "devenv", timed([*DEVENV, "ssh", "b", "-c", "true"], one, env))
             add("ssh -c true", "raw", timed(["docker", "exec", raw, "true"]))
+            if vg_ssh:
+                add("ssh -c true", "vagrant", timed([vagrant, "ssh", "-c", "true"], vg_ssh, env))
             add("exec true", "devenv", timed([*DEVENV, "exec", "b", "--", "true"], one, env))
             add("exec true", "raw", timed(["docker", "exec", raw, "true"]))
 
@@ -120,15 +147,35 @@ def main() -> int:
 
             add("up 4 machines", "devenv", timed([*DEVENV, "up"], four, env))
             subprocess.run([*DEVENV, "destroy", "-f"], cwd=four, env=env, check=True, capture_output=True)
+            # The engine's own parallelism: four `docker run`s at once.
+            names = [f"{raw}-{i}" for i in range(4)]
+            add(
+                "up 4 machines",
+                "raw",
+                timed_parallel([["docker", "run", "-d", "--init", "--name", n, IMAGE, *KEEPALIVE] for n in names]),
+            )
+            subprocess.run(["docker", "rm", "-f", *names], check=True, capture_output=True)
     finally:
-        subprocess.run(["docker", "rm", "-f", raw], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", raw, *[f"{raw}-{i}" for i in range(4)]], capture_output=True)
         for d in (one, four, steps):
             subprocess.run([*DEVENV, "destroy", "-f"], cwd=d, env=env, capture_output=True)
         if vagrant:
             subprocess.run([vagrant, "destroy", "-f"], cwd=vg, env=env, capture_output=True)
+        if vg_ssh:
+            subprocess.run([vagrant, "destroy", "-f"], cwd=vg_ssh, env=env, capture_output=True)
+    vm_note = "left out (--no-vm)"
+    if not args.no_vm:
+        sys.path.insert(0, str(REPO / "bench"))
+        import vm
+
+        vm_note = vm.measure(DEVENV, env, work, args.runs, add, timed)
+        if vm_note:
+            print(f"note: VM rows left out: {vm_note}", file=sys.stderr)
 
     med = {op: {tool: statistics.median(v) for tool, v in tools.items()} for op, tools in results.items()}
-    med["up 4 machines"]["devenv (1 machine)"] = med["up (image present)"]["devenv"]
+    one, four_up = med["up (image present)"], med["up 4 machines"]
+    # Parallelism: four machines against one, for devenv and for the raw engine itself.
+    scaling = {tool: four_up[tool] / one[tool] for tool in ("devenv", "raw") if tool in four_up and tool in one}
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -148,18 +195,22 @@ def main() -> int:
 
     for op, m in med.items():
         d, r, v = m.get("devenv"), m.get("raw"), m.get("vagrant")
-        if op == "up 4 machines":
-            r = m["devenv (1 machine)"]
         ratio_r = f"{d / r:.2f}" if d and r else "n/a"
         ratio_v = f"{d / v:.2f}" if d and v else "n/a"
-        label = op + (" (raw = devenv up of 1)" if op == "up 4 machines" else "")
-        print(f"| {label} | {cell(d)} | {cell(r)} | {cell(v)} | {ratio_r} | {ratio_v} |")
+        print(f"| {op} | {cell(d)} | {cell(r)} | {cell(v)} | {ratio_r} | {ratio_v} |")
+    print(
+        "four machines up in parallel against one: "
+        + ", ".join(f"{tool} {ratio:.2f}x" for tool, ratio in scaling.items())
+        + f" ({os.cpu_count()} cores)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
                 "runs": args.runs,
                 "medians": med,
+                "parallel_scaling": scaling,
+                "vm_rows": vm_note or "measured",
                 "samples": results,
                 "cpu": cpu,
                 "cores": os.cpu_count(),
