@@ -78,24 +78,8 @@ class DockerDriver:
 
     # -- engine access -----------------------------------------------------------------------
     def endpoint(self) -> str:
-        host = os.environ.get("DOCKER_HOST")
-        if host:
-            return host
-        return "unix:///var/run/docker.sock"
-
-    def _uses_context(self) -> bool:
-        """A non-default `docker context` is configured (then the SDK resolves the endpoint)."""
-        if os.environ.get("DOCKER_HOST"):
-            return False
-        if os.environ.get("DOCKER_CONTEXT", "default") != "default":
-            return True
-        cfg = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
-        try:
-            import json
-
-            return json.loads(cfg.read_text()).get("currentContext", "default") not in ("", "default")
-        except (OSError, ValueError):
-            return False
+        """Where the engine is: DOCKER_HOST, else the current `docker context`, else the default socket."""
+        return os.environ.get("DOCKER_HOST") or context_host() or "unix:///var/run/docker.sock"
 
     @property
     def engine(self) -> Any:
@@ -104,7 +88,7 @@ class DockerDriver:
             from devenv.drivers import dockerapi
 
             endpoint = self.endpoint()
-            if endpoint.startswith("unix://") and not self._uses_context():
+            if endpoint.startswith("unix://"):  # the local engine, rootless ones and contexts included
                 self._engine = dockerapi.UnixEngine(endpoint[len("unix://") :])
             else:
                 self._engine = dockerapi.SdkEngine(self.client.api)
@@ -680,6 +664,28 @@ class DockerDriver:
 
     def resume(self, handle: str) -> None:
         self._eng(self.engine.unpause, handle)
+
+
+def context_host() -> str | None:
+    """The engine address of the current non-default `docker context` (DOCKER_CONTEXT or the CLI's
+    config.json), read from the CLI's own files without importing the SDK; None for the default."""
+    import hashlib
+    import json
+
+    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    name = os.environ.get("DOCKER_CONTEXT")
+    if not name:
+        try:
+            name = json.loads((config / "config.json").read_text()).get("currentContext")
+        except (OSError, ValueError, AttributeError):
+            return None
+    if not name or name == "default":
+        return None
+    meta = config / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    try:
+        return json.loads(meta.read_text())["Endpoints"]["docker"]["Host"] or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def docker_bytes(value: str | int) -> int:

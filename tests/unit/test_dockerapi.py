@@ -218,3 +218,38 @@ def test_demux_keeps_order_within_each_stream():
     wire = frame(1, b"a") + frame(2, b"b") + frame(1, b"c" * 70000)
     demux(iter([wire[i : i + 7] for i in range(0, len(wire), 7)]), out.append, err.append)
     assert b"".join(out) == b"a" + b"c" * 70000 and b"".join(err) == b"b"
+
+
+def test_docker_context_is_followed_without_the_sdk(tmp_path, monkeypatch, engine):
+    """A rootless or other non-default `docker context` with a unix socket gets the direct client."""
+    import hashlib
+
+    from devenv.drivers.docker import DockerDriver, context_host
+
+    server, _ = engine
+    cfg = tmp_path / "docker-config"
+    meta = cfg / "contexts" / "meta" / hashlib.sha256(b"laptop").hexdigest()
+    meta.mkdir(parents=True)
+    sock = f"unix://{server.path}"
+    meta.joinpath("meta.json").write_text(json.dumps({"Name": "laptop", "Endpoints": {"docker": {"Host": sock}}}))
+    cfg.joinpath("config.json").write_text(json.dumps({"currentContext": "laptop"}))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(cfg))
+    assert context_host() == sock
+    d = DockerDriver()
+    assert d.endpoint() == sock and isinstance(d.engine, UnixEngine) and d.engine.path == str(server.path)
+    server.replies.append([reply("200 OK", b"OK", {"Content-Length": "2"})])
+    d.check_available()
+    assert server.requests[-1].startswith(b"GET /v1.41/_ping ")
+    # DOCKER_CONTEXT wins over config.json; DOCKER_HOST over both; "default" is the default socket.
+    monkeypatch.setenv("DOCKER_CONTEXT", "default")
+    assert context_host() is None and DockerDriver().endpoint() == "unix:///var/run/docker.sock"
+    monkeypatch.setenv("DOCKER_CONTEXT", "laptop")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///elsewhere.sock")
+    assert DockerDriver().endpoint() == "unix:///elsewhere.sock"
+    # A broken config is the default, not a crash.
+    monkeypatch.delenv("DOCKER_HOST")
+    monkeypatch.delenv("DOCKER_CONTEXT")
+    cfg.joinpath("config.json").write_text("{not json")
+    assert context_host() is None
