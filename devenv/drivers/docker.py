@@ -64,6 +64,7 @@ _OPTIONS = Table(
 # keep-alive as its entrypoint. In a commit, `ENTRYPOINT []` keeps the container's entrypoint;
 # [""] is the engine's "none" (it ignores it when running, as `docker run --entrypoint ""`).
 _NO_ENTRYPOINT = 'ENTRYPOINT [""]'
+BUILD_PREFIX = "devenv-build-"  # the temporary containers box builds bake in
 
 
 class DockerDriver:
@@ -341,8 +342,9 @@ class DockerDriver:
             command=[],
             init=True,
             detach=True,
-            name=f"devenv-build-{recipe.name}-{uuid.uuid4().hex[:8]}",
-            labels={"devenv.build": recipe.name},
+            # Found by its name prefix, not a label: a commit keeps the container's labels, and
+            # every machine made from the box would carry a build label.
+            name=f"{BUILD_PREFIX}{recipe.name}-{uuid.uuid4().hex[:8]}",
         )
         try:
             self.client.api.put_archive(container.id, "/", keepalive.tar_archive())
