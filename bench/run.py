@@ -97,27 +97,26 @@ def main() -> int:
         + "]\n"
     )
     (vg / "Vagrantfile").write_text(VAGRANTFILE)
-    subprocess.run([*DEVENV, "box", "build", "busybox"], cwd=one, env=env, check=True, capture_output=True)
-    subprocess.run([*DEVENV, "up"], cwd=steps, env=env, check=True, capture_output=True)
-    vg_ssh = None
-    if vagrant:
-        sys.path.insert(0, str(REPO / "bench"))
-        import vagrant_ssh
-
-        vg_ssh, why = vagrant_ssh.prepare(DEVENV, env, work)
-        if vg_ssh is None:
-            print(f"note: Vagrant's ssh -c left out: {why}", file=sys.stderr)
-        else:
-            vg_up = [vagrant, "up", "--provider", "docker"]
-            subprocess.run(vg_up, cwd=vg_ssh, env=env, check=True, capture_output=True)
-
     results: dict[str, dict[str, list[float]]] = {}
 
     def add(op: str, tool: str, value: float) -> None:
         results.setdefault(op, {}).setdefault(tool, []).append(value)
 
     raw = "devenv-bench-raw"
-    try:
+    vg_ssh = None
+    try:  # from the first machine on: whatever fails, the finally removes what was made
+        subprocess.run([*DEVENV, "box", "build", "busybox"], cwd=one, env=env, check=True, capture_output=True)
+        subprocess.run([*DEVENV, "up"], cwd=steps, env=env, check=True, capture_output=True)
+        if vagrant:
+            sys.path.insert(0, str(REPO / "bench"))
+            import vagrant_ssh
+
+            vg_ssh, why = vagrant_ssh.prepare(DEVENV, env, work)
+            if vg_ssh is None:
+                print(f"note: Vagrant's ssh -c left out: {why}", file=sys.stderr)
+            else:
+                vg_up = [vagrant, "up", "--provider", "docker"]
+                subprocess.run(vg_up, cwd=vg_ssh, env=env, check=True, capture_output=True)
         for _ in range(args.runs):
             add("up (image present)", "devenv", timed([*DEVENV, "up"], one, env))
             add("up (image present)", "raw", timed(["docker", "run", "-d", "--init", "--name", raw, IMAGE, *KEEPALIVE]))
