@@ -41,16 +41,28 @@ def _engine(name: str, needed: bool) -> Check:
     return Check(name, "ok", "available", "", needed)
 
 
-def _tool(name: str, cmd: list[str], fix: str, needed: bool, what: str) -> Check:
-    path = shutil.which(cmd[0])
+def _tool(name: str, cmd: list[str], fix: str, needed: bool, what: str, path: str | None = None) -> Check:
+    """A host command; `path` when devenv finds it elsewhere than on PATH (as the feature will)."""
+    path = path or shutil.which(cmd[0])
     if path is None:
         return Check(name, "missing", f"{cmd[0]} not found ({what})", fix, needed)
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        out = subprocess.run([path, *cmd[1:]], capture_output=True, text=True, timeout=20)
         version = (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else ""
     except (OSError, subprocess.TimeoutExpired):
         version = ""
     return Check(name, "ok", f"{path} {version}".strip(), "", needed)
+
+
+def _ansible_playbook() -> str | None:
+    """Where the ansible provisioner will find it: beside devenv's Python (its venv) first."""
+    from devenv.errors import DevenvError
+    from devenv.provisioners.ansible import find_ansible_playbook
+
+    try:
+        return find_ansible_playbook()
+    except DevenvError:
+        return None
 
 
 def run_checks(project=None) -> list[Check]:
@@ -97,6 +109,7 @@ def run_checks(project=None) -> list[Check]:
             "pip install 'devenv[ansible]'",
             "ansible" in steps,
             "ansible provisioner",
+            path=_ansible_playbook(),
         ),
         _tool("ssh", ["ssh", "-V"], "apt-get install openssh-client", bool(drivers - {"docker"}), "SSH to VMs"),
         _tool(

@@ -11,9 +11,11 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -407,6 +409,11 @@ def test_doctor_reports_what_the_devfile_needs(proj):
         assert checks["hardware virtualisation"]["status"] in ("ok", "warn")
     r = proj.run("doctor")
     assert r.returncode == 0 and f"port 127.0.0.1:{port}/tcp" in r.stdout
+    # Tools are looked for where devenv will run them: ansible-playbook beside devenv's Python
+    # (its venv, which CI installs with ansible) counts even when that venv is not on PATH.
+    r = proj.run("doctor", "--json", env={"PATH": "/usr/bin:/bin"})
+    ansible = {c["name"]: c for c in json.loads(r.stdout)["checks"]}["ansible-playbook"]
+    assert ansible["status"] == "ok" and ansible["detail"].startswith(str(Path(sys.executable).parent)), ansible
     # A Devfile that needs VirtualBox on a machine without it: non-zero, with the fix.
     proj.devfile('[machines.v]\ndriver = "virtualbox"\nbox = "x"\n')
     r = proj.run("doctor", env={"PATH": "/usr/bin:/bin", "VBOXMANAGE": "/nonexistent/VBoxManage"})
