@@ -148,6 +148,24 @@ class LibvirtDriver(VmMetadataMixin):
     def _uri_for(self, machine) -> str:
         return machine.driver_options().get("uri") or self.default_uri()
 
+    def _check_same_host(self, uri: str) -> None:
+        """Refuse a libvirt host that is another machine, before anything is made.
+
+        The disk overlay, seed and kernel are files devenv makes on this machine, and SSH reaches
+        the VM through a port forward on the libvirt host's 127.0.0.1: with qemu+ssh:// to
+        another machine both would fail only after a long boot wait."""
+        import socket
+
+        remote = self.conn(uri).getHostname()
+        if remote in (socket.gethostname(), socket.getfqdn()):
+            return
+        raise UnsupportedOperation(
+            f"{uri} is libvirt on another machine ({remote}); devenv's libvirt machines run on the host "
+            "devenv runs on (their disks are made here and SSH goes through the host's loopback)",
+            hint=f"run devenv on {remote} itself (ssh there, then `devenv up`), or use a container on a "
+            "remote Docker engine (DOCKER_HOST=ssh://...)",
+        )
+
     def _dom(self, handle: str) -> Any | None:
         uri, name = split_handle(handle)
         lib = self._lib()
@@ -270,6 +288,7 @@ class LibvirtDriver(VmMetadataMixin):
         handle = f"{uri}#{target.resource_name}"
         if self._dom(handle) is not None:
             return handle
+        self._check_same_host(uri)
         folder = self.storage_dir(target.resource_name)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         overlay = folder / "disk.qcow2"

@@ -149,3 +149,30 @@ def test_forwards_refuse_a_busy_host_port_unless_auto_correct(tmp_path):
         fwd = driver._forwards(Target(df.project_id, df.root, df.machines["vm"]))
         assert fwd[0]["host"] > port and fwd[0]["guest"] == 80
         assert fwd[1]["host"] > 0 and fwd[1]["host_ip"] == "127.0.0.1", "no host port given: a free one is chosen"
+
+
+class _Conn:
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+
+    def isAlive(self) -> bool:  # noqa: N802 - libvirt's name
+        return True
+
+    def getHostname(self) -> str:  # noqa: N802 - libvirt's name
+        return self.hostname
+
+
+def test_libvirt_on_another_machine_is_refused_before_anything_is_made():
+    import socket
+
+    from devenv.drivers.libvirt import LibvirtDriver
+    from devenv.errors import UnsupportedOperation
+
+    d = LibvirtDriver()
+    d._conns["qemu+ssh://root@bighost/system"] = _Conn("bighost")
+    with pytest.raises(UnsupportedOperation) as exc:
+        d._check_same_host("qemu+ssh://root@bighost/system")
+    assert "libvirt on another machine (bighost)" in exc.value.message and "run devenv on bighost" in exc.value.hint
+    # The same machine through ssh (as the remote-engine test does) is fine.
+    d._conns["qemu+ssh://root@127.0.0.1:2222/system"] = _Conn(socket.gethostname())
+    d._check_same_host("qemu+ssh://root@127.0.0.1:2222/system")
