@@ -287,17 +287,26 @@ class SdkEngine:
     def __init__(self, api: Any) -> None:
         self.api = api
 
-    def _do(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    @staticmethod
+    def _translate(exc: Exception) -> Exception:
+        """The SDK's errors as this module's: EngineError, or OSError for an engine not reached."""
         import docker.errors
         import requests
 
+        if isinstance(exc, docker.errors.APIError):
+            return EngineError(exc.status_code or 500, str(exc.explanation or exc))
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            return ConnectionError(str(exc))
+        return exc
+
+    def _do(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except docker.errors.APIError as exc:
-            status = exc.status_code or 500
-            raise EngineError(status, str(exc.explanation or exc)) from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise ConnectionError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it is
+            new = self._translate(exc)
+            if new is exc:
+                raise
+            raise new from exc
 
     def _maybe(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -382,19 +391,15 @@ class SdkEngine:
             workdir=config.get("WorkingDir"),
         )
 
-        def frames() -> Iterator[tuple[bytes | None, bytes | None]]:
-            yield from self.api.exec_start(ex["Id"], stream=True, demux=True)
-
         try:
-            for out, err in frames():
+            for out, err in self.api.exec_start(ex["Id"], stream=True, demux=True):
                 if out:
                     on_stdout(out)
                 if err:
                     on_stderr(err)
-        except Exception as exc:  # noqa: BLE001 - mapped like every other call
-            self._do(_reraise, exc)
+        except Exception as exc:  # noqa: BLE001 - the stream fails like any other call
+            new = self._translate(exc)
+            if new is exc:
+                raise
+            raise new from exc
         return self._do(self.api.exec_inspect, ex["Id"]).get("ExitCode")
-
-
-def _reraise(exc: BaseException) -> None:
-    raise exc
