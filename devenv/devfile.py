@@ -438,8 +438,15 @@ def find_devfile(start: Path | None = None) -> Path:
     for folder in (here, *here.parents):
         for n in DEVFILE_NAMES:
             p = folder / n
-            if p.is_file():
-                return p
+            try:
+                if p.is_file():
+                    return p
+            except PermissionError as exc:  # Python 3.11's is_file() raises it rather than say False
+                raise DevfileError(
+                    f"cannot look for a Devfile in {folder}: permission denied",
+                    hint="run devenv as a user who can read the project folder (and every folder above it), "
+                    "or name the Devfile with `devenv -f PATH`",
+                ) from exc
     raise DevfileError(
         f"no Devfile found in {here} or any parent folder",
         hint="create one with `devenv init`, or name one with `devenv -f PATH`",
@@ -457,9 +464,18 @@ def _slug_hostname(name: str) -> str:
 
 def load(path: Path | None = None) -> Devfile:
     """Load and fully validate a Devfile; raise DevfileError listing every problem."""
-    path = (path or find_devfile()).resolve() if path is None or Path(path).exists() else Path(path)
-    if not path.exists():
+    if path is None:
+        path = find_devfile()
+    try:
+        found = Path(path).exists()
+    except PermissionError as exc:
+        raise DevfileError(
+            f"cannot read {path}: permission denied",
+            hint="run devenv as a user who can read the project folder (and every folder above it)",
+        ) from exc
+    if not found:
         raise DevfileError(f"Devfile not found: {path}", hint="check the path given with -f")
+    path = Path(path).resolve()
     devfile, problems = check_file(path)
     if problems:
         raise DevfileError(

@@ -72,11 +72,18 @@ class ProjectState:
         self.dir = root / STATE_DIR
 
     def ensure(self) -> None:
-        if not self.dir.is_dir():
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        gi = self.dir / ".gitignore"
-        if not gi.exists():
-            atomic_write(gi, "# written by devenv: local machine state, never commit it\n*\n", mode=0o644)
+        try:
+            if not self.dir.is_dir():
+                self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            gi = self.dir / ".gitignore"
+            if not gi.exists():
+                atomic_write(gi, "# written by devenv: local machine state, never commit it\n*\n", mode=0o644)
+        except OSError as exc:  # checked before anything is made: the command stops here
+            raise StateError(
+                f"cannot write devenv's state folder {self.dir}: {exc.strerror or exc}",
+                hint="devenv keeps a project's state in .devenv/ beside its Devfile: run it as a user who can "
+                "write the project folder (or make the folder writable)",
+            ) from exc
 
     def machine_file(self, name: str) -> Path:
         return self.dir / "machines" / f"{name}.json"
@@ -172,8 +179,14 @@ class GlobalIndex:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(
+                f"cannot write devenv's data folder {self.path.parent}: {exc.strerror or exc}",
+                hint="set DEVENV_HOME to a folder you can write, or fix that folder's permissions",
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
