@@ -23,19 +23,20 @@ class Check:
         return asdict(self)
 
 
-def _engine(name: str, needed: bool) -> Check:
+def _engine(name: str, needed: bool, machine=None) -> Check:
+    """The engine a driver uses (the one `machine` names, e.g. its own libvirt URI)."""
     from devenv.drivers import get_driver
 
     try:
         driver = get_driver(name)
-        driver.check_available()
+        driver.check_available(machine)
     except DevenvError as exc:
         return Check(name, "missing", exc.message, exc.hint or "", needed)
     if name == "docker":
         info = driver.engine.version()
         return Check(name, "ok", f"engine {info.get('Version')} at {driver.endpoint()}", "", needed)
     if name == "libvirt":
-        conn = driver.conn()
+        conn = driver.conn(driver._uri_for(machine) if machine is not None else None)
         v = conn.getLibVersion()
         return Check(name, "ok", f"libvirt {v // 1000000}.{v // 1000 % 1000} at {conn.getURI()}", "", needed)
     return Check(name, "ok", "available", "", needed)
@@ -65,6 +66,21 @@ def _ansible_playbook() -> str | None:
         return None
 
 
+def _libvirt_checks(machines: list) -> list[Check]:
+    """One check per libvirt the Devfile's machines use (qemu:///session, a remote URI, ...)."""
+    per_uri = {}
+    for m in machines:
+        if m.driver == "libvirt":
+            per_uri.setdefault(m.driver_options().get("uri"), m)
+    if not per_uri:
+        return [_engine("libvirt", False)]
+    checks = [_engine("libvirt", True, m) for m in per_uri.values()]
+    if len(checks) > 1:
+        for c, uri in zip(checks, per_uri, strict=True):
+            c.name = f"libvirt {uri or 'default'}"
+    return checks
+
+
 def run_checks(project=None) -> list[Check]:
     from devenv.drivers.libvirt import hardware_virt_usable
     from devenv.state import data_dir
@@ -74,7 +90,7 @@ def run_checks(project=None) -> list[Check]:
     steps = {s.type for m in machines for s in m.provision}
     checks = [
         _engine("docker", "docker" in drivers),
-        _engine("libvirt", "libvirt" in drivers),
+        *_libvirt_checks(machines),
     ]
     if hardware_virt_usable():
         checks.append(Check("hardware virtualisation", "ok", "vmx/svm and /dev/kvm: VMs run with KVM"))

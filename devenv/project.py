@@ -278,7 +278,7 @@ class Project:
 
     def _up_one(self, name: str, *, provision: bool) -> None:
         driver = self.driver(name)
-        driver.check_available()
+        driver.check_available(self.devfile.machines[name])
         target = self.target(name)
         st = self.state.load(name) or {}
         handle = self.handle(name)
@@ -530,7 +530,7 @@ class Project:
         wanted = self.names(names)
         with self.state.lock("provision"):
             for n in wanted:
-                self.driver(n).check_available()
+                self.driver(n).check_available(self.devfile.machines[n])
                 handle = self.require_running(n)
                 self._provision(n, handle, force=force, only=only)
 
@@ -539,7 +539,7 @@ class Project:
         wanted = self.names(names)
         with self.state.lock("halt"):
             for n in reversed(self.devfile.order(wanted) if not names else wanted):
-                self.driver(n).check_available()
+                self.driver(n).check_available(self.devfile.machines[n])
                 h, st = self.live_state(n)
                 if st is MachineState.NOT_CREATED:
                     ui.info(n, "not created")
@@ -556,7 +556,7 @@ class Project:
         with self.state.lock("destroy"):
             for n in reversed(self.devfile.order(wanted) if not names else wanted):
                 driver = self.driver(n)
-                driver.check_available()
+                driver.check_available(self.devfile.machines[n])
                 h = self.handle(n, tolerant=True)
                 if h is None:
                     ui.info(n, "not created")
@@ -585,7 +585,7 @@ class Project:
                 if not m.box:
                     continue
                 driver = self.driver(n)
-                driver.check_available()
+                driver.check_available(self.devfile.machines[n])
                 old = self.lock.get(n)
                 with self._box_lock(m.box):
                     box = driver.prepare_box(self.target(n), m.box)
@@ -601,7 +601,7 @@ class Project:
         driver = self.driver(name)
         if not hasattr(driver, "package"):
             raise UnsupportedOperation(f"the {driver.name} driver cannot package machines yet")
-        driver.check_available()
+        driver.check_available(self.devfile.machines[name])
         h, live = self.live_state(name)
         if live is MachineState.NOT_CREATED:
             raise MachineStateError(f"machine '{name}' is not created", hint=f"run `devenv up {name}`")
@@ -631,7 +631,7 @@ class Project:
         with self.state.lock("reload"):
             for n in wanted:
                 driver = self.driver(n)
-                driver.check_available()
+                driver.check_available(self.devfile.machines[n])
                 h, live = self.live_state(n)
                 st = self.state.load(n) or {}
                 drift = self.drift(n, st) if live is not MachineState.NOT_CREATED else None
@@ -684,18 +684,19 @@ class Project:
     def status(self, names: list[str] | None = None) -> list[MachineStatus]:
         out = []
         wanted = self.names(names)
-        available: dict[str, DevenvError | None] = {}
+        available: dict[tuple, DevenvError | None] = {}
         for n in wanted:
             m = self.devfile.machines[n]
             driver = self.driver(n)
-            if m.driver not in available:
+            engine = (m.driver, str(m.driver_options().get("uri")))  # machines may name their own libvirt
+            if engine not in available:
                 try:
-                    driver.check_available()
-                    available[m.driver] = None
+                    driver.check_available(m)
+                    available[engine] = None
                 except DevenvError as exc:
-                    available[m.driver] = exc
-            if available[m.driver] is not None:
-                raise available[m.driver]  # type: ignore[misc]
+                    available[engine] = exc
+            if available[engine] is not None:
+                raise available[engine]  # type: ignore[misc]
             st = self.state.load(n)
             h, live = self.live_state(n)
             box = None
@@ -753,7 +754,7 @@ class Project:
     def transport_for(self, name: str):
         self.machine(name)
         driver = self.driver(name)
-        driver.check_available()
+        driver.check_available(self.devfile.machines[name])
         return self._transport(name, self.require_running(name))
 
     # -- sync folders that are copies (rsync), not shares --------------------------------------
@@ -778,7 +779,7 @@ class Project:
 
     def rsync(self, names: list[str] | None = None) -> None:
         for n in self.names(names):
-            self.driver(n).check_available()
+            self.driver(n).check_available(self.devfile.machines[n])
             h = self.require_running(n)
             if not self._push_sync(n, h):
                 ui.info(n, "no copied sync folders (shared folders need no push)")
@@ -793,7 +794,7 @@ class Project:
             raise UnsupportedOperation(
                 f"the {driver.name} driver has no snapshots", hint="snapshots need a VM driver (libvirt)"
             )
-        driver.check_available()
+        driver.check_available(self.devfile.machines[name])
         h, st = self.live_state(name)
         if st is MachineState.NOT_CREATED:
             raise MachineStateError(f"machine '{name}' is not created", hint=f"run `devenv up {name}`")
@@ -820,7 +821,7 @@ class Project:
         blocks = []
         for n in self.names(names):
             driver = self.driver(n)
-            driver.check_available()
+            driver.check_available(self.devfile.machines[n])
             h, st = self.live_state(n)
             if st is MachineState.NOT_CREATED:
                 continue
@@ -860,7 +861,7 @@ class Project:
     def ports(self, name: str):
         self.machine(name)
         driver = self.driver(name)
-        driver.check_available()
+        driver.check_available(self.devfile.machines[name])
         h, live = self.live_state(name)
         if live is MachineState.NOT_CREATED:
             raise MachineStateError(f"machine '{name}' is not created", hint=f"run `devenv up {name}`")

@@ -164,7 +164,7 @@ class DockerDriver:
 
         return docker.errors
 
-    def check_available(self) -> None:
+    def check_available(self, machine=None) -> None:
         try:
             self.engine.ping()
         except BackendUnavailable:

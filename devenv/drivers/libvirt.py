@@ -142,8 +142,9 @@ class LibvirtDriver(VmMetadataMixin):
             hint="check the URI and that libvirtd runs there (`virsh -c URI version`)",
         )
 
-    def check_available(self) -> None:
-        self.conn()
+    def check_available(self, machine=None) -> None:
+        """The libvirt the machine names (`uri`, e.g. qemu:///session), else the default one."""
+        self.conn(self._uri_for(machine) if machine is not None else None)
 
     def _uri_for(self, machine) -> str:
         return machine.driver_options().get("uri") or self.default_uri()

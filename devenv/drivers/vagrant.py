@@ -401,7 +401,7 @@ class VagrantDriver:
         self.calls: list[tuple[str, float]] = []  # (vagrant command, seconds): for --debug and tests
 
     # -- Vagrant access ------------------------------------------------------------------------
-    def check_available(self) -> None:
+    def check_available(self, machine=None) -> None:
         if shutil.which("vagrant") is None:
             raise BackendUnavailable("Vagrant is not installed (no `vagrant` command on PATH)", hint=INSTALL_HINT)
         self._module()

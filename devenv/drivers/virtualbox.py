@@ -238,7 +238,7 @@ class VirtualBoxDriver(VmMetadataMixin):
             "Could not find a registered machine" in r.stderr or "VBOX_E_OBJECT_NOT_FOUND" in r.stderr
         )
 
-    def check_available(self) -> None:
+    def check_available(self, machine=None) -> None:
         r = self._run("--version", check=False, timeout=60)
         found = parse_version(r.stdout) if r.returncode == 0 else None
         if found is None:

@@ -7,6 +7,7 @@ gets its own virtualenv (Debian's python3, devenv installed from a copy of this 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,11 +49,15 @@ def user_devenv(docker_driver):
     os.chmod(src, 0o755)
     for part in ("pyproject.toml", "README.md", "devenv", "boxes", "provisioners"):
         (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, src / part)
+    # libvirt-python compiles against libvirt-dev (a minute): take the wheel root's install built.
+    for wheel in (Path.home() / ".cache" / "pip" / "wheels").rglob("libvirt_python-*.whl"):
+        shutil.copy(wheel, src / wheel.name)
     subprocess.run(["chown", "-R", f"{USER}:", str(src)], check=True)  # pip writes its build metadata there
     venv = f"/home/{USER}/venv"
     r = as_user("/usr/bin/python3", "-m", "venv", "--clear", venv)
     assert r.returncode == 0, r.stderr
-    r = as_user(f"{venv}/bin/pip", "install", "-q", "--disable-pip-version-check", str(src), timeout=900)
+    pip = [f"{venv}/bin/pip", "install", "-q", "--disable-pip-version-check", "--find-links", str(src)]
+    r = as_user(*pip, f"{src}[libvirt]", timeout=900)
     assert r.returncode == 0, r.stderr
     yield f"{venv}/bin/devenv"
     subprocess.run([sbin("gpasswd"), "-d", USER, "docker"], capture_output=True)
@@ -133,3 +138,45 @@ def test_a_user_in_the_docker_group_gets_a_machine(user_devenv, user_project):
         r = as_user(user_devenv, "destroy", "-f", cwd=user_project)
         subprocess.run([sbin("gpasswd"), "-d", USER, "docker"], capture_output=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_user_runs_a_vm_on_qemu_session(user_devenv, user_project, tiny_guest, libvirt_driver):
+    """No root, no libvirt group: the user's own libvirtd (qemu:///session), started on demand."""
+    guest = user_project.parent / "guest"
+    guest.mkdir()
+    for fn in ("disk.qcow2", "vmlinuz", "initrd.img", "cmdline"):
+        shutil.copy(tiny_guest / fn, guest / fn)
+    subprocess.run(["chown", "-R", f"{USER}:", str(guest)], check=True)
+    store = (
+        f"from pathlib import Path; from devenv import boxes; g = Path({str(guest)!r}); "
+        "boxes.store_box('tiny-vm', '1', 'libvirt', {'disk': g / 'disk.qcow2', 'kernel': g / 'vmlinuz', "
+        "'initrd': g / 'initrd.img'}, {'cmdline': (g / 'cmdline').read_text().strip(), 'ssh_user': 'root'})"
+    )
+    r = as_user(str(Path(user_devenv).with_name("python")), "-c", store)
+    assert r.returncode == 0, r.stderr
+    (user_project / "Devfile").write_text(
+        '[machines.v]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n'
+        '[machines.v.libvirt]\nuri = "qemu:///session"\n'
+    )
+    # doctor checks the libvirt the Devfile names, not qemu:///system (which the user cannot use).
+    r = as_user(user_devenv, "doctor", "--json", cwd=user_project)
+    libvirt = {c["name"]: c for c in json.loads(r.stdout)["checks"]}["libvirt"]
+    assert libvirt["status"] == "ok" and "qemu:///session" in libvirt["detail"], libvirt
+    assert r.returncode == 0, r.stdout
+    try:
+        r = as_user(user_devenv, "up", cwd=user_project)
+        assert r.returncode == 0, r.stderr
+        r = as_user(user_devenv, "ssh", "v", "-c", "hostname", cwd=user_project)
+        assert (r.returncode, r.stdout) == (0, "v\n"), r.stderr
+        # QEMU runs as the user, not root: the session is the user's own.
+        import pwd
+
+        qemu = subprocess.run(["ps", "-o", "uid=", "-C", "qemu-system-x86_64"], capture_output=True, text=True)
+        assert str(pwd.getpwnam(USER).pw_uid) in qemu.stdout.split(), qemu.stdout
+        r = as_user(user_devenv, "status", "--json", cwd=user_project)
+        assert r.returncode == 0 and '"running"' in r.stdout, r.stdout + r.stderr
+    finally:
+        r = as_user(user_devenv, "destroy", "-f", cwd=user_project)
+    assert r.returncode == 0, r.stderr
+    left = as_user("virsh", "-c", "qemu:///session", "list", "--all", "--name")
+    assert left.stdout.strip() == "", left.stdout

@@ -117,7 +117,7 @@ class FakeDriver:
         return m
 
     # -- the Driver protocol ---------------------------------------------------------------------
-    def check_available(self) -> None:
+    def check_available(self, machine=None) -> None:
         pass
 
     def validate(self, machine) -> list:
