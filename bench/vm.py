@@ -31,15 +31,12 @@ def _free_port() -> int:
 
 
 def _wait_banner(port: int, timeout: float = 300) -> None:
+    from devenv.drivers.hostports import ssh_banner  # the same probe devenv's own wait uses
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                s.settimeout(3)
-                if s.recv(4).startswith(b"SSH-"):
-                    return
-        except OSError:
-            pass
+        if ssh_banner(port):
+            return
         time.sleep(0.25)
     raise SystemExit(f"the raw domain did not show an SSH banner on port {port} within {timeout:.0f}s")
 

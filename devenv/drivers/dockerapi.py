@@ -203,21 +203,20 @@ class UnixEngine:
     def containers(self, labels: list[str]) -> list[dict]:
         return self._call("GET", "/containers/json", {"all": "1", "filters": json.dumps({"label": labels})}) or []
 
-    def inspect_container(self, container: str) -> dict | None:
+    def _get_or_none(self, path: str) -> dict | None:
+        """GET an object; None when the engine has no such object (404)."""
         try:
-            return self._call("GET", f"/containers/{_q(container)}/json")
+            return self._call("GET", path)
         except EngineError as exc:
             if exc.status == 404:
                 return None
             raise
 
+    def inspect_container(self, container: str) -> dict | None:
+        return self._get_or_none(f"/containers/{_q(container)}/json")
+
     def inspect_image(self, image: str) -> dict | None:
-        try:
-            return self._call("GET", f"/images/{_q(image)}/json")
-        except EngineError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._get_or_none(f"/images/{_q(image)}/json")
 
     def logs(self, container: str, tail: int) -> bytes:
         data = self._call("GET", f"/containers/{_q(container)}/logs", {"stdout": 1, "stderr": 1, "tail": tail})
@@ -342,13 +341,7 @@ class SdkEngine:
         return self._do(self.api.logs, container, tail=tail)
 
     def archive_exists(self, container: str, path: str) -> bool:
-        try:
-            self._do(self.api.get_archive, container, path)
-            return True
-        except EngineError as exc:
-            if exc.status == 404:
-                return False
-            raise
+        return self._maybe(self.api.get_archive, container, path) is not None
 
     def get_archive(self, container: str, path: str) -> bytes:
         stream, _stat = self._do(self.api.get_archive, container, path)

@@ -90,3 +90,16 @@ def ssh_transport(meta: dict | None, gone: str):
         key=keys.client_key,
         known_hosts=keys.known_hosts,
     )
+
+
+def ssh_banner(port: int, host: str = "127.0.0.1") -> bool:
+    """True once an SSH server answers on host:port with its banner.
+
+    A port forward (QEMU's user network, VirtualBox NAT) accepts the connection itself, before
+    the guest listens: only the banner proves sshd is up."""
+    try:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.settimeout(3)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False

@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from devenv import boxes, ui
 from devenv.drivers import BoxArtifact, MachineState, Target
-from devenv.drivers.hostports import free_port, plan_forwards, port_free
+from devenv.drivers.hostports import free_port, plan_forwards, port_free, ssh_banner
 from devenv.drivers.vmcommon import VmMetadataMixin
 from devenv.errors import (
     BackendUnavailable,
@@ -155,8 +155,6 @@ class LibvirtDriver(VmMetadataMixin):
         The disk overlay, seed and kernel are files devenv makes on this machine, and SSH reaches
         the VM through a port forward on the libvirt host's 127.0.0.1: with qemu+ssh:// to
         another machine both would fail only after a long boot wait."""
-        import socket
-
         remote = self.conn(uri).getHostname()
         if remote in (socket.gethostname(), socket.getfqdn()):
             return
@@ -552,14 +550,8 @@ class LibvirtDriver(VmMetadataMixin):
                     + self.console_tail(handle),
                     hint="the box's sshd is broken or has no host key: rebuild the box (`devenv box build --force`)",
                 )
-            try:
-                # QEMU's user network accepts the connection itself: only sshd's banner proves SSH is up.
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                    s.settimeout(3)
-                    if s.recv(4).startswith(b"SSH-"):
-                        return
-            except OSError:
-                pass
+            if ssh_banner(port):
+                return
             time.sleep(0.25)
         raise MachineStateError(
             f"machine '{meta.get('machine')}' did not bring up SSH within {timeout:.0f}s; last console lines:\n"

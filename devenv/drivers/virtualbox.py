@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import ClassVar
 from devenv import boxes, ui
 from devenv.drivers import BoxArtifact, MachineState, Target
 from devenv.drivers.hostports import free_port as _free_port
-from devenv.drivers.hostports import plan_forwards
+from devenv.drivers.hostports import plan_forwards, ssh_banner
 from devenv.drivers.hostports import port_free as _port_free
 from devenv.drivers.vmcommon import VmMetadataMixin
 from devenv.errors import (
@@ -607,13 +606,8 @@ class VirtualBoxDriver(VmMetadataMixin):
                         hint=f"its log: `VBoxManage showvminfo {handle} --log 0`",
                     )
                 next_state_check = time.monotonic() + 2
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                    s.settimeout(3)
-                    if s.recv(4).startswith(b"SSH-"):
-                        return
-            except OSError:
-                pass
+            if ssh_banner(port):
+                return
             time.sleep(0.25)
         raise MachineStateError(
             f"machine '{machine}' did not bring up SSH within {timeout:.0f}s",

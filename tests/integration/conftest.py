@@ -185,3 +185,13 @@ def vm(tmp_path, docker_client, libvirt_driver):
     p = VmProj(root, docker_client)
     yield p
     p.sweep()
+
+
+def run_image(client, image: str, cmd: list[str]) -> bytes:
+    """`docker run IMAGE CMD` as production would, bounded: a keep-alive entrypoint would never end."""
+    c = client.containers.run(image, cmd, detach=True)
+    try:
+        c.wait(timeout=30)
+        return c.logs()
+    finally:
+        c.remove(force=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.integration.conftest import assert_no_traceback
+from tests.integration.conftest import assert_no_traceback, run_image
 
 pytestmark = pytest.mark.docker
 
@@ -200,13 +200,3 @@ def test_package_a_container_into_a_box(proj, docker_client):
             docker_client.images.remove("devenv-box/pkgd:7", force=True)
         except Exception:  # noqa: BLE001
             pass
-
-
-def run_image(client, image: str, cmd: list[str]) -> bytes:
-    """`docker run IMAGE CMD` as production would, bounded: a keep-alive entrypoint would never end."""
-    c = client.containers.run(image, cmd, detach=True)
-    try:
-        c.wait(timeout=30)
-        return c.logs()
-    finally:
-        c.remove(force=True)

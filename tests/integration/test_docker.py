@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import DEVENV, REPO, assert_no_traceback, free_port
+from tests.integration.conftest import DEVENV, REPO, assert_no_traceback, free_port, run_image
 
 pytestmark = pytest.mark.docker
 
@@ -419,13 +419,3 @@ def test_doctor_reports_what_the_devfile_needs(proj):
     r = proj.run("doctor", env={"PATH": "/usr/bin:/bin", "VBOXMANAGE": "/nonexistent/VBoxManage"})
     assert r.returncode == 1 and "VBoxManage" in r.stdout and "fix:" in r.stdout
     assert_no_traceback(r)
-
-
-def run_image(client, image: str, cmd: list[str]) -> bytes:
-    """`docker run IMAGE CMD` as production would, bounded: a keep-alive entrypoint would never end."""
-    c = client.containers.run(image, cmd, detach=True)
-    try:
-        c.wait(timeout=30)
-        return c.logs()
-    finally:
-        c.remove(force=True)
