@@ -138,15 +138,12 @@ class Recipe:
         """Run the baked steps in a build machine; any failure means nothing is stored."""
         from devenv import ui
         from devenv.errors import ProvisionError
-        from devenv.provisioners import RunContext, get_provisioner
+        from devenv.provisioners import run_step
 
         for step in self.provision:
             ui.info(label, f"bake {step.label}")
-            ctx = RunContext(
-                machine=label, root=self.root, transport=transport, on_output=lambda line: ui.detail(label, line)
-            )
             try:
-                get_provisioner(step.type).run(step.config, ctx)
+                run_step(step, label, self.root, transport)
             except ProvisionError as exc:
                 raise BoxError(
                     f"box {self.name}@{self.version}: baked step {step.label} failed; nothing was stored\n"

@@ -25,7 +25,7 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
-from devenv.provisioners import RunContext, fingerprint, get_provisioner
+from devenv.provisioners import fingerprint, run_step
 from devenv.schema import did_you_mean
 from devenv.state import GlobalIndex, ProjectState
 
@@ -512,11 +512,8 @@ class Project:
             step = p.step
             self._check_cancel()
             ui.info(name, f"provision {step.label} ({p.reason})")
-            ctx = RunContext(
-                machine=name, root=self.root, transport=transport, on_output=lambda line: ui.detail(name, line)
-            )
             try:
-                get_provisioner(step.type).run(step.config, ctx)
+                run_step(step, name, self.root, transport)
             except ProvisionError as exc:
                 self.state.save(name, {**st, "steps": applied, "failed_step": step.index})
                 raise ProvisionError(f"{name}: step {step.label} failed: {exc.message}", hint=exc.hint) from exc

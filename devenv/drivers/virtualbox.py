@@ -338,8 +338,8 @@ class VirtualBoxDriver(VmMetadataMixin):
         if stored is None:
             raise BoxError(
                 f"no virtualbox box named {box} in the box store ({boxes.store_root()})",
-                hint="a VirtualBox box is a folder NAME/VERSION/virtualbox/ there with box.ovf, its .vmdk disk and "
-                "box.json; devenv cannot build VirtualBox boxes yet",
+                hint="`devenv box build NAME --output vagrant` makes a VirtualBox .box from a recipe; add it (or "
+                "any Vagrant virtualbox .box) with `devenv box add FILE.box --name NAME`",
             )
         ovf = stored.file("ovf") or stored.folder / "box.ovf"
         disk = stored.file("disk")

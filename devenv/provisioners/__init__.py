@@ -36,6 +36,25 @@ class RunContext:
     on_output: Callable[[str], None]
 
 
+def step_fields(step_type: str) -> dict:
+    """The keys every provision step has (type, name, run), for each provisioner's option table."""
+    from devenv.schema import Field, Str
+
+    return {
+        "type": Field(Str(choices=(step_type,))),
+        "name": Field(Str(description="A label shown in output and status")),
+        "run": Field(Str(choices=("once", "always", "never"))),
+    }
+
+
+def run_step(step, label: str, root: Path, transport: Transport) -> None:
+    """Run one provision step in a machine (or box build), its output shown under `label`."""
+    from devenv import ui
+
+    ctx = RunContext(machine=label, root=root, transport=transport, on_output=lambda line: ui.detail(label, line))
+    get_provisioner(step.type).run(step.config, ctx)
+
+
 class Provisioner(Protocol):
     type: ClassVar[str]
     options: ClassVar[Table]

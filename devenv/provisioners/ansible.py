@@ -34,7 +34,7 @@ from typing import Any
 
 from devenv import ui
 from devenv.errors import ProvisionError
-from devenv.provisioners import RunContext, host_path_problems
+from devenv.provisioners import RunContext, host_path_problems, step_fields
 from devenv.schema import MISSING, Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
 
 TAIL_LINES = 20
@@ -113,9 +113,7 @@ class AnsibleProvisioner:
     type = "ansible"
     options = Table(
         {
-            "type": Field(Str(choices=("ansible",))),
-            "name": Field(Str(description="A label shown in output and status")),
-            "run": Field(Str(choices=("once", "always", "never"))),
+            **step_fields("ansible"),
             "playbook": Field(
                 Str(description="Playbook in the project; its whole folder (roles/, templates/ ...) is fingerprinted"),
                 required=True,

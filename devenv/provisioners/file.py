@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from devenv.errors import CommandFailed, ProvisionError
-from devenv.provisioners import RunContext, host_path_problems
+from devenv.provisioners import RunContext, host_path_problems, step_fields
 from devenv.schema import Bool, Field, Problem, Str, Table
 
 
@@ -19,9 +19,7 @@ class FileProvisioner:
     type = "file"
     options = Table(
         {
-            "type": Field(Str(choices=("file",))),
-            "name": Field(Str()),
-            "run": Field(Str(choices=("once", "always", "never"))),
+            **step_fields("file"),
             "source": Field(Str(description="File or folder in the project"), required=True),
             "destination": Field(Str(description="Absolute path in the machine"), required=True),
             "allow_outside_project": Field(Bool(description="Allow a source outside the project")),

@@ -7,7 +7,7 @@ from collections import deque
 from pathlib import Path
 
 from devenv.errors import CommandFailed, ProvisionError
-from devenv.provisioners import RunContext, host_path_problems
+from devenv.provisioners import RunContext, host_path_problems, step_fields
 from devenv.schema import Bool, Field, ListOf, MapOf, Problem, Str, Table
 
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -23,9 +23,7 @@ class ShellProvisioner:
     type = "shell"
     options = Table(
         {
-            "type": Field(Str(choices=("shell",))),
-            "name": Field(Str(description="A label shown in output and status")),
-            "run": Field(Str(choices=("once", "always", "never"))),
+            **step_fields("shell"),
             "inline": Field(Str(description="Shell commands run with /bin/sh -c")),
             "script": Field(Str(description="A script in the project, copied in and run")),
             "args": Field(ListOf(Str(nonempty=False), description="Arguments for the script")),
