@@ -8,20 +8,213 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shlex
 import shutil
+import stat
 import subprocess
 import tarfile
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from devenv.errors import BackendUnavailable, CommandFailed, MachineStateError
+from devenv.errors import BackendUnavailable, CommandFailed, MachineStateError, UsageError
 
 OutputFn = Callable[[str], None]
 
 # Interactive login shell that prefers bash but works on busybox and distroless-with-sh images.
 LOGIN_SHELL = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The environment as it can travel: names a shell can export, values without NUL.
+
+    The error names the variable, never its value (it may be a secret)."""
+    out = {}
+    for k, v in (env or {}).items():
+        if not _ENV_NAME.fullmatch(k):
+            raise UsageError(f"env {k!r}: not a variable name (letters, digits, _; not starting with a digit)")
+        if "\0" in v:
+            raise UsageError(f"env {k}: its value contains a NUL byte, which no environment can hold")
+        out[k] = v
+    return out
+
+
+def env_script(argv: list[str], env: Mapping[str, str] | None, workdir: str | None) -> str:
+    """A POSIX sh script that enters ``workdir``, exports ``env`` and execs ``argv``.
+
+    It reaches the machine on stdin or in a private file, never on a command line: any local
+    user can read every process's argv (``ps``), on the host and in the guest alike.
+    """
+    lines = []
+    if workdir:
+        lines.append(f"cd {shlex.quote(workdir)} || exit $?")
+    for k, v in check_env(env).items():
+        lines.append(f"export {k}={shlex.quote(v)}")
+    lines.append("exec " + shlex.join(argv))
+    return "\n".join(lines) + "\n"
+
+
+# -- SSH: the private folder for connection sharing, and paths as OpenSSH reads them ------------------
+
+_SUN_PATH = 104  # bytes in a unix socket address on macOS and the BSDs (Linux: 108)
+# What goes below the folder: a subfolder a transport may add ("/v" + 12 hex, PinnedSsh), "/" + %C
+# (40 hex), the ".XXXXXXXXXXXXXXXX" ssh appends while it binds the socket, and the final NUL.
+_BELOW = 14 + 41 + 17 + 1
+_control_cache: dict[tuple, Path] = {}
+
+
+def _trusted_chain(folder: Path) -> bool:
+    """No other user can swap ``folder`` or a folder above it: each is root's or ours, and is
+    writable by nobody else (or sticky, like /tmp, where others cannot rename our entries)."""
+    uid = os.getuid()
+    for p in (folder, *folder.parents):
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return False
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid not in (0, uid):
+            return False
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return False
+    return True
+
+
+def _private_dir(path: Path, *, create: bool) -> bool:
+    """True when ``path`` is (made) a real folder of ours, mode exactly 0700, under trusted folders.
+
+    Checked on the opened folder itself (O_NOFOLLOW), so a symlink or a folder someone else made
+    in its place is never taken."""
+    if not _trusted_chain(path.parent):
+        return False
+    made = False
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+            made = True
+        except FileExistsError:
+            pass
+        except OSError:
+            return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():
+            return False
+        if made:
+            os.fchmod(fd, 0o700)  # mkdir's mode was cut by the umask; just made by us, so ours to set
+        elif stat.S_IMODE(st.st_mode) != 0o700:
+            return False  # made by someone or something else: whatever is inside is not trusted
+        return True
+    finally:
+        os.close(fd)
+
+
+def _short_enough(folder: Path) -> bool:
+    return len(os.fsencode(str(folder))) + _BELOW <= _SUN_PATH
+
+
+def control_dir() -> Path:
+    """The private folder for ssh's connection-sharing sockets (ControlPath), made on first use.
+
+    Whoever can put a socket there can act as the master connection of every later command (read
+    its commands and secrets, forge its output), so it is a folder devenv made: ours, 0700, not a
+    link. In order: ``$XDG_RUNTIME_DIR/devenv-ssh`` when that folder is ours and private; else
+    ``ssh/`` in devenv's data folder; else (that path too long for a socket address) a private
+    mkdtemp folder under the temp folder, whose name is kept in the data folder for later commands.
+    """
+    from devenv.state import data_dir
+
+    key = (os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("DEVENV_HOME"), os.environ.get("TMPDIR"), os.getuid())
+    cached = _control_cache.get(key)
+    if cached is not None and _private_dir(cached, create=False):
+        return cached
+    found = _find_control_dir(data_dir())
+    _control_cache[key] = found
+    return found
+
+
+def _find_control_dir(data: Path) -> Path:
+    import tempfile
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        real = Path(os.path.realpath(runtime))
+        candidate = real / "devenv-ssh"
+        if _short_enough(candidate) and _private_dir(real, create=False) and _private_dir(candidate, create=True):
+            return candidate
+    try:
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = Path(os.path.realpath(data))
+    except OSError:
+        data = None  # type: ignore[assignment]
+    if data is not None:
+        candidate = data / "ssh"
+        if _short_enough(candidate) and _private_dir(candidate, create=True):
+            return candidate
+        pointer = data / "ssh-control-dir"
+        try:
+            # Only a hint: the folder it names is checked like any other before it is used.
+            named = Path(pointer.read_text().strip())
+            if named.is_absolute() and _short_enough(named) and _private_dir(named, create=False):
+                return named
+        except (OSError, ValueError):
+            pass
+    tmp = Path(os.path.realpath(tempfile.gettempdir()))
+    if not (_short_enough(tmp / "devenv-XXXXXXXX") and _trusted_chain(tmp)):
+        tmp = Path("/tmp")
+    try:
+        made = Path(tempfile.mkdtemp(prefix="devenv-", dir=tmp))  # 0700, a name nobody can guess
+    except OSError as exc:
+        raise CommandFailed(
+            f"cannot make a private folder for SSH connection sharing in {tmp}: {exc.strerror or exc}",
+            hint="set XDG_RUNTIME_DIR to a folder of yours with mode 0700",
+        ) from exc
+    if not _private_dir(made, create=False):
+        raise CommandFailed(f"the private folder devenv just made ({made}) is not private: refusing to use it")
+    if data is not None:
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=data, prefix=".ssh-control-dir.")
+            with os.fdopen(fd, "w") as f:
+                f.write(str(made) + "\n")
+            os.replace(tmp_name, pointer)
+        except OSError:
+            pass  # every command makes its own folder then: slower, still private
+    return made
+
+
+# Characters no ssh option or ssh_config line can carry (a line ends at a newline, and a terminal
+# showing `ssh-config` output must not be driven by the path).
+_SSH_BAD = re.compile(r"[\x00-\x1f\x7f]")
+_SSH_QUOTE = re.compile(r"[\s\"'\\#]")
+
+
+def ssh_path(path: Path | str, *, what: str = "path") -> str:
+    """``path`` written so that OpenSSH reads back exactly it, as an ``-o`` option value or in ssh_config.
+
+    ssh splits an option's value into words (double quotes group them; inside, a backslash escapes
+    ``"`` and ``\\``), then expands %-tokens and ``${VAR}`` in IdentityFile, UserKnownHostsFile and
+    ControlPath: ``%`` is doubled; ``${`` has no escape, so such a path is refused with a message.
+    """
+    text = os.fsdecode(path)
+    if _SSH_BAD.search(text) or "${" in text:
+        from devenv.ui import escape
+
+        shown = escape(text).replace("\n", "\\n")
+        raise UsageError(
+            f"the {what} {shown} cannot be given to OpenSSH (it holds a control character or '${{')",
+            hint="move the project to a folder whose path has neither",
+        )
+    text = text.replace("%", "%%")
+    if _SSH_QUOTE.search(text) or text.startswith("~"):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
 class Transport(Protocol):
@@ -122,6 +315,52 @@ def tar_for_put(local: Path, remote: str, exclude: tuple[str, ...] = ()) -> tupl
     return buf.getvalue(), "/"
 
 
+def extract_from_machine(data: bytes, local: Path, machine: str, remote: str) -> None:
+    """Unpack a tar a machine sent (`get`): one file, or a folder whose top entry is stripped.
+
+    What comes out of a machine is hostile input (its root may be anyone's), and tarfile's
+    `filter=` is neither in every Python 3.11 nor free of bypasses: only folders and regular
+    files are written, each name checked to stay below `local`, each file opened with
+    O_NOFOLLOW; links, devices and fifos are refused before anything is written.
+    """
+
+    def refuse(why: str) -> CommandFailed:
+        return CommandFailed(f"cannot copy {machine}:{remote}: {why}; nothing was copied")
+
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+            if len(members) == 1 and members[0].isfile():
+                f = tar.extractfile(members[0])
+                assert f is not None
+                local.write_bytes(f.read())
+                return
+            plan: list[tuple[tarfile.TarInfo, PurePosixPath]] = []
+            for m in members:
+                parts = PurePosixPath(m.name).parts[1:]  # the top folder is the remote folder itself
+                if not parts:
+                    continue
+                if PurePosixPath(m.name).is_absolute() or any(p in ("..", "") for p in parts):
+                    raise refuse(f"the machine sent an entry named {m.name!r} that leaves the folder")
+                if not (m.isdir() or m.isfile()):
+                    raise refuse(f"{m.name!r} is a link, device or fifo; only files and folders are copied")
+                plan.append((m, PurePosixPath(*parts)))
+            local.mkdir(parents=True, exist_ok=True)
+            for m, rel in plan:
+                dest = local.joinpath(*rel.parts)
+                if m.isdir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                f = tar.extractfile(m)
+                assert f is not None
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                with os.fdopen(fd, "wb") as out, f:
+                    shutil.copyfileobj(f, out)
+    except (tarfile.TarError, EOFError) as exc:
+        raise refuse(f"the machine sent an unreadable archive ({exc})") from None
+
+
 class DockerTransport:
     """docker exec + the archive API, streaming output line by line.
 
@@ -152,7 +391,8 @@ class DockerTransport:
             code = self._call(
                 self.engine.exec_run,
                 self.container_id,
-                exec_config(list(argv), env, user, workdir),
+                # The environment travels in the API request body, never on a command line.
+                exec_config(list(argv), check_env(env), user, workdir),
                 splitter.feed,
                 err_splitter.feed,
             )
@@ -192,22 +432,7 @@ class DockerTransport:
             if exc.status == 404:
                 raise CommandFailed(f"not found in '{self.machine}': {remote}") from exc
             raise CommandFailed(f"cannot copy {self.machine}:{remote}: {exc.message}") from exc
-        buf = io.BytesIO(data)
-        with tarfile.open(fileobj=buf) as tar:
-            members = tar.getmembers()
-            if len(members) == 1 and members[0].isfile():
-                f = tar.extractfile(members[0])
-                assert f is not None
-                local.write_bytes(f.read())
-            else:
-                local.mkdir(parents=True, exist_ok=True)
-                # The archive's top folder is the remote folder itself: strip it.
-                for m in members:
-                    parts = PurePosixPath(m.name).parts[1:]
-                    if not parts:
-                        continue
-                    m.name = str(PurePosixPath(*parts))
-                    tar.extract(m, local, filter="data")
+        extract_from_machine(data, local, self.machine, remote)
 
     def interactive(self, argv, *, env=None, user=None, workdir=None) -> int:
         docker_cli = shutil.which("docker")
@@ -216,21 +441,39 @@ class DockerTransport:
                 "an interactive shell needs the docker command-line client, which is not on PATH",
                 hint="install it (Debian: apt-get install docker.io) or use `devenv ssh NAME -c CMD`",
             )
+        import tempfile
+
         cmd = [docker_cli, "exec", "-i"]
         if os.isatty(0):
             cmd.append("-t")
-        for k, v in (env or {}).items():
-            cmd += ["-e", f"{k}={v}"]
-        if user:
-            cmd += ["-u", user]
-        if workdir:
-            cmd += ["-w", workdir]
-        cmd.append(self.container_id)
-        cmd += list(argv) if argv else ["/bin/sh", "-c", LOGIN_SHELL]
         environ = dict(os.environ)
         if self.docker_host:
             environ["DOCKER_HOST"] = self.docker_host
-        return subprocess.call(cmd, env=environ)
+        with tempfile.TemporaryDirectory(prefix="devenv-env-") as tmp:  # 0700, removed after the session
+            # `-e K=V` would put every value on the docker client's command line, which any local
+            # user reads (`ps`). The values go in a 0600 --env-file instead (the CLI sends them in
+            # the API body); the file format is a line per variable, so a value with a line break
+            # goes by name only (`-e K`), the CLI taking it from its own (private) environment.
+            lines = []
+            for k, v in check_env(env).items():
+                if "\n" in v or "\r" in v:
+                    cmd += ["-e", k]
+                    environ[k] = v
+                else:
+                    lines.append(f"{k}={v}\n")
+            if lines:
+                env_file = Path(tmp) / "env"
+                fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.writelines(lines)
+                cmd += ["--env-file", str(env_file)]
+            if user:
+                cmd += ["-u", user]
+            if workdir:
+                cmd += ["-w", workdir]
+            cmd.append(self.container_id)
+            cmd += list(argv) if argv else ["/bin/sh", "-c", LOGIN_SHELL]
+            return subprocess.call(cmd, env=environ)
 
 
 class HostKeyMismatch(CommandFailed):
@@ -257,17 +500,18 @@ class SshTransport:
         self.connect_timeout = connect_timeout
 
     def _control_dir(self) -> Path:
-        # Unix socket paths are limited to ~104 bytes: keep them short and private.
-        base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"devenv-ssh-{os.getuid()}"
-        base.mkdir(mode=0o700, exist_ok=True)
-        return base
+        return control_dir()
+
+    def control_path(self) -> str:
+        """The ControlPath option value: a socket per connection (%C) in devenv's private folder."""
+        return ssh_path(self._control_dir(), what="connection-sharing folder") + "/%C"
 
     def options(self) -> list[str]:
         return [
             "-F",
             "/dev/null",
             "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
+            f"UserKnownHostsFile={ssh_path(self.known_hosts, what='known_hosts file')}",
             "-o",
             "StrictHostKeyChecking=yes",
             "-o",
@@ -275,7 +519,7 @@ class SshTransport:
             "-o",
             "IdentitiesOnly=yes",
             "-o",
-            f"IdentityFile={self.key}",
+            f"IdentityFile={ssh_path(self.key, what='SSH key')}",
             "-o",
             "PasswordAuthentication=no",
             "-o",
@@ -289,7 +533,7 @@ class SshTransport:
             "-o",
             "ControlMaster=auto",
             "-o",
-            f"ControlPath={self._control_dir()}/%C",
+            f"ControlPath={self.control_path()}",
             "-o",
             "ControlPersist=120",
             "-o",
@@ -300,20 +544,30 @@ class SshTransport:
             self.user,
         ]
 
-    def _remote(self, argv: list[str], env: Mapping[str, str] | None, user: str | None, workdir: str | None) -> str:
-        cmd = shlex.join(argv)
-        if env:
-            cmd = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " + cmd
-        if workdir:
-            cmd = f"cd {shlex.quote(workdir)} && {cmd}"
+    def _as_user(self, sh_args: str, user: str | None) -> str:
+        """The remote command line running ``/bin/sh SH_ARGS`` as ``user`` (default: the login user)."""
         if user and user != self.user:
             if self.user == "root":
-                cmd = f"su -s /bin/sh {shlex.quote(user)} -c {shlex.quote(cmd)}"
-            else:
-                cmd = f"sudo -n -u {shlex.quote(user)} -- /bin/sh -c {shlex.quote(cmd)}"
-        elif self.user != "root" and user == "root":
-            cmd = f"sudo -n -- /bin/sh -c {shlex.quote(cmd)}"
-        return cmd
+                return f"su -s /bin/sh {shlex.quote(user)} -c {shlex.quote('exec /bin/sh ' + sh_args)}"
+            return f"sudo -n -u {shlex.quote(user)} -- /bin/sh {sh_args}"
+        if self.user != "root" and user == "root":
+            return f"sudo -n -- /bin/sh {sh_args}"
+        return f"/bin/sh {sh_args}"
+
+    def _upload_script(self, script: str, user: str | None) -> str:
+        """Put ``script`` in a new 0600 file in the machine, owned by ``user``; returns its path.
+
+        For sessions whose stdin is the user's terminal: the environment cannot come on stdin
+        there, and a command line is readable by everyone. The script removes itself first."""
+        make = (
+            'umask 077; f=$(mktemp 2>/dev/null) || { f=/tmp/.devenv-env.$$; set -C; : > "$f" || exit 1; }; '
+            'cat >> "$f" && printf "%s\\n" "$f"'
+        )
+        out = self._pipe(self._as_user(f"-c {shlex.quote(make)}", user), script.encode())
+        path = out.decode(errors="replace").strip()
+        if not path.startswith("/") or "\n" in path:
+            raise CommandFailed(f"cannot pass the environment to '{self.machine}': mktemp said {path!r}")
+        return path
 
     def _ssh(self, remote: str | None, *, tty: bool = False) -> list[str]:
         argv = ["ssh", *self.options()]
@@ -341,13 +595,29 @@ class SshTransport:
 
     def run(self, argv, *, env=None, user=None, workdir=None, on_output=None, on_stderr=None) -> int:
         import selectors
+        import threading
 
+        # The command, its folder and its environment go on stdin to a fixed `/bin/sh -s`: no
+        # command line on the host or in the guest carries a value. The command's own stdin is
+        # what follows the script: nothing (EOF), as /dev/null was.
+        script = env_script(list(argv), env, workdir).encode()
         proc = subprocess.Popen(
-            self._ssh(self._remote(list(argv), env, user, workdir)),
-            stdin=subprocess.DEVNULL,
+            self._ssh(self._as_user("-s", user)),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        assert proc.stdin is not None
+
+        def feed() -> None:
+            try:
+                proc.stdin.write(script)  # type: ignore[union-attr]
+                proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass  # ssh ended early (unreachable): its exit code and stderr say why
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
         out = _LineSplitter(on_output or (lambda _line: None))
         err_lines: list[str] = []
 
@@ -372,6 +642,7 @@ class SshTransport:
         out.close()
         err.close()
         code = proc.wait()
+        writer.join()
         self._check_ssh_failure(code, "\n".join(err_lines[-5:]))
         return code
 
@@ -418,34 +689,39 @@ class SshTransport:
     def get(self, remote: str, local: Path) -> None:
         parent, name = str(PurePosixPath(remote).parent), PurePosixPath(remote).name
         data = self._pipe(f"tar -c -C {shlex.quote(parent)} -f - {shlex.quote(name)}")
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            members = tar.getmembers()
-            if len(members) == 1 and members[0].isfile():
-                f = tar.extractfile(members[0])
-                assert f is not None
-                local.write_bytes(f.read())
-                return
-            local.mkdir(parents=True, exist_ok=True)
-            for m in members:
-                parts = PurePosixPath(m.name).parts[1:]
-                if parts:
-                    m.name = str(PurePosixPath(*parts))
-                    tar.extract(m, local, filter="data")
+        extract_from_machine(data, local, self.machine, remote)
 
     def interactive(self, argv, *, env=None, user=None, workdir=None) -> int:
-        remote = self._remote(list(argv), env, user, workdir) if argv else None
-        if remote is None and (env or workdir or (user and user != self.user)):
-            remote = self._remote(["/bin/sh", "-c", LOGIN_SHELL], env, user, workdir)
-        tty = os.isatty(0)
-        if tty:
-            # ssh owns the terminal and prints its own reason on failure (255).
-            return subprocess.call(self._ssh(remote, tty=True))
-        r = subprocess.run(self._ssh(remote, tty=False), stderr=subprocess.PIPE)
-        if r.returncode == 255:
-            self._check_ssh_failure(255, r.stderr.decode(errors="replace"))
-        elif r.stderr:
-            os.write(2, r.stderr)
-        return r.returncode
+        env = check_env(env)
+        remote: str | None = None
+        uploaded: str | None = None
+        if argv or env or workdir or (user and user != self.user):
+            script = env_script(list(argv) if argv else ["/bin/sh", "-c", LOGIN_SHELL], env, workdir)
+            if env:
+                # stdin is the user's (terminal or pipe): the environment goes in a private file
+                # the session runs and removes at once; the command line names only that file.
+                uploaded = self._upload_script('rm -f -- "$0"\n' + script, user)
+                remote = self._as_user(shlex.quote(uploaded), user)
+            else:
+                remote = self._as_user(f"-c {shlex.quote(script)}", user)
+        try:
+            tty = os.isatty(0)
+            if tty:
+                # ssh owns the terminal and prints its own reason on failure (255).
+                return subprocess.call(self._ssh(remote, tty=True))
+            r = subprocess.run(self._ssh(remote, tty=False), stderr=subprocess.PIPE)
+            if r.returncode == 255:
+                self._check_ssh_failure(255, r.stderr.decode(errors="replace"))
+            elif r.stderr:
+                os.write(2, r.stderr)
+            return r.returncode
+        finally:
+            if uploaded is not None:
+                # Already gone when the session started; this covers one that never did.
+                try:
+                    self._pipe(self._as_user(f"-c {shlex.quote('rm -f -- ' + shlex.quote(uploaded))}", user))
+                except CommandFailed:
+                    pass
 
     def ssh_config(self, alias: str) -> str:
         """A Host block for `ssh -F` and VS Code Remote-SSH, with the same pinning."""
@@ -455,9 +731,9 @@ class SshTransport:
                 f"  HostName {self.host}",
                 f"  Port {self.port}",
                 f"  User {self.user}",
-                f"  IdentityFile {self.key}",
+                f"  IdentityFile {ssh_path(self.key, what='SSH key')}",
                 "  IdentitiesOnly yes",
-                f"  UserKnownHostsFile {self.known_hosts}",
+                f"  UserKnownHostsFile {ssh_path(self.known_hosts, what='known_hosts file')}",
                 "  StrictHostKeyChecking yes",
                 "  PasswordAuthentication no",
                 "  LogLevel ERROR",

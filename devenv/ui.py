@@ -3,11 +3,16 @@
 Kept free of heavy imports (no rich): the CLI's start-up time is a product feature.
 Lines about a machine are prefixed ``==> NAME:``; colour only on a TTY and never with NO_COLOR.
 Output from several threads (parallel ``up``) is serialised by one lock so lines never interleave.
+
+Every line that leaves through this module is cleaned at this one place: secret values are
+replaced by ``***`` (see :func:`mask`), then characters that would act on the terminal instead of
+being shown (control characters, bidi overrides, lone surrogates) are escaped (see :func:`escape`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -19,6 +24,11 @@ _quiet = False
 _debug = False
 
 _COLOURS = {"green": "32", "red": "31", "yellow": "33", "cyan": "36", "bold": "1", "dim": "2"}
+# style() marks colour with private-use characters and a per-process random tag, turned into real
+# escape sequences only when the line is written, around text that is escaped: input can neither
+# smuggle an escape sequence in nor forge a mark (it cannot know the tag), and ours still render.
+_SGR_OPEN, _SGR_CLOSE = "\ue000" + os.urandom(8).hex(), "\ue001"
+_SGR = re.compile(f"{_SGR_OPEN}([0-9;]+){_SGR_CLOSE}")
 
 
 def configure(*, quiet: bool = False, debug: bool = False) -> None:
@@ -37,38 +47,155 @@ def _use_colour(stream) -> bool:
 
 
 def style(text: str, colour: str, stream=None) -> str:
+    """``text`` in a colour when ``stream`` (default stdout) shows colour; only for ui's own output."""
     stream = stream or sys.stdout
     if not _use_colour(stream):
         return text
-    return f"\033[{_COLOURS[colour]}m{text}\033[0m"
+    return f"{_SGR_OPEN}{_COLOURS[colour]}{_SGR_CLOSE}{text}{_SGR_OPEN}0{_SGR_CLOSE}"
 
 
+# -- what reaches the terminal -------------------------------------------------------------------
+
+# C0 controls but newline and tab, DEL, C1 controls, the bidi controls (embeddings, overrides,
+# isolates, marks), line/paragraph separators, lone surrogates (undecodable bytes of a path: they
+# cannot even be encoded on a strict stream), and the two private-use characters style() uses.
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff\ue000\ue001]"
+)
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with every character that acts on a terminal shown as an escape (``\\x1b``, ``\\u202e``).
+
+    Newlines and tabs stay: a message may have several lines.
+    """
+    return _UNSAFE.sub(_escape_char, text)
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+# A secret shorter than this is not replaced inside other text (a 2-character secret would
+# garble every line it happens to occur in); it is still masked when it is a whole line.
+MIN_SECRET = 3
+_secrets_lock = threading.Lock()
 _secrets: set[str] = set()
+_short: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+# Pieces of a secret between control characters also count: output is split into lines, and a C
+# program stops at a NUL, so a multi-line or NUL-carrying secret may be printed in parts.
+_PIECES = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _go_quote(value: str) -> str:
+    """The body of Go's strconv.Quote(value): how the Docker engine quotes values in its errors."""
+    out = []
+    named = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+    for ch in value:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch in named:
+            out.append(named[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+def _forms(value: str) -> set[str]:
+    """Every way the value may show up in text: as is, and quoted or escaped the usual ways."""
+    import json
+    import shlex
+
+    forms = {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        repr(value)[1:-1],
+        repr(value + "'")[1:-2],  # repr's other quoting style (a value with both quotes)
+        value.encode("unicode_escape").decode("ascii"),
+        _go_quote(value),
+        shlex.quote(value),
+        escape(value),
+    }
+    for piece in _PIECES.split(value):
+        if len(piece.strip()) >= MIN_SECRET:
+            forms |= {piece, escape(piece)}
+    return {f for f in forms if f}
 
 
 def add_secret(value: str) -> None:
-    """Never print this value again in this process: it is replaced by ***."""
-    if value and len(value) >= 3:
+    """Never print this value again in this process: it is replaced by ``***`` in every form above."""
+    global _pattern
+    if not value or not value.strip():
+        return
+    with _secrets_lock:
+        if len(value.strip()) < MIN_SECRET:
+            _short.add(value.strip())
+            return
+        if value in _secrets:
+            return
         _secrets.add(value)
+        forms: set[str] = set()
+        for s in _secrets:
+            forms |= _forms(s)
+        # Longest first: the regex takes the first alternative that matches at a position.
+        _pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
 
 
 def mask(text: str) -> str:
-    for s in sorted(_secrets, key=len, reverse=True):
-        if s in text:
-            text = text.replace(s, "***")
+    """``text`` with every known secret replaced by ``***``."""
+    pattern = _pattern
+    if pattern is not None:
+        text = pattern.sub("***", text)
+    if _short:
+        lines = text.split("\n")
+        text = "\n".join("***" if line.strip() and line.strip() in _short else line for line in lines)
     return text
 
 
-def _write(text: str, stream) -> None:
-    text = mask(text)
+def clean(text: str) -> str:
+    """What may reach the terminal of ``text``: secrets masked, terminal controls escaped."""
+    return escape(mask(text))
+
+
+def _render(text: str, stream) -> str:
+    """``text`` cleaned, its style() marks (only those: they carry this process's tag) as colour."""
+    colour = _use_colour(stream)
+    out, pos = [], 0
+    for m in _SGR.finditer(text):
+        out.append(clean(text[pos : m.start()]))
+        out.append(f"\033[{m.group(1)}m" if colour else "")
+        pos = m.end()
+    out.append(clean(text[pos:]))
+    return "".join(out)
+
+
+def _write(prefix: str, text: str, stream) -> None:
+    """One line: ``prefix`` is ui's own (styled) text, ``text`` may quote anything and is cleaned."""
+    line = _render(prefix + text, stream)
     with _lock:
-        stream.write(text + "\n")
+        stream.write(line + "\n")
         stream.flush()
 
 
 def say(text: str = "") -> None:
-    """A plain line on stdout (results, tables)."""
-    _write(text, sys.stdout)
+    """A plain line on stdout (results, tables). ``style()`` parts inside render as colour."""
+    _write("", text, sys.stdout)
+
+
+def problem(text: str) -> None:
+    """One problem line (Devfile problems) on stderr, as it is, but cleaned like every line."""
+    _write("", text, sys.stderr)
 
 
 def info(machine: str | None, text: str) -> None:
@@ -78,35 +205,50 @@ def info(machine: str | None, text: str) -> None:
     """
     if _quiet:
         return
-    prefix = style(f"==> {machine}:", "bold", sys.stderr) if machine else style("==>", "bold", sys.stderr)
-    _write(f"{prefix} {text}", sys.stderr)
+    label = f"==> {escape(machine)}:" if machine else "==>"
+    _write(style(label, "bold", sys.stderr) + " ", text, sys.stderr)
 
 
 def detail(machine: str | None, text: str) -> None:
     """Indented output under a machine line (provisioner output)."""
     if _quiet:
         return
-    prefix = f"    {machine}:" if machine else "   "
-    _write(f"{style(prefix, 'dim', sys.stderr)} {text}", sys.stderr)
+    prefix = f"    {escape(machine)}:" if machine else "   "
+    _write(style(prefix, "dim", sys.stderr) + " ", text, sys.stderr)
 
 
 def warn(text: str) -> None:
-    _write(style("warning: ", "yellow", sys.stderr) + text, sys.stderr)
+    _write(style("warning: ", "yellow", sys.stderr), text, sys.stderr)
 
 
 def error(message: str, hint_text: str | None = None) -> None:
-    _write(style("error: ", "red", sys.stderr) + message, sys.stderr)
+    _write(style("error: ", "red", sys.stderr), message, sys.stderr)
     if hint_text:
         hint(hint_text)
 
 
 def hint(text: str) -> None:
-    _write(style("hint: ", "cyan", sys.stderr) + text, sys.stderr)
+    _write(style("hint: ", "cyan", sys.stderr), text, sys.stderr)
 
 
 def debug(text: str) -> None:
     if _debug:
-        _write(style(f"debug: {text}", "dim", sys.stderr), sys.stderr)
+        _write(style("debug: ", "dim", sys.stderr), text, sys.stderr)
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback of ``exc`` (its causes, context and notes included), cleaned like every line."""
+    import traceback
+
+    return clean("".join(traceback.format_exception(exc)).rstrip("\n"))
+
+
+def exception(exc: BaseException) -> None:
+    """Print the traceback of ``exc`` on stderr (``--debug``): secrets masked, controls escaped."""
+    text = format_exception(exc)
+    with _lock:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
 
 @contextmanager
