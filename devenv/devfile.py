@@ -7,6 +7,7 @@ and key path, so one `devenv validate` run shows them all.
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 from devenv import drivers, provisioners
 from devenv.errors import DevfileError
+from devenv.paths import ConfinementError, confine, read_regular, resolve
 from devenv.schema import (
     MISSING,
     AnyOf,
@@ -35,7 +37,7 @@ from devenv.schema import (
     did_you_mean,
     format_path,
 )
-from devenv.tomlpos import key_lines, line_of
+from devenv.tomlpos import key_lines, line_of, nesting_depth_exceeded
 
 DEVFILE_NAMES = ("Devfile", "Devfile.toml")
 NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,40}"
@@ -45,6 +47,14 @@ HOSTNAME_PATTERN = (
 )
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 BOX_PATTERN = r"docker:\S+|[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._-]+)?|\S+\.box|(file|https?)://\S+"
+# A Devfile is a hand-written config: these bounds are far above any real one, and keep a hostile
+# or broken file (/dev/zero, 50 MB, 5,000 nested arrays) a clear error instead of a hang or a crash.
+MAX_DEVFILE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_VALUES = 100_000  # keys and array items in all: real Devfiles have hundreds; checking costs per value
+# A secret becomes an environment variable, which Linux caps at 128 KiB (MAX_ARG_STRLEN).
+MAX_SECRET_BYTES = 128 * 1024
+SECRET_FIX = "write the host file's absolute or ~/ path in the Devfile if you mean a file outside the project"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,11 +71,36 @@ class Secret:
     def describe(self) -> str:
         return f"from_env:{self.from_env}" if self.from_env else f"from_file:{self.from_file}"
 
+    @property
+    def explicit_host_file(self) -> bool:
+        """from_file written as an absolute or ~ path: the Devfile names a host file in plain sight."""
+        return bool(self.from_file) and self.from_file.startswith(("/", "~"))
+
+    def host_path(self, root: Path) -> Path:
+        """The file to read. A relative path must really stay in the project (no '..' or symlink out).
+
+        A secret usually lives outside the repository, so an absolute or ~ path may name any host
+        file (devenv lists it in the first-use notice); but a relative path reads as "in this
+        project", and a link committed there (conf/key -> ~/.ssh/id_ed25519) must not quietly
+        carry a host file into a machine. Raises OSError (with the reason as strerror).
+        """
+        written = self.from_file or ""
+        if self.explicit_host_file:
+            return Path(os.path.expanduser(written))
+        try:
+            return confine(root, written, kind="none", fix=SECRET_FIX)
+        except ConfinementError as exc:
+            raise OSError(errno.EACCES, exc.message) from None
+
     def read(self, root: Path) -> str:
         """The value now: KeyError when the variable is unset, OSError when the file cannot be read."""
         if self.from_env:
             return os.environ[self.from_env]
-        return (root / os.path.expanduser(self.from_file or "")).resolve().read_text(encoding="utf-8").rstrip("\n")
+        data = read_regular(self.host_path(root), MAX_SECRET_BYTES, what="it")
+        try:
+            return data.decode("utf-8").rstrip("\n")
+        except UnicodeDecodeError:
+            raise OSError(errno.EILSEQ, "it is not UTF-8 text") from None
 
 
 @dataclass(frozen=True)
@@ -84,6 +119,7 @@ class SyncFolder:
     read_only: bool = False
     type: str = "auto"
     exclude: tuple[str, ...] = ()
+    allow_outside: bool = False  # allow_outside_project, for the check again at use
 
 
 @dataclass(frozen=True)
@@ -475,7 +511,7 @@ def load(path: Path | None = None) -> Devfile:
         ) from exc
     if not found:
         raise DevfileError(f"Devfile not found: {path}", hint="check the path given with -f")
-    path = Path(path).resolve()
+    path = real_devfile_path(path)
     devfile, problems = check_file(path)
     if problems:
         raise DevfileError(
@@ -487,20 +523,56 @@ def load(path: Path | None = None) -> Devfile:
     return devfile
 
 
-def check_file(path: Path) -> tuple[Devfile | None, list[LocatedProblem]]:
-    path = Path(path).resolve()
+def real_devfile_path(path: Path | str) -> Path:
+    """The Devfile's real path (its folder is the project root); a link loop stays as written."""
+    r = resolve(os.path.abspath(path))
+    return Path(r.path) if not r.error else Path(os.path.abspath(path))
+
+
+def read_devfile_text(path: Path) -> tuple[str | None, LocatedProblem | None]:
+    """The Devfile's text: a regular file of at most MAX_DEVFILE_BYTES, in UTF-8."""
     shown = display_path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [LocatedProblem(shown, None, "", f"cannot read the Devfile: {exc}")]
+        raw = read_regular(path, MAX_DEVFILE_BYTES, what="it")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EFBIG:
+            reason += "; a Devfile is a short config file: keep data out of it"
+        return None, LocatedProblem(shown, None, "", f"cannot read the Devfile: {reason}")
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return None, LocatedProblem(
+            shown,
+            None,
+            "",
+            f"cannot read the Devfile: it is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, "
+            f"column {col}): save it as UTF-8",
+        )
+
+
+def check_file(path: Path) -> tuple[Devfile | None, list[LocatedProblem]]:
+    path = real_devfile_path(path)
+    text, problem = read_devfile_text(path)
+    if problem is not None or text is None:
+        return None, [problem] if problem else []
     return check_text(text, path)
 
 
 def check_text(text: str, path: Path) -> tuple[Devfile | None, list[LocatedProblem]]:
     shown = display_path(path)
+    if len(text) > MAX_DEVFILE_BYTES:
+        return None, [LocatedProblem(shown, None, "", f"the Devfile is larger than {MAX_DEVFILE_BYTES >> 20} MiB")]
+    # Before the parser, which recurses per nesting level: 5,000 nested arrays end here, clearly.
+    deep_line = nesting_depth_exceeded(text, MAX_DEPTH)
+    if deep_line is not None:
+        return None, [LocatedProblem(shown, deep_line, "", f"arrays or tables nested deeper than {MAX_DEPTH} levels")]
     try:
         data = _toml.loads(text)
+    except RecursionError:  # not expected after the depth check; never an internal error
+        return None, [LocatedProblem(shown, None, "", f"nested deeper than {MAX_DEPTH} levels")]
     except _toml.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None)
         col = getattr(exc, "colno", None)
@@ -513,14 +585,39 @@ def check_text(text: str, path: Path) -> tuple[Devfile | None, list[LocatedProbl
                 line, col = text.count("\n") + 1, len(text) - text.rfind("\n")
             msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
         return None, [LocatedProblem(shown, line, "", f"TOML syntax error: {_toml_message(msg)}", column=col)]
-    locs = key_lines(text)
     problems: list[Problem] = []
-    devfile = _build(data, path, problems)
+    shape = shape_problem(data, MAX_DEPTH, MAX_VALUES)
+    if shape is not None:  # dotted keys nest without brackets (a.b.c... 5,000 levels); or a flood
+        problems.append(shape)
+        devfile = None
+    else:
+        devfile = _build(data, path, problems)
+    if not problems:  # positions are needed for problems only: a valid Devfile is never scanned
+        return devfile, []
+    locs = key_lines(text, {tuple(p.path) for p in problems})
     # One problem per place: a [defaults] entry inherited by several machines is reported once.
     problems = list(dict.fromkeys(problems))
     problems.sort(key=lambda p: (line_of(locs, p.path) or 0, _sort_path(p)))
     located = [LocatedProblem(shown, line_of(locs, p.path), p.key, p.message) for p in problems]
     return (None if located else devfile), located
+
+
+def shape_problem(data: object, depth: int, values: int) -> Problem | None:
+    """A value nested deeper than ``depth``, or more than ``values`` values in all (no recursion)."""
+    stack: list[tuple[object, tuple]] = [(data, ())]
+    count = 0
+    while stack:
+        value, path = stack.pop()
+        count += 1
+        if count > values:
+            return Problem(path[:3], f"the Devfile holds more than {values} values: it is not a hand-written config")
+        if len(path) > depth:
+            return Problem(path[: depth + 1], f"nested deeper than {depth} levels")
+        if isinstance(value, dict):
+            stack.extend((v, path + (k,)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, path + (i,)) for i, v in enumerate(value))
+    return None
 
 
 def _sort_path(p: Problem) -> tuple:
@@ -628,19 +725,13 @@ def _make_machine(
     for i, s in enumerate(d.get("sync", [])):
         if not s or "host" not in s or "guest" not in s:
             continue  # unusable entry: its problems are reported already
-        host = Path(os.path.normpath(root / os.path.expanduser(s["host"])))
-        inside = host == root or root in host.parents
-        if not inside and not s.get("allow_outside_project"):
-            problems.append(
-                Problem(
-                    at("sync", i, "host"),
-                    f"'{s['host']}' is outside the project ({root}); "
-                    "set allow_outside_project = true on this entry if you mean it",
-                )
-            )
-            continue
-        if not host.is_dir():
-            problems.append(Problem(at("sync", i, "host"), f"folder not found: {s['host']}"))
+        # The real path (every link followed) must be inside the project: a folder that is, or goes
+        # through, a symlink to ~ or / would otherwise be shared into the machine read-write.
+        allow = bool(s.get("allow_outside_project"))
+        try:
+            host = confine(root, s["host"], allow_outside=allow, kind="dir", what="entry")
+        except ConfinementError as exc:
+            problems.append(Problem(at("sync", i, "host"), exc.message))
             continue
         sync.append(
             SyncFolder(
@@ -649,8 +740,15 @@ def _make_machine(
                 read_only=s.get("read_only", False),
                 type=s.get("type", "auto"),
                 exclude=tuple(s.get("exclude", ())),
+                allow_outside=allow,
             )
         )
+    for k, v in d.get("env", {}).items():
+        if isinstance(v, Secret) and v.from_file and not v.explicit_host_file:
+            try:
+                v.host_path(root)
+            except OSError as exc:
+                problems.append(Problem(at("env", k, "from_file"), exc.strerror or str(exc)))
     steps = []
     for i, s in enumerate(d.get("provision", [])):
         if s is MISSING:
@@ -685,6 +783,24 @@ def _make_machine(
         depends_on=tuple(d.get("depends_on", ())),
         options=options,
     )
+
+
+def check_sync_at_use(machine: Machine, root: Path) -> None:
+    """Confine the machine's sync folders again just before an engine is given them.
+
+    Validation resolved each to its real path; a folder on that path may have been replaced by a
+    symlink since (a machine with the project synced read-write can do it), and the engine would
+    follow it at mount time. Raises ConfinementError (exit 2) naming the entry.
+    """
+    for i, s in enumerate(machine.sync):
+        try:
+            confine(root, str(s.host), allow_outside=s.allow_outside, kind="dir", what="entry")
+        except ConfinementError as exc:
+            raise ConfinementError(
+                f"machine '{machine.name}': sync[{i}] {exc.message}",
+                hint="it changed since the Devfile was checked (a symbolic link was put in its place?): "
+                "nothing was shared; fix it and run the command again",
+            ) from None
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -757,6 +873,80 @@ def _cross_check(
             continue
         for p in driver.validate(m):
             problems.append(Problem(at(m.name, *p.path), p.message))
+
+
+ANSIBLE_ON_HOST = (
+    "ansible-playbook runs on this host, and a playbook can run any command here "
+    "(delegate_to: localhost, local_action, lookup('pipe', ...), templated extra_vars)"
+)
+
+
+def host_reach(df: Devfile) -> list[str]:
+    """What in this Devfile runs code on, or reads files of, this host rather than a machine."""
+    root = str(df.root)
+
+    def inside(p: str) -> bool:
+        return p == root or p.startswith(root.rstrip("/") + "/")
+
+    items: list[str] = []
+    for m in df.machines.values():
+        for step in m.provision:
+            where = step_path(m.name, step.index)
+            if step.type == "ansible":
+                items.append(f"{where}: ansible playbook {step.config.get('playbook')}: {ANSIBLE_ON_HOST}")
+            elif step.config.get("allow_outside_project"):
+                key = "script" if "script" in step.config else "source"
+                if key in step.config:
+                    items.append(f"{where}: reads the host path {step.config[key]} (outside the project)")
+        for k, v in sorted(m.env.items()):
+            if isinstance(v, Secret) and v.explicit_host_file:
+                real = resolve(os.path.expanduser(v.from_file or "")).path
+                if not inside(real):
+                    items.append(
+                        f"{format_path(('machines', m.name, 'env', k))}: puts the host file {v.from_file} "
+                        "into the machine's environment"
+                    )
+        for i, s in enumerate(m.sync):
+            if not inside(str(s.host)):
+                how = "read-only" if s.read_only else "read-write"
+                items.append(f"{format_path(('machines', m.name, 'sync', i))}: shares the host folder {s.host} ({how})")
+    return items
+
+
+def first_use_notice(df: Devfile) -> str | None:
+    """The text to show once per project (and again when the list changes), or None.
+
+    Remembered in devenv's own data folder keyed by the project's real path, never in the
+    project's .devenv/: a repository could commit a marker there to hide the notice.
+    """
+    items = host_reach(df)
+    if not items:
+        return None
+    import json
+
+    from devenv.state import atomic_write, data_dir
+
+    digest = hashlib.sha256("\n".join(items).encode()).hexdigest()
+    marker = data_dir() / "notices" / (hashlib.sha256(str(df.root).encode()).hexdigest()[:32] + ".json")
+    try:
+        seen = json.loads(read_regular(marker, 1 << 20, what="it").decode()).get("shown", [])
+        if not isinstance(seen, list):
+            seen = []
+    except (OSError, ValueError, AttributeError):
+        seen = []
+    if digest in seen:
+        return None
+    try:
+        atomic_write(marker, json.dumps({"root": str(df.root), "shown": [*seen, digest][-20:]}) + "\n")
+    except OSError:
+        pass  # it cannot be remembered: shown again next time, which is the safe side
+    lines = "\n".join(f"  {i}" for i in items)
+    return (
+        "this Devfile reaches this host, not only its machines:\n"
+        f"{lines}\n"
+        "  if you did not write this Devfile, read what these do before you go on "
+        "(devenv says this once for this project, and again when the list changes)"
+    )
 
 
 def step_path(machine: str, index: int) -> str:

@@ -1,90 +1,113 @@
-"""Line numbers for TOML key paths.
+"""Line numbers for TOML key paths, and a nesting-depth check that runs before parsing.
 
 tomllib/tomli give values but no positions, and every Devfile problem must name its line.
-This scanner runs over text that tomli has already accepted, so it only needs to follow the
+The scanner runs over text that tomllib has already accepted, so it only needs to follow the
 structure (tables, arrays of tables, keys, arrays, inline tables, strings) and never reports
-syntax errors itself.
+syntax errors itself. It works token by token with compiled regular expressions (the C regex
+engine does the per-character work) and keeps its own stack instead of recursing, so it is
+linear in the size of the text and no nesting can exhaust Python's stack.
 """
 
 from __future__ import annotations
 
+import re
+
 Path = tuple  # tuple[str | int, ...]
 
-_BARE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# Strings: possessive repeats (Python >= 3.11), so an unterminated string fails in linear time.
+_ML_BASIC = r'"""(?:[^"\\]++|\\[\s\S]|"(?!""))*+"""(?:"{1,2}(?!"))?'
+_ML_LITERAL = r"'''(?:[^']++|'(?!''))*+'''(?:'{1,2}(?!'))?"
+_BASIC = r'"(?:[^"\\\n]++|\\.)*+"'
+_LITERAL = r"'[^'\n]*+'"
+_STRING = re.compile(f"{_ML_BASIC}|{_ML_LITERAL}|{_BASIC}|{_LITERAL}")
+_WS = re.compile(r"(?:[ \t\r\n]++|#[^\n]*+)*+")
+_WS_LINE = re.compile(r"(?:[ \t\r]++|#[^\n]*+)*+")
+_BARE = re.compile(r"[A-Za-z0-9_-]++")
+_SCALAR = re.compile(r"[^,\]}\n#]++")
+_SEP = re.compile(r"(?:[ \t\r\n]++|#[^\n]*+)*+(?:,(?:[ \t\r\n]++|#[^\n]*+)*+)?")
+# For the depth check: every string and comment (whose brackets do not count), and brackets.
+_DEPTH = re.compile(f"{_ML_BASIC}|{_ML_LITERAL}|{_BASIC}|{_LITERAL}|#[^\\n]*+|[\\[\\]{{}}]")
+
+
+def nesting_depth_exceeded(text: str, limit: int) -> int | None:
+    """The line where arrays/inline tables nest deeper than ``limit``, or None.
+
+    Run before the TOML parser (which recurses per level and would raise RecursionError on a
+    few hundred levels). Table headers count as one or two levels, which a limit allows for.
+    """
+    depth = 0
+    for m in _DEPTH.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > limit:
+                return text.count("\n", 0, m.start()) + 1
+        elif c in "]}":
+            depth = max(0, depth - 1)
+    return None
+
+
+class _Done(Exception):
+    """Every wanted path has its line: the rest of the text need not be read."""
 
 
 class _Scanner:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, wanted: set | None = None) -> None:
+        self.wanted = wanted
         self.s = text
+        self.n = len(text)
         self.i = 0
-        self.line = 1
+        self._line = 1
+        self._line_at = 0
         self.locs: dict[Path, int] = {}
         self.aot: dict[Path, int] = {}  # array-of-tables path -> number of elements so far
 
     # -- low level -------------------------------------------------------------------------
-    def peek(self, n: int = 0) -> str:
-        j = self.i + n
-        return self.s[j] if j < len(self.s) else ""
+    def line(self) -> int:
+        # Positions only move forward: counting newlines since the last call keeps this linear.
+        if self.i > self._line_at:
+            self._line += self.s.count("\n", self._line_at, self.i)
+            self._line_at = self.i
+        return self._line
 
-    def advance(self, n: int = 1) -> None:
-        for _ in range(n):
-            if self.i < len(self.s):
-                if self.s[self.i] == "\n":
-                    self.line += 1
-                self.i += 1
+    def peek(self) -> str:
+        return self.s[self.i] if self.i < self.n else ""
 
-    def skip_ws(self, newlines: bool) -> None:
-        while self.i < len(self.s):
-            c = self.s[self.i]
-            if c in " \t\r" or (newlines and c == "\n"):
-                self.advance()
-            elif c == "#":
-                while self.i < len(self.s) and self.s[self.i] != "\n":
-                    self.i += 1
-            else:
-                break
+    def ws(self, newlines: bool) -> None:
+        self.i = (_WS if newlines else _WS_LINE).match(self.s, self.i).end()
 
     def string(self) -> str:
-        quote = self.peek()
-        if self.s.startswith(quote * 3, self.i):
-            self.advance(3)
-            start = self.i
-            while self.i < len(self.s) and not self.s.startswith(quote * 3, self.i):
-                if quote == '"' and self.peek() == "\\":
-                    self.advance()
-                self.advance()
-            value = self.s[start : self.i]
-            self.advance(3)
-            # A multi-line string may end with up to two extra quote characters.
-            while self.peek() == quote:
-                self.advance()
-            return value
-        self.advance()
-        out = []
-        while self.i < len(self.s) and self.peek() != quote and self.peek() != "\n":
-            if quote == '"' and self.peek() == "\\":
-                out.append(self.peek(1))
-                self.advance(2)
-                continue
-            out.append(self.peek())
-            self.advance()
-        self.advance()
-        return "".join(out)
+        m = _STRING.match(self.s, self.i)
+        if m is None:  # cannot happen in text tomllib accepted; step over the quote
+            self.i += 1
+            return ""
+        self.i = m.end()
+        tok = m.group()
+        if tok.startswith(("'''", '"""')):
+            return tok
+        if tok[0] == "'" or "\\" not in tok:
+            return tok[1:-1]
+        import tomllib
+
+        try:
+            return tomllib.loads(f"k = {tok}")["k"]
+        except (tomllib.TOMLDecodeError, KeyError):
+            return tok[1:-1]
 
     def key(self) -> list[str]:
         parts: list[str] = []
         while True:
-            self.skip_ws(False)
-            if self.peek() in "\"'":
+            self.ws(False)
+            if self.peek() in ("'", '"'):
                 parts.append(self.string())
             else:
-                start = self.i
-                while self.peek() and self.peek() in _BARE:
-                    self.advance()
-                parts.append(self.s[start : self.i])
-            self.skip_ws(False)
+                m = _BARE.match(self.s, self.i)
+                parts.append(m.group() if m else "")
+                if m:
+                    self.i = m.end()
+            self.ws(False)
             if self.peek() == ".":
-                self.advance()
+                self.i += 1
                 continue
             return parts
 
@@ -99,86 +122,118 @@ class _Scanner:
         return out
 
     def record(self, path: Path) -> None:
-        self.locs.setdefault(path, self.line)
+        if path not in self.locs:
+            self.locs[path] = self.line()
+            if self.wanted is not None:
+                self.wanted.discard(path)
+                if not self.wanted:
+                    raise _Done
+
+    def scalar(self) -> None:
+        c = self.peek()
+        if c in ("'", '"'):
+            self.string()
+            return
+        m = _SCALAR.match(self.s, self.i)
+        self.i = m.end() if m else self.i + 1  # always move on
 
     # -- structure -------------------------------------------------------------------------
     def value(self, path: Path) -> None:
-        self.skip_ws(False)
-        c = self.peek()
-        if c in "\"'":
-            self.string()
-        elif c == "[":
-            self.advance()
-            idx = 0
+        """One value at ``path``; arrays and inline tables with an explicit stack, not recursion."""
+        s = self.s
+        stack: list[list] = []  # [kind "a" | "t", path, next index]
+        cur = path
+        while True:
+            self.ws(bool(stack))
+            c = self.peek()
+            if c == "[":
+                self.i += 1
+                stack.append(["a", cur, 0])
+            elif c == "{":
+                self.i += 1
+                stack.append(["t", cur, 0])
+            else:
+                self.scalar()
+            # Find the next slot for a value, closing finished containers on the way.
             while True:
-                self.skip_ws(True)
-                if self.peek() in ("]", ""):
-                    self.advance()
+                if not stack:
                     return
-                self.record(path + (idx,))
-                self.value(path + (idx,))
-                self.skip_ws(True)
-                if self.peek() == ",":
-                    self.advance()
-                idx += 1
-        elif c == "{":
-            self.advance()
-            while True:
-                self.skip_ws(True)
-                if self.peek() in ("}", ""):
-                    self.advance()
-                    return
+                frame = stack[-1]
+                self.i = _SEP.match(s, self.i).end()
+                c = s[self.i] if self.i < self.n else ""
+                if c == "" or c == ("]" if frame[0] == "a" else "}"):
+                    self.i += 1
+                    stack.pop()
+                    continue
+                if frame[0] == "a":
+                    cur = frame[1] + (frame[2],)
+                    frame[2] += 1
+                    self.record(cur)
+                    if c not in "[{":
+                        self.scalar()  # the common case, without a round through the outer loop
+                        continue
+                    break
+                start = self.i
                 keys = self.key()
-                sub = path + tuple(keys)
-                for n in range(1, len(keys) + 1):
-                    self.record(path + tuple(keys[:n]))
-                self.skip_ws(False)
-                self.advance()  # '='
-                self.value(sub)
-                self.skip_ws(True)
-                if self.peek() == ",":
-                    self.advance()
-        else:
-            while self.peek() and self.peek() not in ",]}\n#":
-                self.advance()
+                for k in range(1, len(keys) + 1):
+                    self.record(frame[1] + tuple(keys[:k]))
+                cur = frame[1] + tuple(keys)
+                self.ws(False)
+                if self.peek() == "=":
+                    self.i += 1
+                elif self.i == start:
+                    self.i += 1  # not a key: never loop in place
+                break
 
     def run(self) -> dict[Path, int]:
         current: tuple = ()
         while True:
-            self.skip_ws(True)
-            if self.i >= len(self.s):
+            self.ws(True)
+            if self.i >= self.n:
                 return self.locs
+            start = self.i
+            if self.s.startswith("[[", self.i):
+                self.i += 2
+                keys = self.key()
+                self.i += 2
+                parent = tuple(self.resolve(keys[:-1]))
+                base = parent + (keys[-1],)
+                self.record(base)
+                k = self.aot.get(base, 0)
+                self.aot[base] = k + 1
+                current = base + (k,)
+                for j in range(1, len(current) + 1):
+                    self.record(current[:j])
+                continue
             if self.peek() == "[":
-                if self.peek(1) == "[":
-                    self.advance(2)
-                    keys = self.key()
-                    self.advance(2)
-                    parent = tuple(self.resolve(keys[:-1]))
-                    base = parent + (keys[-1],)
-                    self.record(base)
-                    n = self.aot.get(base, 0)
-                    self.aot[base] = n + 1
-                    current = base + (n,)
-                else:
-                    self.advance()
-                    keys = self.key()
-                    self.advance()
-                    current = tuple(self.resolve(keys))
-                for n in range(1, len(current) + 1):
-                    self.record(current[:n])
+                self.i += 1
+                keys = self.key()
+                self.i += 1
+                current = tuple(self.resolve(keys))
+                for j in range(1, len(current) + 1):
+                    self.record(current[:j])
                 continue
             keys = self.key()
-            for n in range(1, len(keys) + 1):
-                self.record(current + tuple(keys[:n]))
-            self.skip_ws(False)
-            self.advance()  # '='
-            self.value(current + tuple(keys))
+            for j in range(1, len(keys) + 1):
+                self.record(current + tuple(keys[:j]))
+            self.ws(False)
+            if self.peek() == "=":
+                self.i += 1
+                self.value(current + tuple(keys))
+            if self.i == start:
+                self.i += 1  # not TOML we understand: move on rather than loop
 
 
-def key_lines(text: str) -> dict[Path, int]:
-    """Map every key path (and array element path) in a valid TOML text to its 1-based line."""
+def key_lines(text: str, wanted: set | None = None) -> dict[Path, int]:
+    """Map every key path (and array element path) in a valid TOML text to its 1-based line.
+
+    With ``wanted`` (paths), the scan may stop as soon as each of them has been seen.
+    """
+    scanner = _Scanner(text, set(wanted) if wanted is not None else None)
     try:
-        return _Scanner(text).run()
+        return scanner.run()
+    except _Done:
+        return scanner.locs
     except Exception:  # noqa: BLE001 - positions are a courtesy; never let them break validation
         return {}
 

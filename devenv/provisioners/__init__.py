@@ -95,45 +95,103 @@ def host_path_problems(config: dict, key: str, root: Path, path: tuple, *, want_
     """A host path a step reads must exist and, unless the step allows it, stay inside the project.
 
     A Devfile from a cloned repository must not be able to copy ~/.ssh or /etc into a machine
-    (or a box that is shipped) without saying so in plain sight.
+    (or a box that is shipped) without saying so in plain sight: the check is on the real path,
+    so a symlink (or a folder on the way that is one) pointing out of the project is refused too.
     """
+    from devenv.paths import ConfinementError
     from devenv.schema import Problem
 
-    rel = config[key]
-    p = Path(os.path.normpath(root / os.path.expanduser(rel)))
-    if not (p == root or root in p.parents) and not config.get("allow_outside_project"):
-        return [
-            Problem(
-                path + (key,),
-                f"'{rel}' is outside the project ({root}); "
-                "set allow_outside_project = true on this step if you mean it",
-            )
-        ]
-    if not (p.is_file() if want_file else p.exists()):
-        return [Problem(path + (key,), f"file not found: {rel}")]
+    try:
+        host_path(config, key, root, want_file=want_file)
+    except ConfinementError as exc:
+        return [Problem(path + (key,), exc.message)]
     return []
 
 
-def _hash_tree(h, path: Path, label: str) -> None:
-    """Feed a file or a whole folder (names, modes, contents) into the hash, in a stable order."""
-    if path.is_dir():
-        h.update(f"dir:{label}\0".encode())
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for fn in sorted(filenames):
-                p = Path(dirpath) / fn
-                rel = p.relative_to(path).as_posix()
-                _hash_file(h, p, f"{label}/{rel}")
-    elif path.exists():
-        _hash_file(h, path, label)
-    else:
-        h.update(f"missing:{label}\0".encode())
+def host_path(config: dict, key: str, root: Path, *, want_file: bool) -> Path:
+    """The real path of a step's host file (checked as at validation): what run() reads, at use.
+
+    Checked again when the step runs because a link can change in between (a machine with the
+    project synced read-write can make one); raises paths.ConfinementError.
+    """
+    from devenv.paths import confine
+
+    return confine(
+        root,
+        config[key],
+        allow_outside=bool(config.get("allow_outside_project")),
+        kind="file" if want_file else "any",
+        what="step",
+    )
+
+
+def _hash_tree(h, path: Path, label: str, root: Path, allow_outside: bool) -> None:
+    """Feed a file or a whole folder (names, modes, contents) into the hash, in a stable order.
+
+    Never follows a link out of the project (unless the step allows it) and never opens anything
+    but a regular file: a role linked to /etc or a FIFO in a folder is named, not read.
+    """
+    import stat
+
+    from devenv.paths import real_root, resolve, walk
+
+    base = real_root(root)
+
+    def readable(p: Path) -> os.stat_result | None:
+        """The stat of what p leads to, if it may be read; None for a link out or a dangling one."""
+        r = resolve(os.path.abspath(p), base)
+        if r.error or not r.exists:
+            return None
+        if not allow_outside and not (r.path == base or r.path.startswith(base.rstrip("/") + "/")):
+            return None
+        try:
+            return os.stat(r.path)
+        except OSError:
+            return None
+
+    st = readable(path)
+    if st is None:
+        h.update(f"{'missing' if not os.path.lexists(path) else 'outside'}:{label}\0".encode())
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        _hash_entry(h, path, st, label)
+        return
+    h.update(f"dir:{label}\0".encode())
+    for p, lst in walk(path):
+        rel = f"{label}/{p.relative_to(path).as_posix()}"
+        if stat.S_ISDIR(lst.st_mode):
+            continue  # a folder enters by the files in it, as before
+        if stat.S_ISLNK(lst.st_mode):
+            # Copies keep a link as a link; ansible follows one to a file: hash both, never outside.
+            try:
+                h.update(f"link:{rel}:{os.readlink(p)}\0".encode(errors="surrogateescape"))
+            except OSError:
+                continue
+            target = readable(p)
+            if target is not None and stat.S_ISREG(target.st_mode):
+                _hash_entry(h, p, target, rel)
+            continue
+        _hash_entry(h, p, lst, rel)
+
+
+def _hash_entry(h, path: Path, st: os.stat_result, label: str) -> None:
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):  # a device, FIFO or socket: reading it could block forever
+        h.update(f"special:{label}:{stat.S_IFMT(st.st_mode)}\0".encode())
+        return
+    _hash_file(h, path, label)
 
 
 def _hash_file(h, path: Path, label: str) -> None:
     executable = os.access(path, os.X_OK)
     h.update(f"file:{label}:{int(executable)}\0".encode())
-    with open(path, "rb") as f:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        h.update(b"unreadable\0")
+        return
+    with open(fd, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 16), b""):
             h.update(chunk)
     h.update(b"\0")
@@ -150,5 +208,5 @@ def fingerprint(step: Step, root: Path) -> str:
             label = p.relative_to(root).as_posix()
         except ValueError:
             label = p.as_posix()
-        _hash_tree(h, p, label)
+        _hash_tree(h, p, label, root, bool(step.config.get("allow_outside_project")))
     return "sha256:" + h.hexdigest()

@@ -130,22 +130,55 @@ class AnsibleProvisioner:
     )
 
     def files(self, config: dict, root: Path) -> list[Path]:
-        playbook = Path(os.path.normpath(root / os.path.expanduser(config["playbook"])))
+        from devenv.paths import real_root, resolve
+
+        base = Path(real_root(root))
+        # Where the playbook really is (links followed): ansible-playbook reads its neighbours there.
+        playbook = Path(resolve(os.path.abspath(root / os.path.expanduser(config["playbook"]))).path)
         folder = playbook.parent
-        if folder == root or folder in root.parents or folder == Path.home() or folder == Path(folder.anchor):
-            return [playbook, *(folder / n for n in _NEIGHBOURS if (folder / n).exists())]
+        if folder == base or folder in base.parents or folder == Path.home() or folder == Path(folder.anchor):
+            return [playbook, *(folder / n for n in _NEIGHBOURS if os.path.lexists(folder / n))]
         return [folder]
 
     def check(self, config: dict, root: Path, path: tuple) -> list[Problem]:
-        return host_path_problems(config, "playbook", root, path, want_file=True)
+        problems = host_path_problems(config, "playbook", root, path, want_file=True)
+        if not problems:
+            why = self.escaping_link(config, root)
+            if why:
+                problems.append(Problem(path + ("playbook",), why))
+        return problems
+
+    def escaping_link(self, config: dict, root: Path) -> str | None:
+        """Why the playbook's files reach outside the project through a link, or None.
+
+        ansible-playbook runs on this host and follows links: a role, vars file or template
+        linked to /etc or ~ would be read here (and could be copied into the machine).
+        """
+        if config.get("allow_outside_project"):
+            return None
+        from devenv.paths import escaping_links, real_root
+
+        base = real_root(root)
+        for top in self.files(config, root):
+            for link, target in escaping_links(top, root, limit=1):
+                shown = os.path.relpath(link, base)
+                return (
+                    f"'{shown}' is a symbolic link to '{target}', outside the project ({base}); ansible-playbook "
+                    "runs on this host and would read it: set allow_outside_project = true on this step if you mean it"
+                )
+        return None
 
     def describe(self, config: dict) -> str:
         return f"ansible {config['playbook']}"
 
     def run(self, config: dict, ctx: RunContext) -> None:
-        playbook = Path(os.path.normpath(ctx.root / os.path.expanduser(config["playbook"])))
-        if not playbook.is_file():
-            raise ProvisionError(f"ansible step: playbook not found: {config['playbook']}")
+        from devenv.provisioners.shell import _at_use
+
+        # Checked again now, links included: one may have been swapped in since validation.
+        playbook = _at_use(config, "playbook", ctx, want_file=True, step="ansible")
+        why = self.escaping_link(config, ctx.root)
+        if why:
+            raise ProvisionError(f"ansible step: {config['playbook']}: {why}")
         exe = find_ansible_playbook()
         env_values = dict(ctx.transport.env) if _inner(ctx.transport) is not None else {}
         watch = _Watch(ctx.on_output)
@@ -229,18 +262,24 @@ def inventory(machine: str, transport: Any, inventory_vars: dict, *, env_keys: l
             "ansible_user": "root",
         }
     elif isinstance(t, SshTransport):
+        from devenv.transport import ssh_path
+
+        # Paths as OpenSSH reads them back (quoted, % doubled): a project path with a space or a
+        # % would otherwise split or expand. The key goes here too, not in
+        # ansible_ssh_private_key_file, which Ansible quotes without escaping.
         common = [
             "-F", "/dev/null",
-            "-o", f"UserKnownHostsFile={t.known_hosts}",
+            "-o", f"UserKnownHostsFile={ssh_path(t.known_hosts, what='known_hosts file')}",
             "-o", "StrictHostKeyChecking=yes",
             "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "IdentitiesOnly=yes",
+            "-o", f"IdentityFile={ssh_path(t.key, what='SSH key')}",
             "-o", "PasswordAuthentication=no",
             "-o", "BatchMode=yes",
         ]  # fmt: skip
         control = [
             "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={t._control_dir()}/%C",
+            "-o", f"ControlPath={t.control_path()}",
             "-o", "ControlPersist=120",
         ]  # fmt: skip
         host = {
@@ -248,7 +287,6 @@ def inventory(machine: str, transport: Any, inventory_vars: dict, *, env_keys: l
             "ansible_host": t.host,
             "ansible_port": t.port,
             "ansible_user": t.user,
-            "ansible_ssh_private_key_file": str(t.key),
             "ansible_ssh_common_args": shlex.join(common),
             # devenv's own connection master, already open after boot: no second handshake per task.
             "ansible_ssh_args": shlex.join(control),

@@ -38,9 +38,11 @@ class FileProvisioner:
         return f"file {config['source']} -> {config['destination']}"
 
     def run(self, config: dict, ctx: RunContext) -> None:
-        local = ctx.root / config["source"]
-        if not local.exists():
-            raise ProvisionError(f"file step: source not found: {config['source']}")
+        from devenv.provisioners.shell import _at_use
+
+        # The real path, checked now: a folder is copied with the links in it kept as links
+        # (never followed), so only the source itself must stay in the project.
+        local = _at_use(config, "source", ctx, want_file=False, step="file")
         try:
             ctx.transport.put(local, config["destination"])
         except CommandFailed as exc:  # a failed copy is a failed step: exit 5, resumable

@@ -7,7 +7,7 @@ from collections import deque
 from pathlib import Path
 
 from devenv.errors import CommandFailed, ProvisionError
-from devenv.provisioners import RunContext, host_path_problems, step_fields
+from devenv.provisioners import RunContext, host_path, host_path_problems, step_fields
 from devenv.schema import Bool, Field, ListOf, MapOf, Problem, Str, Table
 
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -60,7 +60,7 @@ class ShellProvisioner:
 
         remote = None
         if "script" in config:
-            local = ctx.root / config["script"]
+            local = _at_use(config, "script", ctx, want_file=True, step="shell")
             remote = f"/tmp/devenv-provision/{Path(config['script']).name}"
             try:
                 ctx.transport.put(local, remote)
@@ -96,3 +96,16 @@ class ShellProvisioner:
                 hint=f"the machine is left running: inspect it with `devenv ssh {ctx.machine}`, fix the step, "
                 f"then `devenv provision {ctx.machine}` resumes at this step",
             )
+
+
+def _at_use(config: dict, key: str, ctx: RunContext, *, want_file: bool, step: str) -> Path:
+    """The step's host file, confined again now: a link may have been swapped since validation."""
+    from devenv.paths import ConfinementError
+
+    try:
+        return host_path(config, key, ctx.root, want_file=want_file)
+    except ConfinementError as exc:
+        raise ProvisionError(
+            f"{step} step: {key} {exc.message}",
+            hint="the path changed since the Devfile was checked; fix it, then `devenv provision` resumes here",
+        ) from exc

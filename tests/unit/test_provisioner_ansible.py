@@ -6,7 +6,6 @@ run() is driven against a stand-in ansible-playbook (a shell script on PATH) tha
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -179,7 +178,7 @@ def ssh_transport(tmp_path: Path) -> SshTransport:
 
 def test_ssh_inventory_pins_the_host_key(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    (tmp_path / "run").mkdir()
+    (tmp_path / "run").mkdir(mode=0o700)  # a runtime folder is private (else devenv does not use it)
     t = ssh_transport(tmp_path)
     text = ans.inventory_text(ans.inventory("vm1", t, {"colour": "blue"}))
     keys = tmp_path / "my keys"
@@ -192,9 +191,8 @@ def test_ssh_inventory_pins_the_host_key(tmp_path, monkeypatch):
                 "ansible_host": "127.0.0.1",
                 "ansible_port": 2201,
                 "ansible_user": "root",
-                "ansible_ssh_private_key_file": "{keys}/id_ed25519",
-                "ansible_ssh_common_args": "-F /dev/null -o 'UserKnownHostsFile={keys}/known_hosts' -o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o PasswordAuthentication=no -o BatchMode=yes",
-                "ansible_ssh_args": "-o ControlMaster=auto -o ControlPath={tmp_path}/run/devenv-ssh-{os.getuid()}/%C -o ControlPersist=120",
+                "ansible_ssh_common_args": "-F /dev/null -o 'UserKnownHostsFile=\\"{keys}/known_hosts\\"' -o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o 'IdentityFile=\\"{keys}/id_ed25519\\"' -o PasswordAuthentication=no -o BatchMode=yes",
+                "ansible_ssh_args": "-o ControlMaster=auto -o ControlPath={t.control_path()} -o ControlPersist=120",
                 "ansible_python_interpreter": "auto_silent",
                 "devenv_env": {{}},
                 "colour": "blue"
@@ -455,4 +453,4 @@ def test_the_real_ansible_playbook_understands_the_inventory(tmp_path, monkeypat
     host = json.loads(r.stdout)
     assert host["ansible_port"] == 2201 and host["colour"] == "blue"
     assert "StrictHostKeyChecking=yes" in host["ansible_ssh_common_args"]
-    assert os.path.basename(host["ansible_ssh_private_key_file"]) == "id_ed25519"
+    assert "/id_ed25519" in host["ansible_ssh_common_args"]
