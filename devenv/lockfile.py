@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devenv.errors import StateError
-from devenv.state import atomic_write
+from devenv.state import atomic_write, read_bounded
+
+MAX_LOCK_BYTES = 1024 * 1024  # one entry per machine: a few hundred bytes each
 
 HEADER = (
     "# Devfile.lock: the box each machine runs, written by devenv. Commit it.\n"
@@ -43,19 +45,31 @@ class Lockfile:
         return self._entries
 
     def _read(self) -> dict[str, LockEntry]:
-        if not self.path.exists():
+        # Committed with the project, so hostile input: a regular file of bounded size (never a
+        # link to /dev/zero or a FIFO), every value of the type devenv writes.
+        fix = "restore it from version control, or remove it and run `devenv box update` to write a new one"
+        try:
+            raw = read_bounded(self.path, limit=MAX_LOCK_BYTES)
+        except OSError as exc:
+            raise StateError(f"cannot read {self.path}: {exc.strerror or exc}", hint=fix) from exc
+        if raw is None:
             return {}
         try:
-            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
-            return {
-                name: LockEntry(e["box"], e.get("version"), e.get("provider", ""), e.get("digest"))
-                for name, e in data.get("machines", {}).items()
-            }
-        except (tomllib.TOMLDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise StateError(
-                f"{self.path} is unreadable: {exc}",
-                hint="restore it from version control, or remove it and run `devenv box update` to write a new one",
-            ) from exc
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise StateError(f"{self.path} is unreadable: {exc}", hint=fix) from None
+        machines = data.get("machines", {})
+        if not isinstance(machines, dict):
+            raise StateError(f"{self.path} is unreadable: 'machines' is not a table", hint=fix)
+        out: dict[str, LockEntry] = {}
+        for name, e in machines.items():
+            if not isinstance(e, dict) or not isinstance(e.get("box"), str):
+                raise StateError(f"{self.path} is unreadable: machines.{name} has no box name", hint=fix)
+            for key in ("version", "provider", "digest"):
+                if not isinstance(e.get(key, ""), str):
+                    raise StateError(f"{self.path} is unreadable: machines.{name}.{key} is not a string", hint=fix)
+            out[name] = LockEntry(e["box"], e.get("version"), e.get("provider", ""), e.get("digest"))
+        return out
 
     def get(self, machine: str) -> LockEntry | None:
         return self.entries.get(machine)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devenv import ui
-from devenv.devfile import Devfile, Machine, Secret, Step
-from devenv.drivers import Driver, MachineState, SupportsSuspend, Target, get_driver
+from devenv.devfile import Devfile, Machine, Secret, Step, check_sync_at_use
+from devenv.drivers import Driver, MachineState, Ownership, SupportsSuspend, Target, get_driver
 from devenv.errors import (
     DevenvError,
     MachineStateError,
@@ -133,6 +133,7 @@ class Project:
         self._box_locks: dict[str, threading.Lock] = {}
         self._box_locks_guard = threading.Lock()
         self._created_now: dict[str, str] = {}  # machines this command created: name -> handle
+        self._distrusted: set[str] = set()  # machines whose recorded handle was refused (warned once)
         self._created_guard = threading.Lock()
         self._cancel = threading.Event()  # set on Ctrl-C: workers stop at the next safe point
         from devenv.lockfile import Lockfile
@@ -195,13 +196,28 @@ class Project:
         return get_driver(self.devfile.machines[name].driver)
 
     def handle(self, name: str, *, tolerant: bool = False) -> str | None:
-        """The machine's engine handle: from state, else found by its labels."""
+        """The machine's engine handle: from state when the engine confirms it, else by its labels.
+
+        .devenv/ is not trusted (a repository may commit one, a stale one may name a machine
+        that was replaced): a recorded handle is used only when the driver says the engine
+        object carries this project's id and this machine's name. Every verb resolves its
+        machine here, so nothing else ever reaches, changes or removes a foreign object."""
         st = self.state.load_or_none(name) if tolerant else self.state.load(name)
         driver = self.driver(name)
-        if st and st.get("handle") and st.get("driver") == driver.name:
-            if driver.state(st["handle"]) is not MachineState.NOT_CREATED:
-                return st["handle"]
-        return driver.find(self.target(name))
+        target = self.target(name)
+        recorded = st.get("handle") if st and st.get("driver") == driver.name else None
+        if recorded:
+            owner = driver.owns(recorded, target)
+            if owner is Ownership.OURS:
+                return recorded
+            if owner is Ownership.FOREIGN and name not in self._distrusted:
+                self._distrusted.add(name)
+                ui.warn(
+                    f"{name}: {self.state.machine_file(name)} names {json.dumps(recorded[:100])}, which is not this "
+                    f"project's machine '{name}' (it lacks this project's labels): ignoring it and finding "
+                    "the machine by its labels"
+                )
+        return driver.find(target)
 
     def live_state(self, name: str) -> tuple[str | None, MachineState]:
         h = self.handle(name)
@@ -258,12 +274,21 @@ class Project:
             # `up --box REF`: boot exactly this artifact (e.g. the production box) for these machines.
             self.box_override = box
             self._override_names = set(wanted)
+        self._preflight(self.devfile.levels(wanted))
         with self.state.lock("up"):
             try:
                 self._run_levels(self.devfile.levels(wanted), lambda n: self._up_one(n, provision=provision))
             except KeyboardInterrupt:
                 self._undo_created()
                 raise
+
+    def _preflight(self, levels: list[list[str]]) -> None:
+        """Host checks that change nothing, for every machine, before the lock or any file is written."""
+        for level in levels:
+            for n in level:
+                driver = self.driver(n)
+                driver.check_available(self.devfile.machines[n])
+                driver.preflight(self.target(n))
 
     def _undo_created(self) -> None:
         with self._created_guard:
@@ -280,6 +305,7 @@ class Project:
         driver = self.driver(name)
         driver.check_available(self.devfile.machines[name])
         target = self.target(name)
+        check_sync_at_use(target.machine, self.root)  # the engine follows links when it mounts at start
         st = self.state.load(name) or {}
         handle = self.handle(name)
         live = driver.state(handle) if handle else MachineState.NOT_CREATED
@@ -291,7 +317,7 @@ class Project:
                     hint=f"`devenv destroy {name}` first, then `devenv up {name} --box {self.box_override}`",
                 )
         if live is MachineState.NOT_CREATED:
-            if st.get("handle"):
+            if st.get("handle") and name not in self._distrusted:
                 ui.info(name, "the machine is gone from the engine: creating it again")
                 st = {}
             handle = self._create(name, target, driver)
@@ -386,6 +412,7 @@ class Project:
         handle = None
         try:
             self._check_cancel()
+            check_sync_at_use(m, self.root)  # again now: a link may have been swapped in since load
             handle = driver.create(target, box, env=env)
             with self._created_guard:
                 self._created_now[name] = handle
@@ -548,9 +575,22 @@ class Project:
                         self.driver(n).resume(h)
                     self.driver(n).stop(h, force=force)
 
+    def _tolerant_lock(self, command: str):
+        """The project lock, or none when .devenv/ cannot hold one: destroy must work whatever is there."""
+        import contextlib
+
+        from devenv.errors import StateError
+
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(self.state.lock(command))
+        except StateError as exc:
+            ui.warn(f"{exc.message}; carrying on without the project lock")
+        return stack
+
     def destroy(self, names: list[str] | None = None) -> None:
         wanted = self.names(names)
-        with self.state.lock("destroy"):
+        with self._tolerant_lock("destroy"):
             for n in reversed(self.devfile.order(wanted) if not names else wanted):
                 driver = self.driver(n)
                 driver.check_available(self.devfile.machines[n])
@@ -625,6 +665,7 @@ class Project:
 
     def reload(self, names: list[str] | None = None, *, provision: bool = True, recreate: bool = False) -> None:
         wanted = self.names(names)
+        self._preflight(self.devfile.levels(wanted))
         with self.state.lock("reload"):
             for n in wanted:
                 driver = self.driver(n)
@@ -648,6 +689,7 @@ class Project:
                         ui.info(n, "applying changed settings (the disk is kept)")
                         with self._box_lock(target.machine.box or ""):
                             box = driver.prepare_box(target, target.machine.box)
+                        check_sync_at_use(target.machine, self.root)
                         apply(h, target, box)
                         self.state.save(n, {**st, "settings": settings_hash(target.machine)})
                     else:
@@ -757,6 +799,7 @@ class Project:
     # -- sync folders that are copies (rsync), not shares --------------------------------------
     def _push_sync(self, name: str, handle: str, *, only_copies: bool = True) -> int:
         driver = self.driver(name)
+        check_sync_at_use(self.devfile.machines[name], self.root)  # a copy must not follow a new link out
         plan = driver.sync_plan(handle) if hasattr(driver, "sync_plan") else []
         todo = [s for s in plan if s.get("kind") == "rsync" or not only_copies]
         if not todo:

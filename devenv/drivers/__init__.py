@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -33,6 +34,23 @@ class MachineState(enum.StrEnum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class Ownership(enum.Enum):
+    """What the engine says about a handle read from .devenv/ (which is never trusted as such)."""
+
+    OURS = "ours"  # exists and carries this project's id and this machine's name
+    GONE = "gone"  # no such engine object (any more)
+    FOREIGN = "foreign"  # exists, but another project's, not devenv's, or the handle is malformed
+
+
+# Engine-side names devenv makes (and Docker ids): a handle outside this shape is never passed to
+# an engine (no option injection into VBoxManage argv, no path tricks in API URLs).
+SAFE_HANDLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+def safe_handle(handle: object) -> bool:
+    return isinstance(handle, str) and SAFE_HANDLE.fullmatch(handle) is not None
 
 
 @dataclass(frozen=True)
@@ -93,9 +111,24 @@ class Driver(Protocol):
         ...
 
     def validate(self, machine: Machine) -> list[Problem]: ...
+    def preflight(self, target: Target) -> None:
+        """Checks against this host that change nothing (e.g. every port's host_ip is an address
+        here), run by `up`/`reload` before the project lock or any file is written."""
+        ...
+
     def prepare_box(self, target: Target, box: str) -> BoxArtifact: ...
     def create(self, target: Target, box: BoxArtifact) -> str: ...
     def find(self, target: Target) -> str | None: ...
+    def owns(self, handle: str, target: Target) -> Ownership:
+        """Whether the engine object a handle names is this target's machine.
+
+        OURS only when it carries the target's project id and machine name (container labels,
+        domain metadata, VM extradata; for the Vagrant bridge: the Vagrant machine the Devfile
+        names). The project uses a handle from .devenv/ only when this says OURS: a forged or
+        stale state file never makes devenv reach, change or remove anything else. Must not
+        contact any engine other than the one the machine's Devfile entry names."""
+        ...
+
     def start(self, handle: str) -> None: ...
     def stop(self, handle: str, *, force: bool = False) -> None: ...
     def destroy(self, handle: str) -> None: ...

@@ -19,11 +19,13 @@ from devenv.drivers import (
     LABEL_PROJECT,
     BoxArtifact,
     MachineState,
+    Ownership,
     PortBinding,
     Target,
     keepalive,
+    safe_handle,
 )
-from devenv.drivers.hostports import is_loopback, resolve_host_port
+from devenv.drivers.hostports import check_host_addresses, is_loopback, resolve_host_port
 from devenv.errors import BackendUnavailable, BoxError, MachineStateError, PortConflict, UsageError
 from devenv.schema import Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
 
@@ -231,6 +233,11 @@ class DockerDriver:
             except UsageError as exc:
                 problems.append(Problem(("docker", "shm_size"), exc.message))
         return problems
+
+    def preflight(self, target: Target) -> None:
+        # Host addresses are this host's only when the engine publishes ports here.
+        if target.machine.ports and self._engine_is_local():
+            check_host_addresses(target)
 
     # -- boxes ---------------------------------------------------------------------------------
     def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
@@ -464,10 +471,38 @@ class DockerDriver:
             )
         return bindings
 
+    @staticmethod
+    def exposure_warnings(target: Target) -> list[str]:
+        """What the machine's options open beyond an unprivileged container, one line each.
+
+        Like a port on 0.0.0.0 these are allowed (some tools need them) but never silent:
+        `up` says so every time it creates the container."""
+        opts = target.machine.driver_options()
+        out = []
+        if opts.get("privileged"):
+            out.append(
+                "privileged = true: the container gets every device of the host and every capability; "
+                "root in it can control the host kernel (load modules, mount host disks)"
+            )
+        caps = [str(c) for c in opts.get("cap_add") or []]
+        if caps:
+            out.append(f"cap_add = {caps}: root in the container gets these host capabilities: {', '.join(caps)}")
+        network = str(opts.get("network") or "")
+        if network == "host":
+            out.append(
+                'network = "host": the container shares the host\'s network stack; it can reach every service '
+                "listening on the host's loopback, and what it listens on is reachable as the host"
+            )
+        elif network.startswith("container:"):
+            out.append(f"network = {network!r}: the container shares the network stack of another container")
+        return [f"{target.name}: {w}" for w in out]
+
     def container_config(self, target: Target, box: BoxArtifact, env: dict[str, str] | None = None) -> dict:
         """The Engine API body of POST /containers/create for this machine."""
         m = target.machine
         opts = m.driver_options()
+        for warning in self.exposure_warnings(target):
+            ui.warn(warning)
         ports = self._port_bindings(target)
         host: dict[str, Any] = {
             "Mounts": [
@@ -538,6 +573,18 @@ class DockerDriver:
             self.engine.containers, [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"]
         )
         return found[0]["Id"] if found else None
+
+    def owns(self, handle: str, target: Target) -> Ownership:
+        """OURS only for a container labelled with this project's id and this machine's name."""
+        if not safe_handle(handle):
+            return Ownership.FOREIGN
+        info = self._inspect(handle)
+        if info is None:
+            return Ownership.GONE
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_PROJECT) == target.project_id and labels.get(LABEL_MACHINE) == target.name:
+            return Ownership.OURS
+        return Ownership.FOREIGN
 
     def start(self, handle: str) -> None:
         from devenv.drivers.dockerapi import EngineError

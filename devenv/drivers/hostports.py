@@ -11,27 +11,69 @@ import socket
 from pathlib import Path
 
 from devenv import ui
-from devenv.errors import MachineStateError, PortConflict
+from devenv.errors import DevfileError, MachineStateError, PortConflict
+
+# bind() errors that say "this host has no such address" (not "the port is taken").
+_NOT_HERE = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL)
+
+
+def _not_here(ip: str, exc: OSError, where: str | None = None) -> DevfileError:
+    at = f"{where}: " if where else ""
+    return DevfileError(
+        f"{at}host_ip {ip} is not an address of this host, so no port can be forwarded on it ({exc.strerror or exc})",
+        hint="use 127.0.0.1 (the default), or an address `ip -brief address` lists on this host",
+    )
+
+
+def _bind(ip: str, port: int, proto: str) -> socket.socket:
+    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        s = socket.socket(fam, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+    except OSError as exc:  # no IPv6 on this host at all
+        raise _not_here(ip, exc) from exc
+    try:
+        s.bind((ip, port))
+    except OSError as exc:
+        s.close()
+        if isinstance(exc, socket.gaierror) or exc.errno in _NOT_HERE:
+            raise _not_here(ip, exc) from exc
+        raise
+    return s
 
 
 def port_free(ip: str, port: int, proto: str = "tcp") -> bool:
-    """True when this host can bind ip:port (tcp or udp) right now."""
-    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM) as s:
-        try:
-            s.bind((ip, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
+    """True when this host can bind ip:port (tcp or udp) right now; DevfileError when the
+    address is not this host's (an error of the Devfile, not a busy port)."""
+    try:
+        _bind(ip, port, proto).close()
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            return False
+        raise
     return True
 
 
 def free_port(ip: str = "127.0.0.1") -> int:
-    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(fam) as s:
-        s.bind((ip, 0))
+    with _bind(ip, 0, "tcp") as s:
         return s.getsockname()[1]
+
+
+def check_host_addresses(target) -> None:
+    """Every forwarded port's host_ip is an address of this host (binding port 0 on it works).
+
+    Run by `up` before it takes the project lock or writes anything: a Devfile naming an address
+    this host lacks fails with the port entry named, and leaves no file behind."""
+    seen: set[tuple[str, str]] = set()
+    for i, p in enumerate(target.machine.ports):
+        if (p.host_ip, p.protocol) in seen:
+            continue
+        seen.add((p.host_ip, p.protocol))
+        try:
+            _bind(p.host_ip, 0, p.protocol).close()
+        except DevfileError as exc:
+            raise _not_here(p.host_ip, exc.__cause__, f"machines.{target.name}.ports[{i}]") from exc  # type: ignore[arg-type]
+        except OSError:
+            pass  # anything else (no free port at all?) is for the real bind to report
 
 
 def is_loopback(ip: str) -> bool:

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 from xml.sax.saxutils import escape, quoteattr
 
 from devenv import boxes, ui
-from devenv.drivers import BoxArtifact, MachineState, Target
-from devenv.drivers.hostports import free_port, plan_forwards, port_free, ssh_banner
+from devenv.drivers import BoxArtifact, MachineState, Ownership, Target, safe_handle
+from devenv.drivers.hostports import check_host_addresses, free_port, plan_forwards, port_free, ssh_banner
 from devenv.drivers.vmcommon import VmMetadataMixin
 from devenv.errors import (
     BackendUnavailable,
@@ -190,7 +190,21 @@ class LibvirtDriver(VmMetadataMixin):
                         f"the libvirt driver cannot sync with '{s.type}' (use auto, 9p, virtiofs or rsync)",
                     )
                 )
+            elif s.type == "virtiofs" and s.read_only:
+                # libvirt 9 refuses <readonly/> for virtiofs and QEMU 7.2's virtiofsd has no read-only
+                # mode: only the guest's mount options would hold it, and guest root can remount.
+                problems.append(
+                    Problem(
+                        ("sync", i, "read_only"),
+                        "read_only = true cannot be enforced on a virtiofs share (only the guest's mount "
+                        "options would hold it, and root in the guest can remount it read-write): use "
+                        'type = "9p" (QEMU refuses every write on the host side) or "rsync" (a copy)',
+                    )
+                )
         return problems
+
+    def preflight(self, target: Target) -> None:
+        check_host_addresses(target)  # QEMU's forwards bind on this host
 
     # -- boxes ---------------------------------------------------------------------------------
     def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
@@ -265,12 +279,18 @@ class LibvirtDriver(VmMetadataMixin):
         for i, s in enumerate(target.machine.sync):
             kind = s.type
             if kind == "auto":
-                if "virtiofs" in supported and virtiofsd_path():
+                # A read-only share must be read-only on the host side: virtiofs cannot be (see validate).
+                if "virtiofs" in supported and virtiofsd_path() and not s.read_only:
                     kind = "virtiofs"
                 elif "9p" in supported:
                     kind = "9p"
                 else:
                     kind = "rsync"
+            if kind == "virtiofs" and s.read_only:  # validate refuses it; never reach the XML regardless
+                raise UsageError(
+                    f"machine '{target.name}': sync[{i}] is read_only, which virtiofs cannot enforce",
+                    hint='use type = "9p" or "rsync"',
+                )
             if kind == "virtiofs" and not virtiofsd_path():
                 raise BackendUnavailable(
                     "virtiofs needs virtiofsd on the host, which is not installed",
@@ -285,8 +305,16 @@ class LibvirtDriver(VmMetadataMixin):
         m = target.machine
         uri = self._uri_for(m)
         handle = f"{uri}#{target.resource_name}"
-        if self._dom(handle) is not None:
+        owner = self.owns(handle, target)
+        if owner is Ownership.OURS:
             return handle
+        if owner is Ownership.FOREIGN:
+            # Its name is ours but it carries no devenv metadata for this machine: never adopt it.
+            raise MachineStateError(
+                f"a libvirt domain named {target.resource_name} exists on {uri} but is not devenv's machine "
+                f"'{m.name}' of this project",
+                hint=f"remove or rename it (`virsh -c {uri} undefine {target.resource_name}`) if it is not needed",
+            )
         self._check_same_host(uri)
         folder = self.storage_dir(target.resource_name)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -314,7 +342,7 @@ class LibvirtDriver(VmMetadataMixin):
         uri, name = split_handle(handle)
         folder = self.storage_dir(name)
         keys = identity.ensure_keys(
-            ProjectState(target.project_root).machine_dir(m.name), f"{target.project_id}/{m.name}"
+            ProjectState(target.project_root).ensure_machine_dir(m.name), f"{target.project_id}/{m.name}"
         )
         keys.pin("127.0.0.1", ssh_port)
         forwards = self._forwards(target)
@@ -429,6 +457,8 @@ class LibvirtDriver(VmMetadataMixin):
         for s in sync:
             ro = "<readonly/>" if s["read_only"] else ""
             if s["kind"] == "9p":
+                # <readonly/> becomes QEMU's -fsdev readonly=on: the host refuses every write (EROFS),
+                # whatever the guest mounts.
                 fs.append(
                     f"<filesystem type='mount' accessmode='passthrough'><source dir={q(s['host'])}/>"
                     f"<target dir={q(s['tag'])}/>{ro}</filesystem>"
@@ -437,7 +467,7 @@ class LibvirtDriver(VmMetadataMixin):
                 fs.append(
                     f"<filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/>"
                     f"<binary path={q(virtiofsd_path() or '')}/><source dir={q(s['host'])}/>"
-                    f"<target dir={q(s['tag'])}/></filesystem>"  # read-only: mounted ro in the guest
+                    f"<target dir={q(s['tag'])}/></filesystem>"  # never read-only: _sync_plan refuses it
                 )
         # virtiofs shares guest memory with virtiofsd: the memory must be shared memfd.
         memory_backing = (
@@ -521,7 +551,22 @@ class LibvirtDriver(VmMetadataMixin):
     def find(self, target: Target) -> str | None:
         uri = self._uri_for(target.machine)
         handle = f"{uri}#{target.resource_name}"
-        return handle if self._dom(handle) is not None else None
+        return handle if self.owns(handle, target) is Ownership.OURS else None
+
+    def owns(self, handle: str, target: Target) -> Ownership:
+        """OURS only for a domain on the machine's own libvirt whose devenv metadata names this
+        project and machine. A handle naming another libvirt URI is never connected to."""
+        if not isinstance(handle, str) or "#" not in handle:
+            return Ownership.FOREIGN
+        uri, name = split_handle(handle)
+        if uri != self._uri_for(target.machine) or not safe_handle(name):
+            return Ownership.FOREIGN
+        if self._dom(handle) is None:
+            return Ownership.GONE
+        meta = self.metadata(handle)
+        if meta and meta.get("project") == target.project_id and meta.get("machine") == target.name:
+            return Ownership.OURS
+        return Ownership.FOREIGN
 
     def console_tail(self, handle: str, lines: int = 15) -> str:
         _, name = split_handle(handle)
@@ -704,7 +749,7 @@ class LibvirtDriver(VmMetadataMixin):
                         shutil.copy2(f, Path(tmp) / f.name)
                         files[key] = Path(tmp) / f.name
                 extra.update({k: src.meta[k] for k in ("cmdline", "ssh_user", "sync", "bootloader") if k in src.meta})
-            stored = boxes.store_box(name, version, "libvirt", files, extra)
+            stored = boxes.store_box(name, version, "libvirt", files, extra, work=Path(tmp))
         return {"provider": "libvirt", "ref": str(stored.folder), "digest": "sha256:" + (stored.digest() or "")}
 
     # -- optional roles ------------------------------------------------------------------------

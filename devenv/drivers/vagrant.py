@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from devenv import ui
-from devenv.drivers import BoxArtifact, MachineState, PortBinding, Target
+from devenv.drivers import BoxArtifact, MachineState, Ownership, PortBinding, Target
 from devenv.errors import (
     BackendUnavailable,
     CommandFailed,
@@ -569,13 +569,14 @@ class VagrantDriver:
     def _cache_dir(self, handle: str) -> Path:
         from devenv.state import ProjectState
 
+        # In a project: .devenv/machines/NAME checked for planted links before any file in it is used.
         t = self._targets.get(handle)
         if t is not None:
-            return ProjectState(t.project_root).machine_dir(t.name)
+            return ProjectState(t.project_root).ensure_machine_dir(t.name, create=False)
         found = self._locate(handle)
         if found is not None:
             root, name = found
-            return ProjectState(root).machine_dir(name)
+            return ProjectState(root).ensure_machine_dir(name, create=False)
         # No project knows this handle (e.g. `global-status` elsewhere): Vagrant's own folder.
         folder, name = split_handle(handle)
         return machine_data_dir(folder, name) / "devenv"
@@ -583,7 +584,8 @@ class VagrantDriver:
     def _locate(self, handle: str) -> tuple[Path, str] | None:
         """The project (root, machine) whose state records this handle: searched upwards from
         the Vagrant folder and from the working directory."""
-        from devenv.state import STATE_DIR
+        from devenv.errors import StateError
+        from devenv.state import STATE_DIR, ProjectState
 
         if handle in self._located:
             return self._located[handle]
@@ -594,17 +596,18 @@ class VagrantDriver:
                 if root in seen:
                     continue
                 seen.add(root)
-                machines = root / STATE_DIR / "machines"
-                if not machines.is_dir():
+                if not (root / STATE_DIR).is_dir():
                     continue
-                for f in sorted(machines.glob("*.json")):
+                # Read as every state is (regular files only, bounded, never through a link).
+                state = ProjectState(root)
+                for stem in state.names():
                     try:
-                        data = json.loads(f.read_text())
-                    except (OSError, ValueError):
+                        data = state.load(stem)
+                    except StateError:
                         continue
-                    if isinstance(data, dict) and data.get("driver") == self.name and data.get("handle") == handle:
-                        self._located[handle] = (root, f.stem)
-                        return root, f.stem
+                    if data and data.get("driver") == self.name and data.get("handle") == handle:
+                        self._located[handle] = (root, stem)
+                        return root, stem
         return None
 
     def _load_cache(self, handle: str) -> dict:
@@ -615,9 +618,12 @@ class VagrantDriver:
         return data if isinstance(data, dict) and data.get("handle") == handle else {}
 
     def _save_cache(self, handle: str, data: dict) -> None:
-        from devenv.state import atomic_write
+        from devenv.state import ProjectState, atomic_write
 
         d = self._cache_dir(handle)
+        t = self._targets.get(handle)
+        if t is not None:
+            ProjectState(t.project_root).ensure_machine_dir(t.name)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write(d / "vagrant.json", json.dumps({**data, "handle": handle}, indent=2, sort_keys=True) + "\n")
 
@@ -661,6 +667,9 @@ class VagrantDriver:
         self._ssh(handle, data)  # pins on first contact
 
     # -- boxes ---------------------------------------------------------------------------------
+    def preflight(self, target: Target) -> None:
+        pass  # Vagrant forwards the Vagrantfile's ports itself (validate refuses Devfile ports)
+
     def prepare_box(self, target: Target, box: str | None, *, pull: bool = False) -> BoxArtifact:
         """The Vagrantfile stands in for the box: checked to load and to define the machine."""
         folder, name = self._resolve(target)
@@ -716,6 +725,28 @@ class VagrantDriver:
         folder, name = self._resolve(target)
         handle = make_handle(folder, name)
         return None if self.state(handle) is MachineState.NOT_CREATED else handle
+
+    def owns(self, handle: str, target: Target) -> Ownership:
+        """OURS only for the Vagrant machine the Devfile names (its dir and machine): a handle
+        naming any other Vagrant folder is never handed to Vagrant."""
+        if not isinstance(handle, str):
+            return Ownership.FOREIGN
+        try:
+            folder, name = split_handle(handle)
+        except MachineStateError:
+            return Ownership.FOREIGN
+        opts = target.machine.driver_options()
+        raw = opts.get("dir")
+        # Compared without asking Vagrant (`vagrant status` costs ~1.5 s): the handle's folder must be
+        # the Devfile's `dir`, and its machine the one `machine` names when it names one (a
+        # single-machine Vagrantfile's name is what devenv recorded when it made it).
+        if not raw or folder != Path(os.path.normpath(target.project_root / os.path.expanduser(raw))):
+            return Ownership.FOREIGN
+        if opts.get("machine") and name != opts["machine"]:
+            return Ownership.FOREIGN
+        with self._guard:
+            self._targets.setdefault(handle, target)
+        return Ownership.GONE if self.state(handle) is MachineState.NOT_CREATED else Ownership.OURS
 
     def start(self, handle: str) -> None:
         if self.state(handle) is not MachineState.RUNNING:

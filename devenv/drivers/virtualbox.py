@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from devenv import boxes, ui
-from devenv.drivers import BoxArtifact, MachineState, Target
+from devenv.drivers import BoxArtifact, MachineState, Ownership, Target, safe_handle
+from devenv.drivers.hostports import check_host_addresses, plan_forwards, ssh_banner
 from devenv.drivers.hostports import free_port as _free_port
-from devenv.drivers.hostports import plan_forwards, ssh_banner
 from devenv.drivers.hostports import port_free as _port_free
 from devenv.drivers.vmcommon import VmMetadataMixin
 from devenv.errors import (
@@ -327,6 +327,9 @@ class VirtualBoxDriver(VmMetadataMixin):
         return problems
 
     # -- boxes ---------------------------------------------------------------------------------
+    def preflight(self, target: Target) -> None:
+        check_host_addresses(target)  # VirtualBox's NAT forwards bind on this host
+
     def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
         ref = boxes.parse_ref(box)
         if ref.kind != "recipe":
@@ -430,8 +433,15 @@ class VirtualBoxDriver(VmMetadataMixin):
         name = target.resource_name
         ed = self._extradata(name)
         if ed is not None:
-            if KEY_META in ed:
+            labelled = ed.get(KEY_PROJECT) == target.project_id and ed.get(KEY_MACHINE, m.name) == m.name
+            if KEY_META in ed and labelled and KEY_MACHINE in ed:
                 return name
+            if KEY_PROJECT in ed and not labelled:
+                # Our name, someone else's labels: never adopt or remove it.
+                raise MachineStateError(
+                    f"a VirtualBox VM named {name} exists but is not devenv's machine '{m.name}' of this project",
+                    hint=f"remove or rename it (`VBoxManage unregistervm {name} --delete`) if it is not needed",
+                )
             ui.info(m.name, f"removing {name}, a VM an earlier run left half-made")
             self.destroy(name)
         forwards = self._forwards(target)  # port conflicts and sync problems before anything is made
@@ -488,7 +498,7 @@ class VirtualBoxDriver(VmMetadataMixin):
         m = target.machine
         opts = m.driver_options()
         keys = identity.ensure_keys(
-            ProjectState(target.project_root).machine_dir(m.name), f"{target.project_id}/{m.name}"
+            ProjectState(target.project_root).ensure_machine_dir(m.name), f"{target.project_id}/{m.name}"
         )
         keys.pin("127.0.0.1", ssh_port)
         ssh_user = opts.get("ssh_user") or box.extra.get("ssh_user", "root")
@@ -585,10 +595,18 @@ class VirtualBoxDriver(VmMetadataMixin):
         A handle from .devenv/ is always a complete VM: the project records it after create().
         """
         name = target.resource_name
-        ed = self._extradata(name)
-        if ed is None or KEY_META not in ed:
-            return None
-        return name if ed.get(KEY_PROJECT) == target.project_id else None
+        return name if self.owns(name, target) is Ownership.OURS else None
+
+    def owns(self, handle: str, target: Target) -> Ownership:
+        """OURS only for a complete VM whose extradata names this project and machine."""
+        if not safe_handle(handle):  # never an option or odd word on VBoxManage's command line
+            return Ownership.FOREIGN
+        ed = self._extradata(handle)
+        if ed is None:
+            return Ownership.GONE
+        if KEY_META in ed and ed.get(KEY_PROJECT) == target.project_id and ed.get(KEY_MACHINE) == target.name:
+            return Ownership.OURS
+        return Ownership.FOREIGN
 
     def wait_ssh(self, handle: str, timeout: float) -> None:
         """Until sshd's banner comes through the forward (VirtualBox's NAT accepts connections itself)."""

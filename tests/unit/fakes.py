@@ -156,6 +156,21 @@ class FakeDriver:
                     return h
         return None
 
+    def owns(self, handle: str, target: Target) -> drivers.Ownership:
+        with self._tx() as data:
+            m = data["machines"].get(handle) if isinstance(handle, str) else None
+            if m is None:
+                return drivers.Ownership.GONE
+            labels = m["labels"]
+            if labels.get(LABEL_PROJECT) == target.project_id and labels.get(LABEL_MACHINE) == target.name:
+                return drivers.Ownership.OURS
+            return drivers.Ownership.FOREIGN
+
+    def preflight(self, target: Target) -> None:
+        from devenv.drivers.hostports import check_host_addresses
+
+        check_host_addresses(target)  # like the VM drivers: the fake engine's ports are this host's
+
     def start(self, handle: str) -> None:
         with self._tx() as data:
             m = self._get(data, handle)
