@@ -120,7 +120,16 @@ _RECIPE = Table(
         # The same step syntax as a Devfile's provision list; paths start at the folder above boxes/.
         "provision": Field(_StepsNode(), default=list),
     },
+    check_fn=lambda r, path, problems: _check_recipe_names(r, path, problems),
 )
+
+
+def _check_recipe_names(r: dict, path: tuple, problems: list) -> None:
+    # The pattern above is checked by the schema; the length (a folder name of the store) here.
+    for key in ("name", "version"):
+        value = r.get(key)
+        if isinstance(value, str) and len(value) > MAX_NAME_LEN:
+            problems.append(Problem(path + (key,), f"is longer than {MAX_NAME_LEN} characters"))
 
 
 @dataclass(frozen=True)
@@ -172,11 +181,30 @@ def recipe_dirs(project_root: Path | None) -> list[Path]:
 
 
 def load_recipe(path: Path) -> Recipe:
-    text = path.read_text(encoding="utf-8")
+    # A project's boxes/ comes with the repository: read it as the Devfile is read (a regular
+    # UTF-8 file of bounded size, bounded nesting), never as trusted text.
+    from devenv.devfile import MAX_DEPTH, MAX_DEVFILE_BYTES, MAX_VALUES, shape_problem
+    from devenv.paths import read_regular
+    from devenv.tomlpos import nesting_depth_exceeded
+
+    try:
+        text = read_regular(path, MAX_DEVFILE_BYTES, what="it").decode("utf-8")
+    except OSError as exc:
+        raise DevfileError(f"cannot read box recipe {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DevfileError(f"box recipe {path} is not UTF-8 text (byte {exc.start})") from None
+    deep = nesting_depth_exceeded(text, MAX_DEPTH)
+    if deep is not None:
+        raise DevfileError(f"{path}:{deep}: arrays or tables nested deeper than {MAX_DEPTH} levels")
     try:
         data = _toml.loads(text)
     except _toml.TOMLDecodeError as exc:
         raise DevfileError(f"{path}: TOML syntax error: {exc}") from exc
+    except RecursionError:
+        raise DevfileError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+    shape = shape_problem(data, MAX_DEPTH, MAX_VALUES)
+    if shape is not None:
+        raise DevfileError(f"box recipe {path} is invalid", [f"{path}:1: {shape.key}: {shape.message}"])
     problems: list[Problem] = []
     r = _RECIPE.check(data, (), problems)
     if problems or r is MISSING:
@@ -219,7 +247,7 @@ def list_recipes(project_root: Path | None) -> dict[str, Recipe]:
             except DevfileError as exc:
                 from devenv import ui
 
-                ui.warn(f"skipping {exc.message}: " + "; ".join(map(str, exc.problems)))
+                ui.warn(f"skipping {exc.message}" + "".join(f"; {p}" for p in exc.problems))
                 continue
             found.setdefault(r.name, r)
     return found
@@ -253,6 +281,36 @@ def image_name_ok(name: str) -> bool:
 # Layout: <data dir>/boxes/NAME/VERSION/PROVIDER/{box.json, disk.qcow2, vmlinuz, initrd.img}
 
 
+# Names and versions of boxes become folders of the store: one rule for every way they enter
+# (recipe, catalog, command line, .box metadata, store lookups), the recipe's own pattern.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+MAX_NAME_LEN = 128
+
+
+def valid_name(value: object) -> bool:
+    """A box name, version or provider that is safe as one folder name of the store."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_NAME_LEN
+        and re.fullmatch(NAME_PATTERN, value) is not None
+        and value.strip(".") != ""
+    )
+
+
+def check_name(value: object, what: str = "box name") -> str:
+    """`value` if valid_name(), else a BoxError that names the rule."""
+    if valid_name(value):
+        return value  # type: ignore[return-value]
+    from devenv.boxarchive import shown
+
+    text = value if isinstance(value, str) else repr(value)
+    raise BoxError(
+        f"invalid {what} {shown(text)}: it must start with a letter or digit and use only letters, digits, "
+        f"'.', '_' and '-' (at most {MAX_NAME_LEN} characters)",
+        hint="box names and versions become folders of the box store: pick a plain name such as debian-12 or 2026.11.1",
+    )
+
+
 @dataclass(frozen=True)
 class StoredBox:
     name: str
@@ -262,11 +320,15 @@ class StoredBox:
     meta: dict
 
     def file(self, key: str) -> Path | None:
-        rel = self.meta.get("files", {}).get(key, {}).get("path")
-        return self.folder / rel if rel else None
+        entry = (self.meta.get("files") or {}).get(key)
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        # box.json is devenv's own, but a file name in it is still only ever a name in the folder.
+        return self.folder / rel if isinstance(rel, str) and valid_name(rel) else None
 
     def digest(self, key: str = "disk") -> str | None:
-        return self.meta.get("files", {}).get(key, {}).get("sha256")
+        entry = (self.meta.get("files") or {}).get(key)
+        sha = entry.get("sha256") if isinstance(entry, dict) else None
+        return sha if isinstance(sha, str) else None
 
 
 def store_root() -> Path:
@@ -275,34 +337,125 @@ def store_root() -> Path:
     return data_dir() / "boxes"
 
 
+def _make_dir(path: Path, mode: int) -> None:
+    """mkdir -p with an explicit mode on every folder it makes: the umask does not decide."""
+    import os
+
+    missing = []
+    p = path
+    while not os.path.lexists(p) and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=mode)
+        except FileExistsError:
+            continue  # made meanwhile by another devenv; the checks of the caller still apply
+        os.chmod(d, mode)
+
+
+def ensure_store_root() -> Path:
+    """The box store's folder, made 0755 (with any missing parent) whatever the umask."""
+    root = store_root()
+    _make_dir(root, 0o755)
+    return root
+
+
+def _no_link(path: Path) -> bool:
+    """True when `path` is a real folder (lstat), never a symlink planted in the store."""
+    import os
+    import stat
+
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+def store_folder(name: str, version: str, provider: str) -> Path:
+    """store/NAME/VERSION/PROVIDER after checking each part, resolved inside the store."""
+    check_name(name, "box name")
+    check_name(version, "box version")
+    check_name(provider, "box provider")
+    root = store_root()
+    dest = root / name / version / provider
+    if not _inside(dest, root):  # a symlink planted in the store: refused, never followed
+        raise BoxError(
+            f"refusing to use {dest}: it leads outside the box store {root} (a symbolic link?)",
+            hint="the box store holds only devenv's own folders: remove that link and try again",
+        )
+    return dest
+
+
 def version_key(v: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\-]", v))
+    # Numbers compare as numbers, words as words, never a number with a word (no TypeError).
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-]", str(v)))
+
+
+def _load(name: str, version: str, provider: str) -> StoredBox | None:
+    """The box in store/NAME/VERSION/PROVIDER, or None when absent, a symlink or not readable as devenv's."""
+    import json
+    import os
+    import stat
+
+    folder = store_root() / name / version / provider
+    if not all(_no_link(p) for p in (folder.parent.parent, folder.parent, folder)):
+        return None
+    meta_path = folder / "box.json"
+    try:
+        st = os.lstat(meta_path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4 * 1024 * 1024:
+            return None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    return StoredBox(name, version, provider, folder, meta)
+
+
+def _children(folder: Path) -> list[str]:
+    """The entries of a store folder that can be a box part: valid names, real folders."""
+    import os
+
+    if not _no_link(folder):
+        return []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(n for n in names if valid_name(n) and _no_link(folder / n))
 
 
 def find_stored(name: str, version: str | None, provider: str) -> StoredBox | None:
+    check_name(name, "box name")
+    if version is not None:
+        check_name(version, "box version")
+    check_name(provider, "box provider")
     base = store_root() / name
-    if not base.is_dir():
-        return None
-    versions = [version] if version else sorted((p.name for p in base.iterdir()), key=version_key, reverse=True)
+    versions = [version] if version else sorted(_children(base), key=version_key, reverse=True)
     for v in versions:
-        folder = base / v / provider
-        meta_path = folder / "box.json"
-        if meta_path.is_file():
-            import json
-
-            return StoredBox(name, v, provider, folder, json.loads(meta_path.read_text()))
+        found = _load(name, v, provider)
+        if found is not None:
+            return found
     return None
 
 
 def list_stored() -> list[StoredBox]:
     out = []
     root = store_root()
-    if not root.is_dir():
-        return out
-    for name_dir in sorted(root.iterdir()):
-        for ver_dir in sorted(name_dir.iterdir()) if name_dir.is_dir() else []:
-            for prov_dir in sorted(ver_dir.iterdir()) if ver_dir.is_dir() else []:
-                b = find_stored(name_dir.name, ver_dir.name, prov_dir.name)
+    for name in _children(root):
+        for ver in _children(root / name):
+            for prov in _children(root / name / ver):
+                b = _load(name, ver, prov)
                 if b:
                     out.append(b)
     return out
@@ -318,33 +471,79 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def store_box(name: str, version: str, provider: str, files: dict[str, Path], meta: dict) -> StoredBox:
-    """Move finished artifacts into the store: written to a temporary folder, renamed in whole.
+def _stage(src: Path, target: Path, work: Path | None) -> None:
+    """Put one artifact into the store's temporary folder: moved from `work`, else copied.
 
-    A build that dies half-way never leaves a box that looks complete.
+    Only a regular file (lstat: no symlink) is taken, and only one inside `work` -- devenv's own
+    temporary folder -- is ever moved: a file named from anywhere else stays where it is.
+    """
+    import os
+    import shutil
+    import stat
+
+    try:
+        st = os.lstat(src)
+    except OSError as exc:
+        raise BoxError(f"cannot store {src}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise BoxError(f"refusing to store {src}: not a regular file (a box holds regular files only)")
+    if work is not None:
+        if not _inside(src, work):
+            raise BoxError(f"refusing to store {src}: it is outside devenv's work folder {work}")
+        shutil.move(str(src), target)  # a rename when on the same file system
+    else:
+        shutil.copyfile(src, target, follow_symlinks=False)
+    os.chmod(target, 0o644)
+
+
+def store_box(
+    name: str, version: str, provider: str, files: dict[str, Path], meta: dict, *, work: Path | None = None
+) -> StoredBox:
+    """Put finished artifacts into the store: written to a temporary folder, renamed in whole.
+
+    A build that dies half-way never leaves a box that looks complete. Files inside `work` (the
+    caller's own temporary folder) are moved; without `work` they are copied, never moved.
+    Folders are made 0755 and files 0644 whatever the umask: libvirt's QEMU reads the disks.
     """
     import json
+    import os
     import shutil
     import tempfile
 
-    dest = store_root() / name / version / provider
+    dest = store_folder(name, version, provider)
+    for src in files.values():
+        if not valid_name(src.name):
+            raise BoxError(f"refusing to store {src}: its file name is not a plain name")
+    if len({src.name for src in files.values()}) != len(files):
+        raise BoxError(f"box {name}@{version} ({provider}): two of its files have the same name")
     tmp = None
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        root = ensure_store_root()
+        _make_dir(dest.parent, 0o755)
+        for p in (dest.parent.parent, dest.parent):
+            if not _no_link(p) or not _inside(p, root):
+                raise BoxError(f"refusing to store box {name}@{version}: {p} is not a folder of the store")
         tmp = Path(tempfile.mkdtemp(prefix=f".{provider}-", dir=dest.parent))
+        os.chmod(tmp, 0o755)
         entries = {}
         for key, src in files.items():
             target = tmp / src.name
-            if src.parent != tmp:
-                shutil.move(str(src), target)
+            if src.parent.resolve() != tmp.resolve():
+                _stage(src, target, work)
             entries[key] = {"path": target.name, "sha256": sha256_file(target)}
         doc = {"name": name, "version": version, "provider": provider, **meta, "files": entries}
-        (tmp / "box.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        if dest.exists():
-            old = find_stored(name, version, provider)
-            if old is not None:
-                ensure_unused(old, "replace")
-            shutil.rmtree(dest)
+        fd = os.open(tmp / "box.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp / "box.json", 0o644)
+        if os.path.lexists(dest):
+            if not _no_link(dest):
+                os.unlink(dest)  # a symlink or file planted where the box goes: removed, never followed
+            else:
+                old = _load(name, version, provider)
+                if old is not None:
+                    ensure_unused(old, "replace")
+                shutil.rmtree(dest)
         tmp.rename(dest)
     except OSError as exc:
         if tmp is not None:
@@ -357,8 +556,9 @@ def store_box(name: str, version: str, provider: str, files: dict[str, Path], me
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    found = find_stored(name, version, provider)
-    assert found is not None
+    found = _load(name, version, provider)
+    if found is None:
+        raise BoxError(f"box {name}@{version} ({provider}) was stored but cannot be read back from {dest}")
     return found
 
 
@@ -408,16 +608,35 @@ def ensure_unused(box: StoredBox, doing: str) -> None:
         )
 
 
-def remove_stored(name: str, version: str | None, provider: str | None = None) -> list[str]:
+def remove_stored(name: str, version: str | None = None, provider: str | None = None) -> list[str]:
+    """Remove store/NAME[/VERSION[/PROVIDER]]: only real folders of the store, never through a symlink.
+
+    A folder whose box.json is unreadable is removed too (it is no box any more).
+    """
     import shutil
 
-    chosen = [
-        b
-        for b in list_stored()
-        if b.name == name and (version is None or b.version == version) and (provider in (None, b.provider))
-    ]
+    check_name(name, "box name")
+    if version is not None:
+        check_name(version, "box version")
+    if provider is not None:
+        check_name(provider, "box provider")
+    root = store_root()
+    chosen: list[StoredBox] = []
+    for v in _children(root / name):
+        if version is not None and v != version:
+            continue
+        for p in _children(root / name / v):
+            if provider is not None and p != provider:
+                continue
+            folder = root / name / v / p
+            chosen.append(_load(name, v, p) or StoredBox(name, v, p, folder, {}))
     for b in chosen:  # all checked before anything goes
         ensure_unused(b, "remove")
     for b in chosen:
+        # Checked again right before: every part a real folder inside the store. rmtree itself
+        # does not follow symlinks inside (it works on descriptors, rmtree.avoids_symlink_attacks).
+        parts = (b.folder.parent.parent, b.folder.parent, b.folder)
+        if not all(_no_link(p) for p in parts) or not _inside(b.folder, root):
+            raise BoxError(f"refusing to remove {b.folder}: it is not a folder of the box store {root}")
         shutil.rmtree(b.folder)
     return [f"{b.name}@{b.version} ({b.provider})" for b in chosen]

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from devenv import boxes, ui
+from devenv import boxarchive, boxes, ui
 from devenv.errors import BoxError
 
 LIBVIRT_VAGRANTFILE = """\
@@ -77,41 +80,96 @@ def _digest(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
+# Only collision-resistant digests verify a box: md5 and sha1 are refused, not accepted weakly.
+CHECKSUM_TYPES = {"sha256": 64, "sha512": 128}
+CATALOG_MAX = 16 * 1024 * 1024
+
+
 def parse_checksum(text: str | None) -> tuple[str, str] | None:
-    """'sha256:HEX' or a bare sha256 HEX -> (algo, hex)."""
-    if not text:
+    """'sha256:HEX', 'sha512:HEX' or a bare HEX (its length tells which) -> (algo, hex)."""
+    if text is None or text == "":
         return None
-    algo, _, value = text.partition(":") if ":" in text else ("sha256", "", text)
-    algo = algo.lower()
-    if algo not in ("sha256", "sha512", "sha1", "md5"):
-        raise BoxError(f"unsupported checksum type '{algo}'", hint="use sha256:HEX")
-    return algo, value.lower()
+    if not isinstance(text, str):
+        raise BoxError(f"a checksum must be text like sha256:HEX, not {type(text).__name__}")
+    text = text.strip()
+    if ":" in text:
+        algo, _, value = text.partition(":")
+    else:
+        algo, value = {128: "sha512"}.get(len(text), "sha256"), text
+    algo, value = algo.strip().lower(), value.strip().lower()
+    if algo not in CHECKSUM_TYPES:
+        weak = " (md5 and sha1 no longer prove a file is the published one)" if algo in ("md5", "sha1") else ""
+        raise BoxError(
+            f"unsupported checksum type {boxarchive.shown(algo)}{weak}; nothing was downloaded",
+            hint="use sha256:HEX or sha512:HEX (ask the box's publisher for one)",
+        )
+    if len(value) != CHECKSUM_TYPES[algo] or any(c not in "0123456789abcdef" for c in value):
+        raise BoxError(
+            f"invalid {algo} checksum {boxarchive.shown(value)}: it must be {CHECKSUM_TYPES[algo]} hex digits",
+            hint=f"give it as {algo}:HEX",
+        )
+    return algo, value
 
 
-def fetch(url_or_path: str, dest: Path) -> Path:
-    """A local path or a file:// / http(s):// URL, downloaded to a temp file first (no partial file)."""
+def _is_remote(ref: str) -> bool:
+    return urllib.parse.urlparse(ref).scheme.lower() in ("http", "https")
+
+
+class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http/https (urllib would also follow one to ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if urllib.parse.urlparse(newurl).scheme.lower() not in ("http", "https"):
+            raise BoxError(f"{req.full_url} redirects to {boxarchive.shown(newurl)}; only http(s) is followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None) -> Path:
+    """A local path or a file:// / http(s):// URL, downloaded to a temp file first (no partial file).
+
+    A download is capped at `max_bytes` (default: DEVENV_BOX_MAX_SIZE): a Content-Length over it is
+    refused before reading, and reading stops once the cap is passed.
+    """
+    cap = max_bytes if max_bytes is not None else boxarchive.max_total_bytes()
     parsed = urllib.parse.urlparse(url_or_path)
-    if parsed.scheme in ("", "file"):
-        src = Path(urllib.parse.unquote(parsed.path) if parsed.scheme else url_or_path).expanduser()
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file"):
+        src = Path(urllib.parse.unquote(parsed.path) if scheme else url_or_path).expanduser()
         if not src.is_file():
             raise BoxError(f"box file not found: {src}")
+        if src.stat().st_size > cap:
+            raise BoxError(f"{src} is larger than {cap} bytes", hint="raise DEVENV_BOX_MAX_SIZE if it is meant to be")
         return src
-    if parsed.scheme not in ("http", "https"):
-        raise BoxError(f"cannot fetch '{url_or_path}': only paths, file://, http:// and https:// are supported")
+    if scheme not in ("http", "https"):
+        raise BoxError(
+            f"cannot fetch {boxarchive.shown(url_or_path)}: only paths, file://, http:// and https:// are supported"
+        )
     tmp = dest.with_name(f".{dest.name}.part")
+    opener = urllib.request.build_opener(_SameSchemeRedirects)
     try:
         with ui.progress(None, f"downloading {url_or_path}"):
-            with urllib.request.urlopen(url_or_path, timeout=60) as r, open(tmp, "wb") as f:
-                expected = r.headers.get("Content-Length")
+            with opener.open(url_or_path, timeout=60) as r, open(tmp, "wb") as f:
+                length = (r.headers.get("Content-Length") or "").strip()
+                expected = int(length) if length.isdigit() else None
+                if expected is not None and expected > cap:
+                    raise BoxError(
+                        f"{url_or_path} is {expected} bytes, more than the {cap} devenv accepts; nothing was added",
+                        hint="raise DEVENV_BOX_MAX_SIZE if the box is meant to be this big",
+                    )
                 n = 0
                 for chunk in iter(lambda: r.read(1 << 20), b""):
-                    f.write(chunk)
                     n += len(chunk)
-                if expected is not None and n != int(expected):
+                    if n > cap:
+                        raise BoxError(
+                            f"{url_or_path} sent more than {cap} bytes; the download was stopped",
+                            hint="raise DEVENV_BOX_MAX_SIZE if the box is meant to be this big",
+                        )
+                    f.write(chunk)
+                if expected is not None and n != expected:
                     raise BoxError(
                         f"download of {url_or_path} was interrupted ({n} of {expected} bytes)", hint="try again"
                     )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, a malformed URL or response
         tmp.unlink(missing_ok=True)
         raise BoxError(f"cannot download {url_or_path}: {exc}", hint="check the URL and the network") from exc
     except BaseException:
@@ -122,104 +180,272 @@ def fetch(url_or_path: str, dest: Path) -> Path:
 
 
 def verify(path: Path, checksum: tuple[str, str] | None, what: str) -> str:
+    """The file's sha256; a BoxError when it does not have the checksum given.
+
+    The digest actually found is never printed: with a hostile catalog it would tell the sha256
+    of any file devenv can read.
+    """
     digest = _digest(path, "sha256")
     if checksum is not None:
         algo, expected = checksum
         actual = digest if algo == "sha256" else _digest(path, algo)
         if actual != expected:
             raise BoxError(
-                f"checksum mismatch for {what}: expected {algo}:{expected}, got {algo}:{actual}; the box was not added",
+                f"checksum mismatch for {what}: it does not have {algo}:{expected}; the box was not added",
                 hint="the file is corrupt or not the one published: download it again or check the checksum",
             )
     return digest
 
 
-def add_box_file(path: Path, *, name: str, version: str, checksum: str | None = None) -> boxes.StoredBox:
-    """Import a .box file into the box store after verifying its checksum."""
-    sha = verify(path, parse_checksum(checksum), str(path))
-    with tempfile.TemporaryDirectory(prefix="devenv-boxadd-") as d:
-        work = Path(d)
-        try:
-            with tarfile.open(path) as tar:
-                tar.extractall(work, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise BoxError(f"{path} is not a valid .box archive: {exc}") from exc
-        meta_path = work / "metadata.json"
-        if not meta_path.is_file():
-            raise BoxError(f"{path} is not a Vagrant box: no metadata.json at its root")
-        meta = json.loads(meta_path.read_text())
-        provider = meta.get("provider")
-        if provider == "virtualbox":
-            return _add_virtualbox(work, path, name=name, version=version, sha=sha)
-        if provider != "libvirt":
+@dataclass
+class Unpacked:
+    """A .box unpacked into devenv's own temporary folder, its metadata checked."""
+
+    folder: Path
+    names: dict[str, int]
+    provider: str
+    extra: dict  # devenv.json, only the keys devenv uses, each of the right type
+
+
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def _extra(doc: dict | None, what: str) -> dict:
+    """The keys devenv reads from a box's devenv.json, each checked: it is a downloaded file."""
+    if not doc:
+        return {}
+    checks = {
+        "cmdline": lambda v: isinstance(v, str) and len(v) <= 4096 and v.isprintable(),
+        # ssh_user goes onto ssh's command line: a name, never something that reads as an option.
+        "ssh_user": lambda v: isinstance(v, str) and _USER_RE.fullmatch(v) is not None,
+        "sync": lambda v: isinstance(v, list) and all(x in ("virtiofs", "9p", "rsync") for x in v),
+        "baked": lambda v: (
+            isinstance(v, list) and all(isinstance(x, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", x) for x in v)
+        ),
+        "description": lambda v: isinstance(v, str) and len(v) <= 4096,
+        "guest_additions": lambda v: isinstance(v, bool),
+    }
+    out = {}
+    for key, ok in checks.items():
+        if key in doc:
+            if not ok(doc[key]):
+                raise BoxError(
+                    f"{what}: devenv.json has an invalid {key!r}: {boxarchive.shown(repr(doc[key]), 80)}",
+                    hint="nothing was added; get the box from its publisher again",
+                )
+            out[key] = doc[key]
+    return out
+
+
+def unpack(path: Path, parent: Path, *, what: str, provider: str | None = None) -> Unpacked:
+    """Unpack a .box with checked members and check its metadata (and provider, when one is asked)."""
+    folder, names = boxarchive.extract(path, parent, what=what)
+    try:
+        meta = boxarchive.read_json(folder, "metadata.json", what)
+        if meta is None:
+            raise BoxError(f"{what} is not a Vagrant box: no metadata.json at its root")
+        got = meta.get("provider")
+        if got not in boxarchive.FORMATS:
             raise BoxError(
-                f"{path} is a '{provider}' box; devenv adds libvirt and virtualbox boxes",
+                f"{what} is a {boxarchive.shown(str(got))} box; devenv adds libvirt and virtualbox boxes",
                 hint='run it through the Vagrant bridge (driver = "vagrant") instead',
             )
-        files = {"disk": work / "box.img"}
-        if not files["disk"].is_file():
+        if provider is not None and got != provider:
+            raise BoxError(
+                f"{what} is a {got} box, but a {provider} box was asked for; nothing was added",
+                hint="the catalog (or recipe) lists it under the wrong provider: tell its publisher",
+            )
+        allowed = boxarchive.allowed_in(got)
+        stray = sorted(n for n in names if not allowed(n))
+        if stray:
+            raise BoxError(
+                f"{what}: a {got} box does not contain {', '.join(map(boxarchive.shown, stray))}; nothing was added"
+            )
+        extra = _extra(boxarchive.read_json(folder, "devenv.json", what), what)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Unpacked(folder, names, got, extra)
+
+
+def add_box_file(
+    path: Path,
+    *,
+    name: str,
+    version: str,
+    checksum: str | None = None,
+    provider: str | None = None,
+    source: dict | None = None,
+) -> boxes.StoredBox:
+    """Import a .box file into the box store after verifying its checksum.
+
+    `provider`: the provider the caller expects (a catalog's entry); a box of another one is
+    refused. `source`: what is recorded as the box's origin (default: the file's path).
+    """
+    boxes.check_name(name, "box name")
+    boxes.check_name(version, "box version")
+    parsed = parse_checksum(checksum)
+    sha = verify(path, parsed, str(path))
+    # Unpacked next to the store (same file system): storing the disks is then a rename.
+    box = unpack(path, boxes.ensure_store_root(), what=str(path), provider=provider)
+    try:
+        origin = dict(source) if source else {"file": str(Path(path).resolve())}
+        origin["sha256"] = sha
+        if box.provider == "virtualbox":
+            return _add_virtualbox(box, path, name=name, version=version, origin=origin)
+        if "box.img" not in box.names:
             raise BoxError(f"{path}: a libvirt box needs box.img")
+        work = box.folder
+        files = {"disk": work / "box.img"}
         for key, fn in (("kernel", "vmlinuz"), ("initrd", "initrd.img")):
-            if (work / fn).is_file():
+            if fn in box.names:
                 files[key] = work / fn
-        extra = json.loads((work / "devenv.json").read_text()) if (work / "devenv.json").is_file() else {}
-        extra = {k: v for k, v in extra.items() if k in ("cmdline", "ssh_user", "sync", "baked", "description")}
+        if ("kernel" in files) != ("initrd" in files):
+            raise BoxError(f"{path}: a box with a kernel needs its initrd too (vmlinuz and initrd.img)")
+        extra = {k: v for k, v in box.extra.items() if k in ("cmdline", "ssh_user", "sync", "baked", "description")}
         if "kernel" not in files:
             extra["bootloader"] = True
-        extra["source"] = {"file": str(path), "sha256": sha}
-        return boxes.store_box(name, version, "libvirt", files, extra)
+        extra["source"] = origin
+        return boxes.store_box(name, version, "libvirt", files, extra, work=work)
+    finally:
+        shutil.rmtree(box.folder, ignore_errors=True)
 
 
-def add_from_catalog(catalog_ref: str, *, version: str | None = None) -> boxes.StoredBox:
-    """Resolve a Vagrant catalog (JSON): the newest (or given) version with a libvirt provider."""
-    with tempfile.TemporaryDirectory() as d:
-        path = fetch(catalog_ref, Path(d) / "catalog.json")
+def add(
+    source: str,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    checksum: str | None = None,
+    insecure: bool = False,
+) -> boxes.StoredBox:
+    """`devenv box add SOURCE`: a catalog (.json) or a .box file (a path or a URL).
+
+    Everything that can be refused is refused before anything is downloaded: the names, the
+    checksum's type, a remote box without a checksum (unless `insecure`, which is recorded).
+    """
+    if name is not None:
+        boxes.check_name(name, "box name")
+    if version is not None:
+        boxes.check_name(version, "box version")
+    if source.endswith(".json"):
+        if checksum:
+            raise BoxError(
+                "--checksum is for a .box file; a catalog carries the checksum of each of its boxes",
+                hint=f"run `devenv box add {source}` without --checksum",
+            )
+        return add_from_catalog(source, version=version, name=name)
+    parsed = parse_checksum(checksum)
+    remote = _is_remote(source)
+    if remote and parsed is None and not insecure:
+        raise BoxError(
+            f"refusing to add {source} without a checksum: a downloaded box must be verified",
+            hint="pass --checksum sha256:HEX (from the box's publisher), or --insecure to add it unverified "
+            "(recorded in the box's source)",
+        )
+    path_part = urllib.parse.unquote(urllib.parse.urlparse(source).path) if "://" in source else source
+    stem = path_part.rstrip("/").rsplit("/", 1)[-1].removesuffix(".box")
+    if name is None and not boxes.valid_name(stem):
+        raise BoxError(
+            f"cannot name the box after {boxarchive.shown(stem)}: not a plain name",
+            hint="give one with --name NAME",
+        )
+    origin: dict = {"url": source} if remote else {"file": str(Path(path_part).expanduser().resolve())}
+    if remote and parsed is None:
+        origin["insecure"] = True
+    with tempfile.TemporaryDirectory(prefix="devenv-download-") as tmp:
+        path = fetch(source, Path(tmp) / "download.box")
+        return add_box_file(Path(path), name=name or stem, version=version or "0", checksum=checksum, source=origin)
+
+
+def _catalog_str(value: object, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BoxError(f"{what} must be text, not {type(value).__name__}")
+    return str(value)
+
+
+def add_from_catalog(catalog_ref: str, *, version: str | None = None, name: str | None = None) -> boxes.StoredBox:
+    """Resolve a Vagrant catalog (JSON): the newest (or given) version with a libvirt provider.
+
+    A remote catalog may point only at http(s) URLs (never file:, never the user's own disk); the
+    checksum type is checked before the box is downloaded; the box must be the provider listed.
+    """
+    remote = _is_remote(catalog_ref)
+    with tempfile.TemporaryDirectory(prefix="devenv-catalog-") as d:
+        path = fetch(catalog_ref, Path(d) / "catalog.json", max_bytes=CATALOG_MAX)
         try:
-            cat = json.loads(Path(path).read_text())
-        except ValueError as exc:
-            raise BoxError(f"{catalog_ref} is not a box catalog (invalid JSON: {exc})") from exc
-        name = cat.get("name", "").replace("/", "-") or "box"
+            cat = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise BoxError(f"{catalog_ref} is not a box catalog (invalid JSON: {exc})") from None
+        if not isinstance(cat, dict) or not isinstance(cat.get("versions", []), list):
+            raise BoxError(f"{catalog_ref} is not a box catalog: expected {{'name', 'versions': [...]}}")
+        raw_name = cat.get("name") or "box"
+        if not isinstance(raw_name, str):
+            raise BoxError(f"catalog {catalog_ref}: 'name' must be text")
+        box_name = boxes.check_name(name or raw_name.replace("/", "-"), "box name (from the catalog)")
         candidates = []
         for v in cat.get("versions", []):
+            if not isinstance(v, dict) or not isinstance(v.get("providers", []), list):
+                raise BoxError(f"catalog {catalog_ref}: every entry of 'versions' must be an object with 'providers'")
             for p in v.get("providers", []):
-                if p.get("name") == "libvirt" and (version is None or v.get("version") == version):
-                    candidates.append((boxes.version_key(str(v["version"])), str(v["version"]), p))
+                if not isinstance(p, dict) or p.get("name") != "libvirt":
+                    continue
+                ver = _catalog_str(v.get("version"), f"catalog {catalog_ref}: a version")
+                boxes.check_name(ver, "box version (from the catalog)")
+                if version is None or ver == version:
+                    candidates.append((boxes.version_key(ver), ver, p))
         if not candidates:
             raise BoxError(f"catalog {catalog_ref} has no libvirt box" + (f" at version {version}" if version else ""))
         _, ver, prov = max(candidates, key=lambda c: c[0])
         if not prov.get("checksum"):
-            raise BoxError(f"catalog {catalog_ref}: {name}@{ver} has no checksum; devenv adds only verified boxes")
-        url = urllib.parse.urljoin(
-            catalog_ref if "://" in catalog_ref else Path(catalog_ref).resolve().as_uri(), prov["url"]
-        )
+            raise BoxError(f"catalog {catalog_ref}: {box_name}@{ver} has no checksum; devenv adds only verified boxes")
+        ctype = _catalog_str(prov.get("checksum_type", "sha256"), "checksum_type")
+        checksum = f"{ctype}:{_catalog_str(prov['checksum'], 'checksum')}"
+        parse_checksum(checksum)  # before any download
+        rel = _catalog_str(prov.get("url", ""), f"catalog {catalog_ref}: {box_name}@{ver} url")
+        base = catalog_ref if "://" in catalog_ref else Path(catalog_ref).resolve().as_uri()
+        url = urllib.parse.urljoin(base, rel)
+        if remote and not _is_remote(url):
+            raise BoxError(
+                f"catalog {catalog_ref}: {box_name}@{ver} points at {boxarchive.shown(url)}; a remote catalog may "
+                "point only at http:// or https:// URLs",
+                hint="nothing was read from this machine; tell the catalog's publisher",
+            )
         box_path = fetch(url, Path(d) / "download.box")
-        checksum = f"{prov.get('checksum_type', 'sha256')}:{prov['checksum']}"
-        return add_box_file(Path(box_path), name=name, version=ver, checksum=checksum)
+        source = {"url": url, "catalog": catalog_ref}
+        return add_box_file(
+            Path(box_path), name=box_name, version=ver, checksum=checksum, provider="libvirt", source=source
+        )
 
 
-def _add_virtualbox(work: Path, path: Path, *, name: str, version: str, sha: str) -> boxes.StoredBox:
+def _add_virtualbox(box: Unpacked, path: Path, *, name: str, version: str, origin: dict) -> boxes.StoredBox:
     """The virtualbox provider's layout: an OVF descriptor and the disks it names."""
-    import re
-
-    ovfs = sorted(work.glob("*.ovf"))
+    work = box.folder
+    ovfs = sorted(n for n in box.names if n.endswith(".ovf"))
     if not ovfs:
         raise BoxError(f"{path}: a virtualbox box needs an .ovf descriptor at its root")
-    ovf = ovfs[0]
-    names = re.findall(r'ovf:href="([^"]+)"', ovf.read_text(errors="replace"))
+    if len(ovfs) > 1:
+        raise BoxError(f"{path}: a virtualbox box has one .ovf descriptor, this one has {', '.join(ovfs)}")
+    ovf = work / ovfs[0]
+    names = boxarchive.ovf_disk_files(work, ovfs[0], str(path))
+    missing = [n for n in names if n not in box.names]
+    if not names or missing:
+        raise BoxError(
+            f"{path}: the OVF names disk files that are not in the box: "
+            f"{', '.join(map(boxarchive.shown, missing)) or '(none)'}"
+        )
     disks = [work / n for n in names]
-    missing = [n for n, d in zip(names, disks, strict=True) if not d.is_file()]
-    if not disks or missing:
-        raise BoxError(f"{path}: the OVF names disk files that are not in the box: {', '.join(missing) or '(none)'}")
     files = {"ovf": ovf, "disk": disks[0]}
     for i, d in enumerate(disks[1:], start=2):
         files[f"disk{i}"] = d
-    vagrantfile = (work / "Vagrantfile").read_text(errors="replace") if (work / "Vagrantfile").is_file() else ""
-    extra = json.loads((work / "devenv.json").read_text()) if (work / "devenv.json").is_file() else {}
-    meta = {k: v for k, v in extra.items() if k in ("ssh_user", "guest_additions", "baked", "description")}
-    meta.setdefault("ssh_user", "vagrant" if "vagrant" in vagrantfile or not extra else "root")
+    vagrantfile = (boxarchive.open_member(work, "Vagrantfile", 1024 * 1024, str(path)) or b"").decode(
+        "utf-8", "replace"
+    )
+    meta = {k: v for k, v in box.extra.items() if k in ("ssh_user", "guest_additions", "baked", "description")}
+    meta.setdefault("ssh_user", "vagrant" if "vagrant" in vagrantfile or not box.extra else "root")
     meta.setdefault("guest_additions", False)
-    meta["source"] = {"file": str(path), "sha256": sha}
-    return boxes.store_box(name, version, "virtualbox", files, meta)
+    meta["source"] = origin
+    return boxes.store_box(name, version, "virtualbox", files, meta, work=work)
 
 
 OVF_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>

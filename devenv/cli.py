@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -51,7 +50,7 @@ def _exit_for(exc: BaseException) -> int:
         ui.error(exc.message, None if isinstance(exc, DevfileError) and exc.problems else exc.hint)
         if isinstance(exc, DevfileError) and exc.problems:
             for p in exc.problems:
-                sys.stderr.write(f"  {p}\n")
+                ui.problem(f"  {p}")
             if exc.hint:
                 ui.hint(exc.hint)
         return exc.exit_code
@@ -72,11 +71,11 @@ def handle_errors(fn):
             raise
         except DevenvError as exc:
             if ui.debug_enabled():
-                traceback.print_exc()
+                ui.exception(exc)  # masked and escaped like every line (a step's output is in it)
             raise typer.Exit(_exit_for(exc)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if ui.debug_enabled():
-                traceback.print_exc()
+                ui.exception(exc)
             ui.error("interrupted: what was being created has been removed")
             raise typer.Exit(130) from None
         except BrokenPipeError:
@@ -87,7 +86,7 @@ def handle_errors(fn):
             raise typer.Exit(141) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             if ui.debug_enabled():
-                traceback.print_exc()
+                ui.exception(exc)
             ui.error(
                 f"internal error: {type(exc).__name__}: {ui.mask(str(exc))}",
                 "this is a bug in devenv; run again with --debug for the traceback and report it",
@@ -137,13 +136,22 @@ def _devfile():
     from devenv import devfile
 
     path = _options["file"]
-    return devfile.load(path.resolve() if path else None)
+    return devfile.load(path.absolute() if path else None)  # load() resolves links (a loop: an error)
 
 
 def _project():
     from devenv.project import Project
 
     return Project(_devfile())
+
+
+def _host_notice(df) -> None:
+    """Once per project: what in the Devfile runs code on this host (ansible) or reads host files."""
+    from devenv.devfile import first_use_notice
+
+    text = first_use_notice(df)
+    if text:
+        ui.warn(text)
 
 
 NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Machines (default: all)", show_default=False)]
@@ -195,17 +203,18 @@ def validate(json_out: Annotated[bool, typer.Option("--json", help="Problems as 
     """Check the Devfile and report every problem at once."""
     from devenv import devfile
 
-    path = _options["file"].resolve() if _options["file"] else devfile.find_devfile()
+    path = _options["file"].absolute() if _options["file"] else devfile.find_devfile()
     df, problems = devfile.check_file(path)
     if json_out:
         print(json.dumps({"valid": not problems, "problems": [p.as_dict() for p in problems]}, indent=2))
         return 2 if problems else 0
     if problems:
         for p in problems:
-            sys.stderr.write(f"{p}\n")
+            ui.problem(str(p))
         ui.error(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {devfile.display_path(path)}")
         return 2
     assert df is not None
+    _host_notice(df)
     ui.say(f"{devfile.display_path(path)} is valid: {len(df.machines)} machine(s): {', '.join(df.machines)}")
     return 0
 
@@ -243,7 +252,9 @@ def up(
 ) -> None:
     """Create, start and provision machines (dependencies first)."""
     _sigterm_as_interrupt()
-    _project().up(names, provision=not no_provision, box=box, frozen=frozen)
+    project = _project()
+    _host_notice(project.devfile)
+    project.up(names, provision=not no_provision, box=box, frozen=frozen)
 
 
 @app.command()
@@ -265,7 +276,9 @@ def reload(
 ) -> None:
     """Restart machines with the Devfile's current settings (in place where the driver can)."""
     _sigterm_as_interrupt()
-    _project().reload(names, provision=not no_provision, recreate=recreate)
+    project = _project()
+    _host_notice(project.devfile)
+    project.reload(names, provision=not no_provision, recreate=recreate)
 
 
 @app.command()
@@ -276,7 +289,9 @@ def provision(
     with_: Annotated[Optional[list[str]], typer.Option("--with", help="Run only these steps (name or index)")] = None,
 ) -> None:
     """Run the provision steps that changed (and every step after them)."""
-    _project().provision(names, force=force, only=with_)
+    project = _project()
+    _host_notice(project.devfile)
+    project.provision(names, force=force, only=with_)
 
 
 @app.command()
@@ -633,20 +648,19 @@ def box_add(
     source: Annotated[str, typer.Argument(help="A .box file (path or URL) or a Vagrant box catalog (JSON)")],
     name: Annotated[Optional[str], typer.Option("--name", help="Box name (default: from the file name)")] = None,
     version: Annotated[Optional[str], typer.Option("--version", help="Box version (catalog: default newest)")] = None,
-    checksum: Annotated[Optional[str], typer.Option("--checksum", help="sha256:HEX the file must have")] = None,
+    checksum: Annotated[
+        Optional[str], typer.Option("--checksum", help="sha256:HEX or sha512:HEX the file must have")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Add a downloaded box without a checksum (recorded in its source)")
+    ] = False,
 ) -> None:
     """Add a box to the box store, verifying its checksum (a mismatch is refused)."""
     from devenv import boxfile
 
-    if source.endswith(".json"):
-        stored = boxfile.add_from_catalog(source, version=version)
-    else:
-        import tempfile
-
-        stem = Path(source.rstrip("/").rsplit("/", 1)[-1]).name.removesuffix(".box")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = boxfile.fetch(source, Path(tmp) / "download.box")
-            stored = boxfile.add_box_file(Path(path), name=name or stem, version=version or "0", checksum=checksum)
+    stored = boxfile.add(source, name=name, version=version, checksum=checksum, insecure=insecure)
+    if stored.meta.get("source", {}).get("insecure"):
+        ui.warn(f"{stored.name}@{stored.version} was added without a checksum: nothing proves it is the published box")
     ui.info(None, f"added {stored.name}@{stored.version} ({stored.provider}) from {source}")
 
 
@@ -654,31 +668,34 @@ def box_add(
 @handle_errors
 def box_prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go")] = False) -> None:
     """Remove old box versions: keeps the newest of each box and every version a lock file or machine uses."""
-    import json as _json
-    import tomllib
-
     from devenv import boxes
     from devenv.drivers import get_driver
-    from devenv.state import GlobalIndex
+    from devenv.errors import StateError
+    from devenv.lockfile import Lockfile
+    from devenv.state import GlobalIndex, ProjectState
 
     keep: set[tuple[str, str]] = set()
+
+    def keep_locked(root: Path) -> None:
+        try:
+            for m in Lockfile(root / "Devfile").entries.values():
+                keep.add((m.box, m.version))
+        except StateError as exc:
+            ui.warn(f"{exc.message}; its boxes are kept")
+
     for e in GlobalIndex().entries():
         root = Path(e.get("root", ""))
-        st = root / ".devenv" / "machines" / f"{e.get('machine')}.json"
-        try:
-            b = _json.loads(st.read_text()).get("box") or {}
+        try:  # state and lock files are read as every command reads them: no links, bounded, typed
+            st = ProjectState(root).load(str(e.get("machine")))
+        except StateError:
+            st = None
+        b = (st or {}).get("box") or {}
+        if isinstance(b, dict):
             keep.add((b.get("name"), b.get("version")))
-        except (OSError, ValueError):
-            pass
-        try:
-            for m in tomllib.loads((root / "Devfile.lock").read_text()).get("machines", {}).values():
-                keep.add((m.get("box"), m.get("version")))
-        except (OSError, tomllib.TOMLDecodeError):
-            pass
+        keep_locked(root)
     project_root = _project_root()
-    if project_root and (project_root / "Devfile.lock").exists():
-        for m in tomllib.loads((project_root / "Devfile.lock").read_text()).get("machines", {}).values():
-            keep.add((m.get("box"), m.get("version")))
+    if project_root:
+        keep_locked(project_root)
     found: list[tuple[str, str, str]] = []  # name, version, provider
     try:
         driver = get_driver("docker")
@@ -785,6 +802,9 @@ def box_remove(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]
     from devenv.drivers import get_driver
 
     ref = boxes.parse_ref(name)
+    boxes.check_name(ref.name, "box name")  # before any engine or folder is touched
+    if ref.version is not None:
+        boxes.check_name(ref.version, "box version")
     removed: list[str] = []
     try:
         driver = get_driver("docker")

@@ -200,7 +200,7 @@ def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_
         if recipe.provision:
             disk = bake_in_vm(recipe, work, disk, kernel, initrd, meta, machine=machine)
         return boxes.store_box(
-            recipe.name, recipe.version, "libvirt", {"disk": disk, "kernel": kernel, "initrd": initrd}, meta
+            recipe.name, recipe.version, "libvirt", {"disk": disk, "kernel": kernel, "initrd": initrd}, meta, work=work
         )
 
 
@@ -214,14 +214,10 @@ SCRUB = (
 
 def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -> boxes.StoredBox:
     """A libvirt box from a downloaded disk: a cloud image, or an existing Vagrant .box (libvirt)."""
-    import json
-    import tarfile
-
     from devenv import boxfile
 
     ref = src.get("url") or str((recipe.root / src["path"]).resolve())
-    boxes.store_root().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="devenv-vmbox-", dir=boxes.store_root()) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".devenv-vmbox-", dir=boxes.ensure_store_root()) as tmp:
         work = Path(tmp)
         fetched = Path(boxfile.fetch(ref, work / "download"))
         boxfile.verify(fetched, boxfile.parse_checksum(src["sha256"]), ref)
@@ -233,23 +229,14 @@ def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -
             "ssh_user": src.get("ssh_user", "root"),
         }
         if src["type"] == "box":
-            try:
-                with tarfile.open(fetched) as tar:
-                    tar.extractall(work / "box", filter="data")
-            except (tarfile.TarError, OSError) as exc:
-                raise BoxError(f"{ref} is not a valid .box archive: {exc}") from exc
-            mpath = work / "box" / "metadata.json"
-            got = json.loads(mpath.read_text()) if mpath.is_file() else {}
-            if got.get("provider") != "libvirt" or not (work / "box" / "box.img").is_file():
-                raise BoxError(f"{ref} is not a libvirt .box (provider: {got.get('provider')})")
-            extra = work / "box" / "devenv.json"
-            if extra.is_file():
-                meta.update(
-                    {k: v for k, v in json.loads(extra.read_text()).items() if k in ("cmdline", "ssh_user", "sync")}
-                )
-            disk = work / "box" / "box.img"
-            if (work / "box" / "vmlinuz").is_file():
-                kernel, initrd = work / "box" / "vmlinuz", work / "box" / "initrd.img"
+            # The same checked extraction as `box add`: allow-listed plain files only, in a 0700 folder.
+            box = boxfile.unpack(fetched, work, what=ref, provider="libvirt")
+            if "box.img" not in box.names:
+                raise BoxError(f"{ref} is not a libvirt .box: it has no box.img")
+            meta.update({k: v for k, v in box.extra.items() if k in ("cmdline", "ssh_user", "sync")})
+            disk = box.folder / "box.img"
+            if "vmlinuz" in box.names and "initrd.img" in box.names:
+                kernel, initrd = box.folder / "vmlinuz", box.folder / "initrd.img"
         else:
             disk = work / "disk.qcow2"
             _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(fetched), str(disk)], "qemu-img convert")
@@ -262,7 +249,7 @@ def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -
         files = {"disk": disk}
         if kernel is not None:
             files.update({"kernel": kernel, "initrd": initrd})
-        return boxes.store_box(recipe.name, recipe.version, "libvirt", files, meta)
+        return boxes.store_box(recipe.name, recipe.version, "libvirt", files, meta, work=work)
 
 
 def bake_in_vm(
