@@ -145,11 +145,12 @@ def _project():
     return Project(_devfile())
 
 
-def _host_notice(df) -> None:
-    """Once per project: what in the Devfile runs code on this host (ansible) or reads host files."""
+def _host_notice(df, box: str | None = None) -> None:
+    """Once per project: what in the Devfile (and the box recipes it builds from, ``box`` = `up
+    --box`) runs code on this host (ansible) or reads host files."""
     from devenv.devfile import first_use_notice
 
-    text = first_use_notice(df)
+    text = first_use_notice(df, extra_boxes=(box,) if box else ())
     if text:
         ui.warn(text)
 
@@ -253,7 +254,7 @@ def up(
     """Create, start and provision machines (dependencies first)."""
     _sigterm_as_interrupt()
     project = _project()
-    _host_notice(project.devfile)
+    _host_notice(project.devfile, box)
     project.up(names, provision=not no_provision, box=box, frozen=frozen)
 
 
@@ -503,7 +504,8 @@ def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> int:
 @handle_errors
 def ssh_config(names: NamesArg = None) -> None:
     """Print an ssh config block per VM (pinned host key) for `ssh -F` or VS Code Remote-SSH."""
-    print(_project().ssh_config(names), end="")
+    # Through ui like every line (masked, controls escaped): this text is appended to ~/.ssh/config.
+    ui.say(_project().ssh_config(names).rstrip("\n"))
 
 
 @app.command()
@@ -580,9 +582,15 @@ def box_build(
 ) -> None:
     """Build a box's outputs from its recipe, tagged with its version."""
     from devenv import boxes
+    from devenv.devfile import reach_notice, recipe_reach
     from devenv.drivers import get_driver
 
-    recipe = boxes.find_recipe(boxes.parse_ref(name), _project_root())
+    root = _project_root()
+    recipe = boxes.find_recipe(boxes.parse_ref(name), root)
+    # Baking runs the recipe's steps: an ansible one runs on this host, as in a Devfile.
+    notice = reach_notice(root or Path.cwd(), recipe_reach(recipe), f"the box recipe {recipe.path}")
+    if notice:
+        ui.warn(notice)
     outputs = list(output or recipe.outputs)
     for out in outputs:
         if out not in recipe.outputs:

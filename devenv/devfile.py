@@ -881,23 +881,68 @@ ANSIBLE_ON_HOST = (
 )
 
 
-def host_reach(df: Devfile) -> list[str]:
-    """What in this Devfile runs code on, or reads files of, this host rather than a machine."""
+def _step_reach(where: str, step: Step) -> list[str]:
+    """What one provision step (a Devfile's or a recipe's) runs on, or reads from, this host."""
+    if step.type == "ansible":
+        return [f"{where}: ansible playbook {step.config.get('playbook')}: {ANSIBLE_ON_HOST}"]
+    if step.config.get("allow_outside_project"):
+        key = "script" if "script" in step.config else "source"
+        if key in step.config:
+            return [f"{where}: reads the host path {step.config[key]} (outside the project)"]
+    return []
+
+
+def recipe_reach(recipe: Any) -> list[str]:
+    """What building this box recipe runs on, or reads from, this host (`box build`, and `up` when
+    the box is missing: the recipe's steps run as the Devfile's own would)."""
+    root = str(recipe.root)
+    items: list[str] = []
+    for step in recipe.provision:
+        items += _step_reach(f"box recipe {recipe.path}: provision[{step.index}]", step)
+    for i, src in enumerate(recipe.sources):
+        if isinstance(src.get("path"), str):
+            real = resolve(os.path.join(root, os.path.expanduser(src["path"]))).path
+            if not (real == root or real.startswith(root.rstrip("/") + "/")):
+                items.append(f"box recipe {recipe.path}: sources[{i}]: reads the host file {src['path']}")
+    return items
+
+
+def _recipe_for(box: str | None, root: Path) -> Any | None:
+    """The recipe a `box` value builds from (the project's boxes/, then devenv's own), if any.
+
+    Looked up as the drivers do, but quietly: an unknown or invalid recipe is reported elsewhere."""
+    if not box:
+        return None
+    from devenv import boxes
+    from devenv.errors import DevenvError
+
+    ref = boxes.parse_ref(box)
+    if ref.kind != "recipe" or not boxes.valid_name(ref.name):
+        return None
+    for d in boxes.recipe_dirs(root):
+        path = d / f"{ref.name}.toml"
+        if path.is_file():
+            try:
+                return boxes.load_recipe(path)
+            except DevenvError:
+                return None
+    return None
+
+
+def host_reach(df: Devfile, *, extra_boxes: tuple[str, ...] = ()) -> list[str]:
+    """What in this Devfile runs code on, or reads files of, this host rather than a machine.
+
+    Includes the steps of the box recipes its machines (or ``extra_boxes``: `up --box`) build from."""
     root = str(df.root)
 
     def inside(p: str) -> bool:
         return p == root or p.startswith(root.rstrip("/") + "/")
 
     items: list[str] = []
+    recipes: dict[str, Any] = {}
     for m in df.machines.values():
         for step in m.provision:
-            where = step_path(m.name, step.index)
-            if step.type == "ansible":
-                items.append(f"{where}: ansible playbook {step.config.get('playbook')}: {ANSIBLE_ON_HOST}")
-            elif step.config.get("allow_outside_project"):
-                key = "script" if "script" in step.config else "source"
-                if key in step.config:
-                    items.append(f"{where}: reads the host path {step.config[key]} (outside the project)")
+            items += _step_reach(step_path(m.name, step.index), step)
         for k, v in sorted(m.env.items()):
             if isinstance(v, Secret) and v.explicit_host_file:
                 real = resolve(os.path.expanduser(v.from_file or "")).path
@@ -910,16 +955,26 @@ def host_reach(df: Devfile) -> list[str]:
             if not inside(str(s.host)):
                 how = "read-only" if s.read_only else "read-write"
                 items.append(f"{format_path(('machines', m.name, 'sync', i))}: shares the host folder {s.host} ({how})")
+    for box in [*(m.box for m in df.machines.values()), *extra_boxes]:
+        recipe = _recipe_for(box, df.root)
+        if recipe is not None:
+            recipes.setdefault(str(recipe.path), recipe)
+    for recipe in recipes.values():
+        items += recipe_reach(recipe)
     return items
 
 
-def first_use_notice(df: Devfile) -> str | None:
-    """The text to show once per project (and again when the list changes), or None.
+def first_use_notice(df: Devfile, *, extra_boxes: tuple[str, ...] = ()) -> str | None:
+    """The text to show once per project (and again when the list changes), or None."""
+    return reach_notice(df.root, host_reach(df, extra_boxes=extra_boxes), "this Devfile")
+
+
+def reach_notice(root: Path, items: list[str], subject: str) -> str | None:
+    """``items`` (see host_reach) as a notice, unless already shown for ``root`` with this list.
 
     Remembered in devenv's own data folder keyed by the project's real path, never in the
     project's .devenv/: a repository could commit a marker there to hide the notice.
     """
-    items = host_reach(df)
     if not items:
         return None
     import json
@@ -927,7 +982,7 @@ def first_use_notice(df: Devfile) -> str | None:
     from devenv.state import atomic_write, data_dir
 
     digest = hashlib.sha256("\n".join(items).encode()).hexdigest()
-    marker = data_dir() / "notices" / (hashlib.sha256(str(df.root).encode()).hexdigest()[:32] + ".json")
+    marker = data_dir() / "notices" / (hashlib.sha256(str(root).encode()).hexdigest()[:32] + ".json")
     try:
         seen = json.loads(read_regular(marker, 1 << 20, what="it").decode()).get("shown", [])
         if not isinstance(seen, list):
@@ -937,14 +992,14 @@ def first_use_notice(df: Devfile) -> str | None:
     if digest in seen:
         return None
     try:
-        atomic_write(marker, json.dumps({"root": str(df.root), "shown": [*seen, digest][-20:]}) + "\n")
+        atomic_write(marker, json.dumps({"root": str(root), "shown": [*seen, digest][-20:]}) + "\n")
     except OSError:
         pass  # it cannot be remembered: shown again next time, which is the safe side
     lines = "\n".join(f"  {i}" for i in items)
     return (
-        "this Devfile reaches this host, not only its machines:\n"
+        f"{subject} reaches this host, not only its machines:\n"
         f"{lines}\n"
-        "  if you did not write this Devfile, read what these do before you go on "
+        f"  if you did not write {subject}, read what these do before you go on "
         "(devenv says this once for this project, and again when the list changes)"
     )
 

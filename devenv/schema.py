@@ -24,6 +24,12 @@ class _Missing:
 
 MISSING: Any = _Missing()
 
+# A login name as useradd accepts it by default: the one pattern for every place an SSH user
+# enters (Devfile driver options, recipe sources, a box's devenv.json). It reaches ssh's command
+# line and `devenv ssh-config` output, so no space, newline, quote or leading '-' may pass.
+USER_NAME_PATTERN = r"[a-z_][a-z0-9_-]{0,31}"
+USER_NAME_HELP = "a login name: lower-case letters, digits, '_' and '-', starting with a letter or '_'"
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -44,6 +50,13 @@ def format_path(path: tuple) -> str:
             text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else f'"{part}"'
             out += ("." if out else "") + text
     return out
+
+
+def _shown(value: str, limit: int = 120) -> str:
+    """A value quoted in a problem: one line (a newline in it would forge further problem lines)."""
+    if not value.isprintable():
+        value = value.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
 def _type_name(value: Any) -> str:
@@ -94,10 +107,12 @@ class Str(Node):
             return MISSING
         if self.choices and value not in self.choices:
             options = ", ".join(self.choices)
-            problems.append(Problem(path, f"'{value}' is not one of: {options}{did_you_mean(value, self.choices)}"))
+            problems.append(
+                Problem(path, f"'{_shown(value)}' is not one of: {options}{did_you_mean(value, self.choices)}")
+            )
             return MISSING
         if self.pattern and not re.fullmatch(self.pattern, value):
-            problems.append(Problem(path, f"'{value}' is not valid: {self.pattern_help}"))
+            problems.append(Problem(path, f"'{_shown(value)}' is not valid: {self.pattern_help}"))
             return MISSING
         return value
 

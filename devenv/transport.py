@@ -217,6 +217,34 @@ def ssh_path(path: Path | str, *, what: str = "path") -> str:
     return text
 
 
+# What may stand as a user, host or Host alias on ssh's command line and in an ssh_config line: a
+# word that ssh cannot read as an option (no leading '-'), split (no space, quote, '#', newline)
+# or expand (no '%', '$'). Looser than the Devfile's USER_NAME_PATTERN (Vagrant names its own
+# users), strict enough that `devenv ssh-config` output is only the directives devenv writes.
+_SSH_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
+_SSH_V6 = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+
+
+def ssh_word(value: object, *, what: str, host: bool = False) -> str:
+    """``value`` when OpenSSH reads it as exactly one plain value (see _SSH_WORD), else UsageError."""
+    if isinstance(value, str) and (_SSH_WORD.fullmatch(value) or (host and _SSH_V6.fullmatch(value))):
+        return value
+    from devenv.ui import escape
+
+    shown = escape(repr(value))
+    raise UsageError(
+        f"the SSH {what} {shown} cannot be given to OpenSSH: only letters, digits, '.', '_' and '-' "
+        "(not first) are accepted, so that it cannot be read as an option or another directive",
+        hint="fix it where it comes from (the Devfile's ssh_user, the box's devenv.json, `vagrant ssh-config`)",
+    )
+
+
+def ssh_port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise UsageError(f"the SSH port {value!r} is not a port number (1-65535)")
+    return value
+
+
 class Transport(Protocol):
     def run(
         self,
@@ -492,9 +520,10 @@ class SshTransport:
         self, *, machine: str, host: str, port: int, user: str, key: Path, known_hosts: Path, connect_timeout: int = 10
     ) -> None:
         self.machine = machine
-        self.host = host
-        self.port = port
-        self.user = user
+        # Checked once here, for every way these reach ssh (argv, -o, ssh_config, rsync -e).
+        self.host = ssh_word(host, what="host", host=True)
+        self.port = ssh_port(port)
+        self.user = ssh_word(user, what="user")
         self.key = key
         self.known_hosts = known_hosts
         self.connect_timeout = connect_timeout
@@ -680,7 +709,9 @@ class SshTransport:
             )
             r = subprocess.run(argv, capture_output=True, text=True)
             if r.returncode != 0:
-                raise CommandFailed(f"rsync to {self.machine}:{remote} failed: {r.stderr.strip()[-500:]}")
+                from devenv.ui import tail
+
+                raise CommandFailed(f"rsync to {self.machine}:{remote} failed: {tail(r.stderr.strip(), 500)}")
             return
         data, at = tar_for_put(local, remote, exclude)
         prefix = "" if self.user == "root" else "sudo -n "
@@ -724,13 +755,16 @@ class SshTransport:
                     pass
 
     def ssh_config(self, alias: str) -> str:
-        """A Host block for `ssh -F` and VS Code Remote-SSH, with the same pinning."""
+        """A Host block for `ssh -F` and VS Code Remote-SSH, with the same pinning.
+
+        Users append it to ~/.ssh/config: every value is re-checked here (a newline in one would
+        add directives such as ProxyCommand, i.e. host code execution), the paths are quoted."""
         return "\n".join(
             [
-                f"Host {alias}",
-                f"  HostName {self.host}",
-                f"  Port {self.port}",
-                f"  User {self.user}",
+                f"Host {ssh_word(alias, what='Host alias')}",
+                f"  HostName {ssh_word(self.host, what='host', host=True)}",
+                f"  Port {ssh_port(self.port)}",
+                f"  User {ssh_word(self.user, what='user')}",
                 f"  IdentityFile {ssh_path(self.key, what='SSH key')}",
                 "  IdentitiesOnly yes",
                 f"  UserKnownHostsFile {ssh_path(self.known_hosts, what='known_hosts file')}",

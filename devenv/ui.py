@@ -88,7 +88,10 @@ _short: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 # Pieces of a secret between control characters also count: output is split into lines, and a C
 # program stops at a NUL, so a multi-line or NUL-carrying secret may be printed in parts.
-_PIECES = re.compile(r"[\x00-\x1f\x7f]+")
+# Undecodable bytes count as such a break too: a from_env value keeps them as lone surrogates, and
+# a machine echoing them is read back with U+FFFD (or nothing, or \xNN) in their place.
+_PIECES = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff\ufffd]+")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _go_quote(value: str) -> str:
@@ -111,22 +114,38 @@ def _go_quote(value: str) -> str:
     return "".join(out)
 
 
+def _read_back(value: str) -> set[str]:
+    """``value`` as it reads back after its bytes went through a machine and were decoded again.
+
+    A value holding lone surrogates (undecodable bytes of a host environment variable or file)
+    is sent as those bytes; output decoders put U+FFFD, nothing or ``\\xNN`` in their place."""
+    if not _SURROGATE.search(value):
+        return {value}
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogatepass")
+    return {value, *(raw.decode("utf-8", how) for how in ("replace", "ignore", "backslashreplace"))}
+
+
 def _forms(value: str) -> set[str]:
     """Every way the value may show up in text: as is, and quoted or escaped the usual ways."""
     import json
     import shlex
 
-    forms = {
-        value,
-        json.dumps(value)[1:-1],
-        json.dumps(value, ensure_ascii=False)[1:-1],
-        repr(value)[1:-1],
-        repr(value + "'")[1:-2],  # repr's other quoting style (a value with both quotes)
-        value.encode("unicode_escape").decode("ascii"),
-        _go_quote(value),
-        shlex.quote(value),
-        escape(value),
-    }
+    forms: set[str] = set()
+    for v in _read_back(value):
+        forms |= {
+            v,
+            json.dumps(v)[1:-1],
+            json.dumps(v, ensure_ascii=False)[1:-1],
+            repr(v)[1:-1],
+            repr(v + "'")[1:-2],  # repr's other quoting style (a value with both quotes)
+            v.encode("unicode_escape", "backslashreplace").decode("ascii"),
+            _go_quote(v),
+            shlex.quote(v),
+            escape(v),
+        }
     for piece in _PIECES.split(value):
         if len(piece.strip()) >= MIN_SECRET:
             forms |= {piece, escape(piece)}
@@ -161,6 +180,21 @@ def mask(text: str) -> str:
         lines = text.split("\n")
         text = "\n".join("***" if line.strip() and line.strip() in _short else line for line in lines)
     return text
+
+
+def head(text: str, limit: int, more: str = "...") -> str:
+    """At most ``limit`` characters from the start of ``text``, ``more`` marking a cut.
+
+    Masked *before* the cut: a secret the cut falls inside would no longer match any form of it,
+    and its first part would be printed. Every cut of text that may hold a secret goes here."""
+    text = mask(text)
+    return text if len(text) <= limit else text[: max(limit - len(more), 0)] + more
+
+
+def tail(text: str, limit: int) -> str:
+    """The last ``limit`` characters of ``text``, masked before the cut (see :func:`head`)."""
+    text = mask(text)
+    return text if len(text) <= limit else text[len(text) - limit :]
 
 
 def clean(text: str) -> str:
