@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devenv.errors import BoxError, DevfileError
-from devenv.schema import MISSING, Field, ListOf, Problem, Str, Table, did_you_mean
+from devenv.schema import (
+    MISSING,
+    USER_NAME_HELP,
+    USER_NAME_PATTERN,
+    Field,
+    ListOf,
+    Problem,
+    Str,
+    Table,
+    did_you_mean,
+)
 from devenv.tomlpos import key_lines, line_of
 
 BUNDLED = Path(__file__).resolve().parent.parent / "boxes"
@@ -79,7 +89,13 @@ _SOURCE = Table(
         "url": Field(Str(description="cloud-image / box: where to download it (http, https, file)")),
         "path": Field(Str(description="cloud-image / box: a local file, relative to the recipe's project")),
         "sha256": Field(Str(pattern=r"(sha256:)?[0-9a-fA-F]{64}", pattern_help="64 hex digits")),
-        "ssh_user": Field(Str(description="cloud-image: the user its cloud-init gives the SSH key")),
+        "ssh_user": Field(
+            Str(
+                pattern=USER_NAME_PATTERN,
+                pattern_help=USER_NAME_HELP,
+                description="cloud-image: the user its cloud-init gives the SSH key",
+            )
+        ),
     },
     check_fn=_check_source,
 )

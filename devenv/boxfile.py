@@ -21,8 +21,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from devenv import boxarchive, boxes, ui
+from devenv import boxarchive, boxes, diskcheck, ui
 from devenv.errors import BoxError
+from devenv.schema import USER_NAME_PATTERN
 
 LIBVIRT_VAGRANTFILE = """\
 # Written by devenv: boots the box's own kernel and initrd (direct kernel boot).
@@ -40,7 +41,7 @@ end
 def _virtual_size_gb(disk: Path) -> int:
     import subprocess
 
-    r = subprocess.run(["qemu-img", "info", "--output=json", str(disk)], capture_output=True, text=True)
+    r = subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(disk)], capture_output=True, text=True)
     if r.returncode != 0:
         return 1
     return max(1, -(-json.loads(r.stdout)["virtual-size"] // 1024**3))
@@ -207,7 +208,7 @@ class Unpacked:
     extra: dict  # devenv.json, only the keys devenv uses, each of the right type
 
 
-_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_USER_RE = re.compile(USER_NAME_PATTERN)  # shared with the Devfile options and recipes
 
 
 def _extra(doc: dict | None, what: str) -> dict:
@@ -249,6 +250,12 @@ def unpack(path: Path, parent: Path, *, what: str, provider: str | None = None) 
             raise BoxError(
                 f"{what} is a {boxarchive.shown(str(got))} box; devenv adds libvirt and virtualbox boxes",
                 hint='run it through the Vagrant bridge (driver = "vagrant") instead',
+            )
+        if got == "libvirt" and meta.get("format", "qcow2") != "qcow2":
+            raise BoxError(
+                f"{what}: its metadata.json says format {boxarchive.shown(repr(meta.get('format')), 40)}; "
+                "devenv adds libvirt boxes with a qcow2 disk only",
+                hint="nothing was added",
             )
         if provider is not None and got != provider:
             raise BoxError(
@@ -296,6 +303,8 @@ def add_box_file(
         if "box.img" not in box.names:
             raise BoxError(f"{path}: a libvirt box needs box.img")
         work = box.folder
+        # The disk names no other file (backing file, data file, ...): QEMU would open it on this host.
+        diskcheck.inspect(work / "box.img", ("qcow2",), f"{path}: box.img")
         files = {"disk": work / "box.img"}
         for key, fn in (("kernel", "vmlinuz"), ("initrd", "initrd.img")):
             if fn in box.names:
@@ -427,14 +436,24 @@ def _add_virtualbox(box: Unpacked, path: Path, *, name: str, version: str, origi
     if len(ovfs) > 1:
         raise BoxError(f"{path}: a virtualbox box has one .ovf descriptor, this one has {', '.join(ovfs)}")
     ovf = work / ovfs[0]
-    names = boxarchive.ovf_disk_files(work, ovfs[0], str(path))
+    names = boxarchive.ovf_disk_files(work, ovfs[0], str(path))  # only the disk list is taken from it
     missing = [n for n in names if n not in box.names]
     if not names or missing:
         raise BoxError(
             f"{path}: the OVF names disk files that are not in the box: "
             f"{', '.join(map(boxarchive.shown, missing)) or '(none)'}"
         )
+    if len(names) > MAX_OVF_DISKS:
+        raise BoxError(f"{path}: the OVF names {len(names)} disks; devenv imports boxes with at most {MAX_OVF_DISKS}")
     disks = [work / n for n in names]
+    # Each disk self-contained (no text descriptor, no extent or parent naming another file).
+    checked = [diskcheck.inspect(d, ("vmdk",), f"{path}: {d.name}") for d in disks]
+    # The downloaded OVF is not kept: it may carry VirtualBox's own machine settings (<vbox:Machine>:
+    # shared folders of the host, serial ports writing host files, bridged or forwarded NICs) that
+    # `VBoxManage import` applies. devenv writes its own from the checked disks; only that is stored.
+    ovf.unlink()
+    ovf = work / "box.ovf"
+    ovf.write_text(render_ovf([(d.name, c) for d, c in zip(disks, checked, strict=True)], name=f"{name}-{version}"))
     files = {"ovf": ovf, "disk": disks[0]}
     for i, d in enumerate(disks[1:], start=2):
         files[f"disk{i}"] = d
@@ -499,6 +518,100 @@ OVF_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+MAX_OVF_DISKS = 4  # the four places of the IDE controller devenv's OVF puts them on
+_VMDK_FORMATS = {
+    "streamOptimized": "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized",
+    "monolithicSparse": "http://www.vmware.com/interfaces/specifications/vmdk.html#sparse",
+}
+
+
+def render_ovf(disks: list[tuple[str, diskcheck.DiskInfo]], *, name: str) -> str:
+    """devenv's own OVF descriptor (OVF_TEMPLATE) for checked VMDK disks, the first one booted.
+
+    Nothing in it comes from a download but the disks' plain file names (checked) and sizes (read
+    from the disks themselves): one NAT adapter, an IDE controller, no shared folder, no serial port.
+    """
+    if not 1 <= len(disks) <= MAX_OVF_DISKS:
+        raise BoxError(f"a VirtualBox box has 1 to {MAX_OVF_DISKS} disks, not {len(disks)}")
+    for href, _ in disks:
+        if not boxarchive.plain_name(href) or not href.endswith(".vmdk"):
+            raise BoxError(f"refusing to name the disk {boxarchive.shown(href)} in an OVF: not a plain .vmdk name")
+    if not boxes.valid_name(name):
+        raise BoxError(f"refusing to name a VirtualBox box {boxarchive.shown(name)}: not a plain name")
+
+    def fmt(info: diskcheck.DiskInfo) -> str:
+        return _VMDK_FORMATS.get(info.subformat, _VMDK_FORMATS["streamOptimized"])
+
+    first, info = disks[0]
+    text = OVF_TEMPLATE.format(disk=first, capacity=info.virtual_size, name=name).replace(
+        _VMDK_FORMATS["streamOptimized"], fmt(info)
+    )
+    refs, entries, items = [], [], []
+    for i, (href, info) in enumerate(disks[1:], start=2):
+        refs.append(f'    <File ovf:id="file{i}" ovf:href="{href}"/>\n')
+        entries.append(
+            f'    <Disk ovf:capacity="{info.virtual_size}" ovf:diskId="vmdisk{i}" ovf:fileRef="file{i}"\n'
+            f'        ovf:format="{fmt(info)}"/>\n'
+        )
+        items.append(
+            f"      <Item><rasd:AddressOnParent>{i - 1}</rasd:AddressOnParent><rasd:Caption>disk{i}</rasd:Caption>\n"
+            f"        <rasd:ElementName>disk{i}</rasd:ElementName><rasd:HostResource>/disk/vmdisk{i}"
+            f"</rasd:HostResource>\n        <rasd:InstanceID>{4 + i}</rasd:InstanceID><rasd:Parent>3</rasd:Parent>"
+            "<rasd:ResourceType>17</rasd:ResourceType></Item>\n"
+        )
+    text = text.replace("  </References>", "".join(refs) + "  </References>", 1)
+    text = text.replace("  </DiskSection>", "".join(entries) + "  </DiskSection>", 1)
+    return text.replace("    </VirtualHardwareSection>", "".join(items) + "    </VirtualHardwareSection>", 1)
+
+
+# What devenv's own OVF holds (render_ovf). A stored OVF with anything else -- VirtualBox's
+# <vbox:Machine> settings, a serial port, a non-NAT adapter -- was not written by this devenv.
+# Devices with no host side: CPU, memory, IDE/SCSI/SATA controllers, NIC (NAT only), disk, CD/DVD, floppy.
+_OVF_RESOURCE_TYPES = {"3", "4", "5", "6", "10", "14", "15", "16", "17", "20"}
+
+
+def check_own_ovf(path: Path, what: str) -> None:
+    """Refuse a stored OVF that carries more than devenv's own descriptor would (see render_ovf).
+
+    A box added by an older devenv kept the downloaded OVF; this stops it at import.
+    """
+    import xml.etree.ElementTree as ET
+
+    data = boxarchive.open_member(path.parent, path.name, boxarchive.MAX_OVF, what)
+    if data is None:
+        raise BoxError(f"{what}: {path} is missing")
+    lowered = data.lower()
+    problem = None
+    if b"<!doctype" in lowered or b"<!entity" in lowered:
+        problem = "it declares a DTD or entities"
+    else:
+        try:
+            root = ET.fromstring(data)
+        except ET.ParseError as exc:
+            problem = f"it is not valid XML ({exc})"
+        else:
+            for el in root.iter():
+                local = el.tag.rpartition("}")[2]
+                if local == "Machine" or el.tag.startswith("{http://www.virtualbox.org/"):
+                    problem = "it carries VirtualBox machine settings (<vbox:Machine>)"
+                elif local == "ResourceType" and (el.text or "").strip() not in _OVF_RESOURCE_TYPES:
+                    problem = f"it describes a device of resource type {boxarchive.shown((el.text or '').strip())}"
+                elif local == "File" and not all(
+                    boxarchive.plain_name(v) for k, v in el.attrib.items() if k.rpartition("}")[2] == "href"
+                ):
+                    problem = "it names a file that is not a plain name beside it"
+                elif local == "Connection" and (el.text or "").strip() != "NAT":
+                    problem = f"it connects an adapter to {boxarchive.shown((el.text or '').strip())}, not NAT"
+                if problem:
+                    break
+    if problem:
+        raise BoxError(
+            f"{what}: the stored OVF {path} is not one devenv wrote: {problem}",
+            hint="it was added by an older devenv, which kept the downloaded OVF: remove the box "
+            "(`devenv box remove NAME@VERSION`) and add it again",
+        )
+
+
 def write_virtualbox_box(stored: boxes.StoredBox, out: Path) -> Path:
     """Pack a libvirt box for VirtualBox: its root put on a BIOS-bootable disk (SYSLINUX), as VMDK + OVF.
 
@@ -515,11 +628,14 @@ def write_virtualbox_box(stored: boxes.StoredBox, out: Path) -> Path:
     cmdline = stored.meta.get("cmdline", "").replace("root=/dev/vda", "root=LABEL=root")
     if "root=" not in cmdline:
         cmdline = ("root=LABEL=root rw " + cmdline).strip()
+    diskcheck.inspect(disk, ("qcow2",), f"box {stored.name}@{stored.version}")  # before qemu-img opens it
     with tempfile.TemporaryDirectory(dir=out.parent) as d:
         work = Path(d)
         root = work / "root.raw"
         r = subprocess.run(
-            ["qemu-img", "convert", "-q", "-O", "raw", str(disk), str(root)], capture_output=True, text=True
+            ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", str(disk), str(root)],
+            capture_output=True,
+            text=True,
         )
         if r.returncode != 0:
             raise BoxError(f"qemu-img convert failed: {r.stderr.strip()}")
@@ -528,7 +644,19 @@ def write_virtualbox_box(stored: boxes.StoredBox, out: Path) -> Path:
         root.unlink()
         vmdk = work / "box-disk001.vmdk"
         r = subprocess.run(
-            ["qemu-img", "convert", "-q", "-O", "vmdk", "-o", "subformat=streamOptimized", str(raw), str(vmdk)],
+            [
+                "qemu-img",
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+                str(raw),
+                str(vmdk),
+            ],
             capture_output=True,
             text=True,
         )
@@ -537,7 +665,10 @@ def write_virtualbox_box(stored: boxes.StoredBox, out: Path) -> Path:
         capacity = raw.stat().st_size
         raw.unlink()
         (work / "box.ovf").write_text(
-            OVF_TEMPLATE.format(disk=vmdk.name, capacity=capacity, name=f"{stored.name}-{stored.version}")
+            render_ovf(
+                [(vmdk.name, diskcheck.DiskInfo("vmdk", capacity, "streamOptimized"))],
+                name=f"{stored.name}-{stored.version}",
+            )
         )
         (work / "metadata.json").write_text(json.dumps({"provider": "virtualbox"}) + "\n")
         (work / "Vagrantfile").write_text('Vagrant.configure("2") do |config|\n  config.vm.base_mac = nil\nend\n')

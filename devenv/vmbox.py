@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from devenv import boxes, ui
+from devenv import boxes, diskcheck, ui
 from devenv.errors import BoxError
 
 VM_PACKAGES = [
@@ -100,7 +100,7 @@ DHCP=ipv4
 def _run(argv: list[str], what: str) -> None:
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
-        raise BoxError(f"{what} failed: {(r.stderr or r.stdout).strip()[-800:]}")
+        raise BoxError(f"{what} failed: {ui.tail((r.stderr or r.stdout).strip(), 800)}")
 
 
 def configure_rootfs(root: Path, hostname: str) -> None:
@@ -187,7 +187,7 @@ def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_
             _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(raw), disk_size], "mkfs.ext4")
             shutil.rmtree(root)
             disk = work / "disk.qcow2"
-            _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(disk)], "qemu-img convert")
+            _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(disk)], "qemu-img convert")
             raw.unlink()
         meta = {
             "cmdline": CMDLINE,
@@ -235,11 +235,16 @@ def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -
                 raise BoxError(f"{ref} is not a libvirt .box: it has no box.img")
             meta.update({k: v for k, v in box.extra.items() if k in ("cmdline", "ssh_user", "sync")})
             disk = box.folder / "box.img"
+            diskcheck.inspect(disk, ("qcow2",), f"{ref}: box.img")  # the same check as `box add`
             if "vmlinuz" in box.names and "initrd.img" in box.names:
                 kernel, initrd = box.folder / "vmlinuz", box.folder / "initrd.img"
         else:
+            # Checked before qemu-img reads it, and read with its format given (never probed): a qcow2
+            # naming a backing or data file, or a VMDK descriptor, would make qemu-img read host files
+            # into the box. raw is read as raw bytes only.
+            fmt = diskcheck.inspect(fetched, ("qcow2", "raw"), ref).format
             disk = work / "disk.qcow2"
-            _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(fetched), str(disk)], "qemu-img convert")
+            _run(["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", str(fetched), str(disk)], "qemu-img convert")
         if kernel is None:
             meta["bootloader"] = True
         meta["baked"] = recipe.baked_fingerprints()
@@ -305,7 +310,10 @@ def bake_in_vm(
         overlay = driver.storage_dir(handle.rpartition("#")[2]) / "disk.qcow2"
         baked_disk = work / "baked.qcow2"
         with ui.progress(label, "flattening the baked disk"):
-            _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(overlay), str(baked_disk)], "qemu-img convert")
+            _run(
+                ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", str(overlay), str(baked_disk)],
+                "qemu-img convert",
+            )
         disk.unlink(missing_ok=True)
         return baked_disk
     finally:

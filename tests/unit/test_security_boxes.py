@@ -55,7 +55,20 @@ def make_tar(path: Path, members: list[tuple], mode: str = "w:gz") -> Path:
 
 
 LIBVIRT_META = _member("metadata.json", b'{"provider": "libvirt", "format": "qcow2", "virtual_size": 1}')
-DISK = _member("box.img", b"QFI\xfb-not-really-a-disk")
+
+
+def _real_disk(fmt: str, *opts: str) -> bytes:
+    """A real, self-contained disk image made by qemu-img: box disks are checked (test_security_box_disks)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / f"disk.{fmt}"
+        subprocess.run(["qemu-img", "create", "-q", "-f", fmt, *opts, str(out), "1M"], check=True)
+        return out.read_bytes()
+
+
+DISK = _member("box.img", _real_disk("qcow2", "-o", "cluster_size=512"))
+VMDK = _real_disk("vmdk", "-o", "subformat=streamOptimized")
 
 
 def libvirt_box(path: Path, *extra: tuple, mode: str = "w:gz") -> Path:
@@ -73,7 +86,7 @@ def vbox_box(path: Path, href: str, *, ovf: str | None = None, disk: tuple | Non
         """
     )
     members = [_member("metadata.json", b'{"provider": "virtualbox"}'), _member("box.ovf", ovf_text.encode())]
-    members.append(disk or _member("box-disk001.vmdk", b"vmdk"))
+    members.append(disk or _member("box-disk001.vmdk", VMDK))
     return make_tar(path, members, "w")
 
 
@@ -239,7 +252,7 @@ def test_ovf_is_parsed_as_xml_without_dtd_or_entities(tmp_path, ovf):
 def test_a_real_ovf_with_a_namespaced_href_is_added(tmp_path):
     box = vbox_box(tmp_path / "vb.box", "box-disk001.vmdk")
     added = boxfile.add_box_file(box, name="vb", version="1", checksum=f"sha256:{sha(box)}")
-    assert added.file("disk").read_bytes() == b"vmdk" and added.file("ovf").name == "box.ovf"
+    assert added.file("disk").read_bytes() == VMDK and added.file("ovf").name == "box.ovf"
 
 
 def test_an_ovf_disk_that_is_a_symlink_in_the_archive_is_refused(tmp_path, victim):
@@ -526,8 +539,8 @@ def test_a_sparse_gnu_tar_box_like_vagrant_libvirt_makes_is_added(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "metadata.json").write_text('{"provider": "libvirt"}')
-    with open(src / "box.img", "wb") as f:
-        f.write(b"head")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src / "box.img"), "8M"], check=True)
+    with open(src / "box.img", "r+b") as f:  # a hole in the middle, as a real qcow2 with data has
         f.seek(8 * 1024 * 1024)
         f.write(b"tail")
     out = tmp_path / "sparse.box"
