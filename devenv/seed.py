@@ -12,7 +12,7 @@ import io
 import json
 from pathlib import Path
 
-from devenv.errors import BackendUnavailable
+from devenv.errors import BackendUnavailable, StateError
 
 
 def _q(s: str) -> str:
@@ -32,6 +32,16 @@ def user_data(
     host_key_public: str,
     mounts: list[tuple[str, str, str, str]] = (),
 ) -> str:
+    from devenv.identity import is_private_key, is_public_key
+
+    # The keys come from the machine's key folder (identity reads them by descriptor and checks
+    # them); checked again here because they are spliced into YAML the guest parses: a key that is
+    # not exactly an OpenSSH key could carry more user-data than a key.
+    if not (is_public_key(authorized_key) and is_public_key(host_key_public) and is_private_key(host_key_private)):
+        raise StateError(
+            "the machine's SSH keys are not OpenSSH ed25519 keys: refusing to put them in its seed",
+            hint="remove the machine's key folder (.devenv/machines/NAME); `devenv up` makes new keys",
+        )
     lines = [
         "#cloud-config",
         f"hostname: {_q(hostname)}",

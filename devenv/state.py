@@ -212,7 +212,7 @@ def check_machine_state(data: Any) -> str | None:
         if key in data:
             why = check(data[key])
             if why:
-                return f"'{key}' must be {why}, not {json.dumps(data[key])[:60]}"
+                return f"'{key}' must be {why}, not {ui.head(json.dumps(data[key]), 60)}"
     return None
 
 
@@ -352,9 +352,22 @@ class ProjectState:
         """Per-machine secrets that are state: its SSH keys and pinned host key (0700)."""
         return self.dir / "machines" / name
 
+    @contextlib.contextmanager
+    def machine_dir_fd(self, name: str, *, create: bool = True) -> Iterator[int | None]:
+        """A descriptor of machine_dir(name), every level opened without following a link (made,
+        0700, with create; None when missing otherwise). Files in it are used relative to it
+        (devenv.identity), never by a path that could be resolved again through a planted link."""
+        if not _MACHINE_NAME.fullmatch(name):
+            raise StateError(f"'{name}' is not a machine name devenv keeps state for")
+        if create:
+            self.ensure()
+        with self._open("machines", name, create=create) as fd:
+            yield fd
+
     def ensure_machine_dir(self, name: str, *, create: bool = True) -> Path:
         """machine_dir(name), checked to be real folders (no link anywhere below the project) and,
-        with create, made (0700). For code that then works with paths in it (ssh-keygen, ssh)."""
+        with create, made (0700). Its path is for ssh's options and the engine's metadata; the
+        files in it are read and written only through machine_dir_fd (devenv.identity)."""
         if create:
             self.ensure()
         with self._open("machines", name, create=create):
@@ -443,6 +456,17 @@ class ProjectState:
             yield
         finally:
             os.close(fd)  # closing drops the flock
+
+
+def split_machine_dir(folder: Path) -> tuple[Path, str] | None:
+    """(project root, machine) when `folder` is a project's .devenv/machines/NAME, else None."""
+    if (
+        folder.parent.name == "machines"
+        and folder.parent.parent.name == STATE_DIR
+        and _MACHINE_NAME.fullmatch(folder.name)
+    ):
+        return folder.parent.parent.parent, folder.name
+    return None
 
 
 def data_dir() -> Path:

@@ -119,7 +119,8 @@ def ssh_transport(meta: dict | None, gone: str):
         raise MachineStateError(gone, hint="run `devenv up` to recreate it")
     ssh = meta["ssh"]
     keys = MachineKeys(Path(ssh["keys"]))
-    if not keys.client_key.exists():
+    # ssh opens these paths itself: first every key file must be one devenv can have made (no link).
+    if not keys.check():
         raise MachineStateError(
             f"the SSH key of machine '{meta['machine']}' is missing ({keys.client_key})",
             hint="its .devenv/ folder was removed: `devenv destroy` and `devenv up` it to make a new identity",

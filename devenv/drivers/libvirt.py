@@ -35,22 +35,112 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
-from devenv.schema import Bool, Field, Int, Problem, Str, Table
+from devenv.schema import USER_NAME_HELP, USER_NAME_PATTERN, Bool, Custom, Field, Int, Problem, Str, Table
 
 DEFAULT_URI = "qemu:///system"
 NS = "https://devenv.invalid/xmlns/libvirt/1"  # metadata namespace: an identifier, never fetched
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
 
+# A Devfile comes with a repository, and libvirt acts on its URI at the first connect: `qemu+ext`
+# runs the program its `command=` names, `qemu+ssh` takes `command=`/`netcat=`/`keyfile=`,
+# `socket=` points at any socket, `qemu:///embed?root=` runs QEMU in this process, `test:///FILE`
+# reads a host file. So a Devfile's `uri` is limited to the local or network daemons with no
+# parameter that names a program, a file or a socket. Any other URI is the host user's choice,
+# never the repository's: they set DEVENV_LIBVIRT_URI in their own environment (not checked).
+URI_SCHEMES = ("qemu", "qemu+unix", "qemu+ssh", "qemu+tls", "qemu+tcp", "test")
+URI_PARAMS = {"no_tty": ("0", "1"), "mode": ("auto", "direct", "legacy")}
+_URI_HOST = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\]"
+)
+URI_HINT = (
+    "a Devfile's uri may be qemu:///system, qemu:///session, qemu+unix, or qemu+ssh/tls/tcp://[USER@]HOST[:PORT]/system"
+    f" with only the parameters {', '.join(sorted(URI_PARAMS))}; for any other URI set DEVENV_LIBVIRT_URI in your own"
+    " environment and leave uri out of the Devfile"
+)
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why a Devfile may not name this libvirt URI, or None when it may (see URI_SCHEMES)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    if not uri.isprintable() or any(c.isspace() for c in uri) or "#" in uri:
+        return "holds a space, a control character or '#'"
+    scheme, sep, _rest = uri.partition("://")
+    if not sep:
+        return "is not a URI (expected SCHEME:///PATH)"
+    if scheme not in URI_SCHEMES:
+        if scheme.endswith("+ext"):
+            return f"the '{scheme}' transport runs a program on this host"
+        return f"the scheme '{scheme}' is not one of: {', '.join(URI_SCHEMES)}"
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        return f"is not a valid URI ({exc})"
+    if scheme == "test":
+        return None if uri == "test:///default" else "a test URI may only be test:///default"
+    if parts.path not in ("/system", "/session"):
+        return f"the path '{parts.path}' is not /system or /session"
+    if scheme in ("qemu", "qemu+unix"):
+        if parts.netloc:
+            return f"a {scheme} URI names no host (qemu:///system)"
+    else:
+        host = parts.netloc.rpartition("@")[2]
+        if port is not None or host.endswith(":"):
+            host = host.rpartition(":")[0]
+        if not host or not _URI_HOST.fullmatch(host):
+            return "needs a host name or address (qemu+ssh://HOST/system)"
+        if parts.password is not None:
+            return "holds a password"
+        if parts.username is not None and not re.fullmatch(USER_NAME_PATTERN, parts.username):
+            return f"the user is not {USER_NAME_HELP}"
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in URI_PARAMS:
+            return f"the parameter '{key}' is not one a Devfile may set ({', '.join(sorted(URI_PARAMS))})"
+        if value not in URI_PARAMS[key]:
+            return f"the parameter {key}={value} is not one of {', '.join(URI_PARAMS[key])}"
+    return None
+
+
+def _check_uri(value: Any, path: tuple, problems: list) -> Any:
+    if not isinstance(value, str) or not value:
+        problems.append(Problem(path, "expected a libvirt URI string, e.g. qemu:///system"))
+        return None
+    why = uri_problem(value)
+    if why is not None:
+        shown = value if value.isprintable() else value.encode("unicode_escape", "backslashreplace").decode()
+        problems.append(Problem(path, f"libvirt URI '{shown}' is refused: {why}; {URI_HINT}"))  # one line
+        return None
+    return value
+
+
 _OPTIONS = Table(
     {
-        "uri": Field(Str(description="libvirt URI (default qemu:///system; qemu:///session for non-root)")),
+        "uri": Field(
+            Custom(
+                _check_uri,
+                {"type": "string", "pattern": "^(qemu|qemu\\+unix|qemu\\+ssh|qemu\\+tls|qemu\\+tcp|test)://"},
+                description="libvirt URI (default qemu:///system; qemu:///session for non-root): a local or "
+                "qemu+ssh/tls/tcp daemon, no parameter naming a program, file or socket",
+            )
+        ),
         "domain_type": Field(Str(choices=("auto", "kvm", "qemu")), default="auto"),
-        "machine_type": Field(Str(description="QEMU machine type, e.g. pc or q35"), default="pc"),
+        "machine_type": Field(
+            Str(
+                pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+                pattern_help="a QEMU machine type name (letters, digits, . _ -)",
+                description="QEMU machine type, e.g. pc or q35",
+            ),
+            default="pc",
+        ),
         "boot_timeout": Field(Int(minimum=5, maximum=3600, description="Seconds to wait for SSH"), default=180),
         "halt_timeout": Field(Int(minimum=1, maximum=600, description="Seconds to wait for ACPI shutdown"), default=60),
         "isolated": Field(Bool(description="No outbound network from the guest"), default=False),
-        "ssh_user": Field(Str(description="Login user (default: the box's)")),
+        "ssh_user": Field(
+            Str(pattern=USER_NAME_PATTERN, pattern_help=USER_NAME_HELP, description="Login user (default: the box's)")
+        ),
     },
     description="Options for the libvirt driver",
 )
@@ -319,6 +409,11 @@ class LibvirtDriver(VmMetadataMixin):
         folder = self.storage_dir(target.resource_name)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         overlay = folder / "disk.qcow2"
+        # Checked again at use (a box stored by an older devenv was not): qemu-img create and QEMU
+        # open whatever the box's disk names -- a backing or data file anywhere on this host.
+        from devenv import diskcheck
+
+        diskcheck.inspect(Path(box.ref), ("qcow2",), f"box {box.name}@{box.version}: {box.ref}")
         if not overlay.exists():
             r = subprocess.run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", box.ref, str(overlay)],
@@ -330,10 +425,12 @@ class LibvirtDriver(VmMetadataMixin):
                     f"cannot create the disk overlay for '{m.name}': {r.stderr.strip()}",
                     hint="is qemu-utils installed? (apt-get install qemu-utils)",
                 )
-        self._define(target, box, handle, ssh_port=free_port("127.0.0.1"))
+        self._define(target, box, handle, ssh_port=free_port("127.0.0.1"), new_machine=True)
         return handle
 
-    def _define(self, target: Target, box: BoxArtifact, handle: str, *, ssh_port: int) -> None:
+    def _define(
+        self, target: Target, box: BoxArtifact, handle: str, *, ssh_port: int, new_machine: bool = False
+    ) -> None:
         """Write the seed and (re)define the domain; the disk and the machine's keys are kept."""
         from devenv import identity, seed
         from devenv.state import ProjectState
@@ -342,7 +439,9 @@ class LibvirtDriver(VmMetadataMixin):
         uri, name = split_handle(handle)
         folder = self.storage_dir(name)
         keys = identity.ensure_keys(
-            ProjectState(target.project_root).ensure_machine_dir(m.name), f"{target.project_id}/{m.name}"
+            ProjectState(target.project_root).ensure_machine_dir(m.name),
+            f"{target.project_id}/{m.name}",
+            fresh=new_machine,
         )
         keys.pin("127.0.0.1", ssh_port)
         forwards = self._forwards(target)
@@ -360,7 +459,7 @@ class LibvirtDriver(VmMetadataMixin):
                 "user-data": seed.user_data(
                     hostname=m.hostname,
                     authorized_key=keys.client_pub,
-                    host_key_private=keys.host_key.read_text(),
+                    host_key_private=keys.host_private,
                     host_key_public=keys.host_pub,
                     mounts=mounts,
                 ),
@@ -401,6 +500,20 @@ class LibvirtDriver(VmMetadataMixin):
             port = free_port("127.0.0.1")
         self._define(target, box, handle, ssh_port=port)
         return True
+
+    @staticmethod
+    def _backing_xml(folder: Path, box: BoxArtifact) -> str:
+        """The overlay's whole backing chain, spelled out: the box's disk, then nothing.
+
+        libvirt (with -blockdev, libvirt >= 5.10) opens the chain the XML gives instead of probing
+        image headers; the empty <backingStore/> ends it, so QEMU opens no file the box disk's
+        header might name. The backing is the one the overlay records (devenv wrote it), else the box's.
+        """
+        backing = boxes.qcow2_backing(folder / "disk.qcow2") or box.ref
+        return (
+            f"<backingStore type='file'><format type='qcow2'/><source file={quoteattr(backing)}/>"
+            "<backingStore/></backingStore>"
+        )
 
     def domain_xml(
         self,
@@ -504,7 +617,8 @@ class LibvirtDriver(VmMetadataMixin):
                 "  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>",
                 "  <devices>",
                 f"    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
-                f"<source file={q(str(folder / 'disk.qcow2'))}/><target dev='vda' bus='virtio'/></disk>",
+                f"<source file={q(str(folder / 'disk.qcow2'))}/>{self._backing_xml(folder, box)}"
+                "<target dev='vda' bus='virtio'/></disk>",
                 "    <controller type='scsi' model='virtio-scsi'/>",
                 f"    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
                 f"<source file={q(str(folder / 'seed.iso'))}/><target dev='sda' bus='scsi'/><readonly/></disk>",
@@ -572,9 +686,14 @@ class LibvirtDriver(VmMetadataMixin):
         _, name = split_handle(handle)
         log = self.storage_dir(name) / "console.log"
         try:
-            text = log.read_bytes()[-8192:].decode(errors="replace")
+            data = log.read_bytes()
         except OSError:
             return "(no console output)"
+        text = data[-8192:].decode(errors="replace")
+        if len(data) > 8192:
+            # The cut fell inside a line, maybe inside a secret the guest echoed: a part of a
+            # secret matches no mask, so the partial first line is dropped, not shown.
+            text = text.partition("\n")[2]
         return "\n".join(line.rstrip("\r") for line in text.splitlines()[-lines:]) or "(no console output)"
 
     def _wait_ssh(self, handle: str, timeout: float) -> None:

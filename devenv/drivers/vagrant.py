@@ -56,7 +56,7 @@ from devenv.errors import (
     UsageError,
 )
 from devenv.schema import Field, Problem, Str, Table, did_you_mean
-from devenv.transport import SshTransport
+from devenv.transport import SshTransport, ssh_word
 
 INSTALL_HINT = (
     "install it: `apt-get install --no-install-recommends vagrant` (Debian/Ubuntu), "
@@ -68,10 +68,22 @@ VAGRANTFILE_NAMES = ("Vagrantfile", "vagrantfile")
 _OPTIONS = Table(
     {
         "dir": Field(Str(description="Folder with the Vagrantfile, relative to the project"), required=True),
+        # Both reach vagrant's command line (`vagrant up NAME`): a name that starts with '-' would be
+        # read as an option, and one in slashes as a pattern matching every machine.
         "machine": Field(
-            Str(description="Vagrant machine name (multi-machine Vagrantfile); default: its only machine")
+            Str(
+                pattern=r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}",
+                pattern_help="a Vagrant machine name (letters, digits, _ . -, not starting with . or -)",
+                description="Vagrant machine name (multi-machine Vagrantfile); default: its only machine",
+            )
         ),
-        "provider": Field(Str(description="Vagrant provider for `vagrant up --provider`, e.g. docker, libvirt")),
+        "provider": Field(
+            Str(
+                pattern=r"[a-z0-9_][a-z0-9_-]{0,63}",
+                pattern_help="a Vagrant provider name, e.g. docker, libvirt, virtualbox",
+                description="Vagrant provider for `vagrant up --provider`, e.g. docker, libvirt",
+            )
+        ),
         "transport": Field(
             Str(
                 choices=("auto", "ssh", "docker"),
@@ -237,7 +249,8 @@ def trim_vagrant_error(text: str, limit: int = 6) -> list[str]:
         text = err[1]
     lines = [ln.rstrip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln.strip() and not any(b in ln for b in _BOILERPLATE)]
-    lines = [ln if len(ln) <= 160 else ln[:157] + "..." for ln in lines if not _NOISE.match(ln)]
+    # ui.head masks before it cuts: a secret the cut falls inside would otherwise show its head.
+    lines = [ui.head(ln, 160) for ln in lines if not _NOISE.match(ln)]
     fields = {}
     for ln in lines:
         m = re.match(r"(Path|Line number|Message): (.*)$", ln.strip())
@@ -323,14 +336,13 @@ class PinnedSsh(SshTransport):
 
     def __init__(self, *, alias: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.alias = alias
+        self.alias = ssh_word(alias, what="host key alias")  # an -o value and an ssh_config line
 
     def _control_dir(self) -> Path:
+        from devenv.identity import MachineKeys
+
         base = super()._control_dir()
-        try:
-            pinned = self.known_hosts.read_bytes()
-        except OSError:
-            pinned = b""
+        pinned = MachineKeys(self.known_hosts.parent).read_known_hosts()  # never through a link
         tag = hashlib.sha256(self.alias.encode() + b"\0" + pinned).hexdigest()[:12]
         d = base / f"v{tag}"
         d.mkdir(mode=0o700, exist_ok=True)
@@ -351,33 +363,46 @@ class PinnedSsh(SshTransport):
 
         Returns the key's fingerprint. Trust on first use: see the module docstring.
         """
-        base = self.options()
-        opts: list[str] = []
-        for flag, value in zip(base[::2], base[1::2], strict=True):  # every option is a (flag, value) pair
-            if value.startswith(("ControlMaster=", "ControlPath=", "ControlPersist=")):
-                continue
-            opts += [flag, "StrictHostKeyChecking=accept-new" if value == "StrictHostKeyChecking=yes" else value]
-        argv = ["ssh", *opts, "-o", "ControlMaster=no", "-o", "ControlPath=none", "-T", self.host, "--", "true"]
-        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.known_hosts.unlink()
-        deadline = time.monotonic() + timeout
-        while True:
-            r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            if r.returncode == 0:
-                break
-            if time.monotonic() > deadline or "Permission denied" in r.stderr:
+        from devenv.identity import MachineKeys
+        from devenv.state import read_bounded
+        from devenv.transport import ssh_path
+
+        keys = MachineKeys(self.known_hosts.parent)
+        keys.forget_known_hosts()
+        # ssh writes the new entry itself, following any link at the name it is given: it gets one in
+        # a fresh private folder of ours, and the result moves into the key folder by descriptor.
+        tmp = Path(tempfile.mkdtemp(prefix="devenv-pin-"))
+        try:
+            scratch = tmp / "known_hosts"
+            base = self.options()
+            opts: list[str] = []
+            for flag, value in zip(base[::2], base[1::2], strict=True):  # every option is a (flag, value) pair
+                if value.startswith(("ControlMaster=", "ControlPath=", "ControlPersist=")):
+                    continue
+                if value.startswith("UserKnownHostsFile="):
+                    value = f"UserKnownHostsFile={ssh_path(scratch, what='known_hosts file')}"
+                opts += [flag, "StrictHostKeyChecking=accept-new" if value == "StrictHostKeyChecking=yes" else value]
+            argv = ["ssh", *opts, "-o", "ControlMaster=no", "-o", "ControlPath=none", "-T", self.host, "--", "true"]
+            deadline = time.monotonic() + timeout
+            while True:
                 with contextlib.suppress(FileNotFoundError):
-                    self.known_hosts.unlink()
-                last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"ssh exited {r.returncode}"
-                raise CommandFailed(
-                    f"cannot make first contact with machine '{self.machine}' over SSH at {self.host}:{self.port} "
-                    f"to pin its host key: {last}",
-                    hint="check `vagrant ssh-config` in its folder; devenv logs in as that user with that key",
-                )
-            time.sleep(1)
-        self.known_hosts.chmod(0o600)
-        fp = subprocess.run(["ssh-keygen", "-l", "-f", str(self.known_hosts)], capture_output=True, text=True)
+                    scratch.unlink()
+                r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                if r.returncode == 0:
+                    break
+                if time.monotonic() > deadline or "Permission denied" in r.stderr:
+                    last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"ssh exited {r.returncode}"
+                    raise CommandFailed(
+                        f"cannot make first contact with machine '{self.machine}' over SSH at {self.host}:{self.port} "
+                        f"to pin its host key: {last}",
+                        hint="check `vagrant ssh-config` in its folder; devenv logs in as that user with that key",
+                    )
+                time.sleep(1)
+            pinned = read_bounded(scratch, limit=64 << 10) or b""
+            fp = subprocess.run(["ssh-keygen", "-l", "-f", str(scratch)], capture_output=True, text=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        keys.write_known_hosts(pinned)
         return fp.stdout.split()[1] if fp.returncode == 0 and len(fp.stdout.split()) > 1 else "(unknown)"
 
 
@@ -611,8 +636,12 @@ class VagrantDriver:
         return None
 
     def _load_cache(self, handle: str) -> dict:
+        from devenv.state import MAX_STATE_BYTES, read_bounded
+
         try:
-            data = json.loads((self._cache_dir(handle) / "vagrant.json").read_text())
+            # A link or a FIFO planted there is never followed or waited on: the cache is then empty.
+            raw = read_bounded(self._cache_dir(handle) / "vagrant.json", limit=MAX_STATE_BYTES)
+            data = json.loads(raw) if raw is not None else {}
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) and data.get("handle") == handle else {}
@@ -653,10 +682,10 @@ class VagrantDriver:
             "transport": self._transport_mode(handle, old),
             "refreshed": int(time.time()),
         }
-        known_hosts = self._cache_dir(handle) / "known_hosts"
-        if old.get("id") not in (None, mid) and known_hosts.exists():
+        from devenv.identity import MachineKeys
+
+        if old.get("id") not in (None, mid) and MachineKeys(self._cache_dir(handle)).forget_known_hosts():
             ui.warn(f"{self._label(handle)}: Vagrant recreated the machine outside devenv: pinning its new host key")
-            known_hosts.unlink()
         if self._uses_docker(handle, provider, data):
             data["container_id"] = mid
             self._save_cache(handle, data)
@@ -712,9 +741,10 @@ class VagrantDriver:
         handle = make_handle(folder, name)
         if self.state(handle) is not MachineState.NOT_CREATED:
             return handle
+        from devenv.identity import MachineKeys
+
         # A new machine has a new host key: forget any pin of an earlier one.
-        with contextlib.suppress(FileNotFoundError):
-            (self._cache_dir(handle) / "known_hosts").unlink()
+        MachineKeys(self._cache_dir(handle)).forget_known_hosts()
         with contextlib.suppress(FileNotFoundError):
             (self._cache_dir(handle) / "vagrant.json").unlink()
         self._up(handle, provider=target.machine.driver_options().get("provider"))
@@ -897,7 +927,10 @@ class VagrantDriver:
             key=Path(key),
             known_hosts=known_hosts,
         )
-        if not known_hosts.is_file() or not known_hosts.read_text().strip():
+        from devenv.identity import MachineKeys
+
+        # Read by descriptor: a link planted as known_hosts is a StateError, never read through.
+        if not MachineKeys(known_hosts.parent).read_known_hosts().strip():
             fp = t.pin()
             ui.info(label, f"pinned its SSH host key {fp} (first contact; Vagrant itself checks none)")
         return t

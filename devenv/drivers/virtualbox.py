@@ -46,7 +46,7 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
-from devenv.schema import Bool, Field, Int, Problem, Str, Table
+from devenv.schema import USER_NAME_HELP, USER_NAME_PATTERN, Bool, Field, Int, Problem, Str, Table
 
 MIN_VERSION = (6, 1)  # inclusive
 MAX_VERSION = (8, 0)  # exclusive
@@ -73,7 +73,9 @@ _OPTIONS = Table(
     {
         "boot_timeout": Field(Int(minimum=5, maximum=3600, description="Seconds to wait for SSH"), default=180),
         "halt_timeout": Field(Int(minimum=1, maximum=600, description="Seconds to wait for ACPI shutdown"), default=60),
-        "ssh_user": Field(Str(description="Login user (default: the box's)")),
+        "ssh_user": Field(
+            Str(pattern=USER_NAME_PATTERN, pattern_help=USER_NAME_HELP, description="Login user (default: the box's)")
+        ),
         "gui": Field(Bool(description="Start with a VirtualBox window instead of headless"), default=False),
     },
     description="Options for the virtualbox driver",
@@ -382,6 +384,11 @@ class VirtualBoxDriver(VmMetadataMixin):
             ed = self._extradata(base)
             if ed is None:
                 ui.info(None, f"importing box {box.name}@{box.version} into VirtualBox as {base} (once per version)")
+                # `VBoxManage import` applies all an OVF says (shared folders, serial ports, NICs):
+                # only a descriptor with no more than devenv's own (boxfile.render_ovf) is imported.
+                from devenv import boxfile
+
+                boxfile.check_own_ovf(Path(box.ref), f"box {box.name}@{box.version}")
                 self._run(
                     "import", box.ref, "--vsys", "0", "--vmname", base, "--basefolder", str(self.vms_dir()),
                     timeout=3600,
@@ -498,7 +505,9 @@ class VirtualBoxDriver(VmMetadataMixin):
         m = target.machine
         opts = m.driver_options()
         keys = identity.ensure_keys(
-            ProjectState(target.project_root).ensure_machine_dir(m.name), f"{target.project_id}/{m.name}"
+            ProjectState(target.project_root).ensure_machine_dir(m.name),
+            f"{target.project_id}/{m.name}",
+            fresh=old is None,  # a new VM: keys a checkout brought along are never used
         )
         keys.pin("127.0.0.1", ssh_port)
         ssh_user = opts.get("ssh_user") or box.extra.get("ssh_user", "root")
@@ -512,7 +521,7 @@ class VirtualBoxDriver(VmMetadataMixin):
                 "user-data": seed.user_data(
                     hostname=m.hostname,
                     authorized_key=keys.client_pub,
-                    host_key_private=keys.host_key.read_text(),
+                    host_key_private=keys.host_private,
                     host_key_public=keys.host_pub,
                 ),
             },
