@@ -274,12 +274,17 @@ def test_libvirt_unreachable_is_one_clear_message(vm, tiny_box):
         '[machines.x]\ndriver = "libvirt"\nbox = "tiny-vm"\n'
         '[machines.x.libvirt]\nuri = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"\n'
     )
+    # A Devfile may not choose libvirt's socket (a repository could point it anywhere): exit 2.
     r = vm.run("up")
+    assert r.returncode == 2, r.stderr
+    assert "the parameter 'socket' is not one a Devfile may set" in r.stderr
+    assert_no_traceback(r)
+    # The host user may, through the environment: an unreachable daemon is one clear message.
+    vm.devfile('[machines.x]\ndriver = "libvirt"\nbox = "tiny-vm"\n')
+    r = vm.run("up", env={"DEVENV_LIBVIRT_URI": "qemu+unix:///system?socket=/nonexistent/sock"})
     assert r.returncode == 3, r.stderr
     assert "libvirtd is not running" in r.stderr and "hint:" in r.stderr
     assert_no_traceback(r)
-    r = vm.run("up", env={"DEVENV_LIBVIRT_URI": "qemu+unix:///system?socket=/nonexistent/sock"})
-    assert r.returncode == 3
 
 
 def test_bios_bootable_disk_boots_without_direct_kernel_boot(vm, tiny_box, tmp_path):
