@@ -253,6 +253,12 @@ class IPAddress(Node):
         if not isinstance(value, str):
             problems.append(Problem(path, f"expected an IP address string, got {_type_name(value)}"))
             return MISSING
+        # Python accepts a scoped IPv6 address ("fe80::1%SCOPE") with any text as the scope; the
+        # address is spliced into QEMU's -netdev option list and VBoxManage --natpf rules, where a
+        # ',' or '%' would add options (guestfwd=...cmd: runs a host command). Plain addresses only.
+        if "%" in value or "," in value or not value.isascii() or not value.isprintable():
+            problems.append(Problem(path, f"{value!r} is not a plain IP address (no zone id, no ',')"))
+            return MISSING
         try:
             import ipaddress
 

@@ -184,11 +184,22 @@ def _hash_entry(h, path: Path, st: os.stat_result, label: str) -> None:
 
 
 def _hash_file(h, path: Path, label: str) -> None:
+    import stat
+
+    from devenv.paths import resolve
+    from devenv.transport import open_nofollow
+
     executable = os.access(path, os.X_OK)
     h.update(f"file:{label}:{int(executable)}\0".encode())
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # The real path, then opened with no link followed on the way (a link swapped in since
+        # the caller's check fails here instead of hashing a host file), and only a regular file.
+        fd = open_nofollow(resolve(os.path.abspath(path)).path)
     except OSError:
+        h.update(b"unreadable\0")
+        return
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         h.update(b"unreadable\0")
         return
     with open(fd, "rb") as f:

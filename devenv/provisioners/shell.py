@@ -66,7 +66,7 @@ class ShellProvisioner:
                 ctx.transport.put(local, remote)
             except CommandFailed as exc:  # a failed copy is a failed step: exit 5, resumable
                 raise ProvisionError(f"shell step: {exc.message}", hint=exc.hint) from exc
-            if local.read_bytes().startswith(b"#!"):
+            if _starts_with_shebang(local):
                 argv = [
                     "/bin/sh",
                     "-c",
@@ -109,3 +109,29 @@ def _at_use(config: dict, key: str, ctx: RunContext, *, want_file: bool, step: s
             f"{step} step: {key} {exc.message}",
             hint="the path changed since the Devfile was checked; fix it, then `devenv provision` resumes here",
         ) from exc
+
+
+def _starts_with_shebang(local: Path) -> bool:
+    """Whether the script (a real path) starts with "#!", read without following a link.
+
+    The machine may have swapped the script for a link to a host file since it was copied: the
+    file is opened with O_NOFOLLOW on every component and must be a regular file.
+    """
+    import os
+    import stat
+
+    from devenv.transport import open_nofollow
+
+    try:
+        fd = open_nofollow(local)
+    except OSError as exc:
+        raise ProvisionError(
+            f"shell step: cannot read {local}: {exc.strerror or exc} (a symbolic link put in its place?)",
+            hint="the path changed since the Devfile was checked; fix it, then `devenv provision` resumes here",
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ProvisionError(f"shell step: {local} is no longer a regular file")
+        return os.read(fd, 2) == b"#!"
+    finally:
+        os.close(fd)
