@@ -10,16 +10,20 @@ A catalog is Vagrant's JSON: {"name", "versions": [{"version", "providers": [{"n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from devenv import boxarchive, boxes, diskcheck, ui
 from devenv.errors import BoxError
@@ -47,14 +51,39 @@ def _virtual_size_gb(disk: Path) -> int:
     return max(1, -(-json.loads(r.stdout)["virtual-size"] // 1024**3))
 
 
+@contextlib.contextmanager
+def _output_file(out: Path) -> Iterator[BinaryIO]:
+    """A new file next to ``out`` that becomes ``out`` (atomically) when the block succeeds.
+
+    Made by mkstemp (O_CREAT|O_EXCL, a random name, never through a link): a fixed sibling name
+    like ``.OUT.tmp`` is one a repository can plant as a symlink to a host file, which a plain
+    open(..., "w") would truncate and fill. os.replace puts the file in place of ``out`` itself
+    (a link planted as ``out`` is replaced, never followed)."""
+    parent = out.parent if str(out.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fchmod(fh.fileno(), 0o644)  # explicit, never the process umask
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_libvirt_box(stored: boxes.StoredBox, out: Path) -> Path:
     """Pack a stored libvirt box as a Vagrant .box (tar.gz), written atomically."""
     disk = stored.file("disk")
     if disk is None:
         raise BoxError(f"box {stored.name}@{stored.version} has no disk to pack")
     meta = {"provider": "libvirt", "format": "qcow2", "virtual_size": _virtual_size_gb(disk)}
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar, tempfile.TemporaryDirectory() as d:
+    with (
+        _output_file(out) as fh,
+        tarfile.open(fileobj=fh, mode="w:gz", compresslevel=1) as tar,
+        tempfile.TemporaryDirectory() as d,
+    ):
         mp = Path(d) / "metadata.json"
         mp.write_text(json.dumps(meta) + "\n")
         tar.add(mp, "metadata.json")
@@ -69,7 +98,6 @@ def write_libvirt_box(stored: boxes.StoredBox, out: Path) -> Path:
             f = stored.file(key)
             if f is not None:
                 tar.add(f, arc)
-    tmp.replace(out)
     return out
 
 
@@ -674,9 +702,7 @@ def write_virtualbox_box(stored: boxes.StoredBox, out: Path) -> Path:
         (work / "Vagrantfile").write_text('Vagrant.configure("2") do |config|\n  config.vm.base_mac = nil\nend\n')
         extra = {k: v for k, v in stored.meta.items() if k in ("baked", "description")}
         (work / "devenv.json").write_text(json.dumps({**extra, "ssh_user": "root", "guest_additions": False}) + "\n")
-        tmp = out.with_name(f".{out.name}.tmp")
-        with tarfile.open(tmp, "w") as tar:  # VMDK is compressed already
+        with _output_file(out) as fh, tarfile.open(fileobj=fh, mode="w") as tar:  # VMDK is compressed already
             for name in ("metadata.json", "box.ovf", vmdk.name, "Vagrantfile", "devenv.json"):
                 tar.add(work / name, name)
-        tmp.replace(out)
     return out

@@ -190,11 +190,16 @@ def init(
 ) -> None:
     """Write a starter Devfile in the current folder."""
     from devenv.devfile import default_project_name
+    from devenv.paths import write_new_file
 
     path = Path(_options["file"] or "Devfile")
-    if path.exists() and not force:
-        raise UsageError(f"{path} already exists", hint="edit it, or pass --force to overwrite it")
-    path.write_text(_TEMPLATE.format(name=default_project_name(Path.cwd()), box=box))
+    # Created with O_EXCL|O_NOFOLLOW: a planted (even dangling) link named Devfile is refused.
+    write_new_file(
+        path,
+        _TEMPLATE.format(name=default_project_name(Path.cwd()), box=box),
+        force=force,
+        hint="edit it, or pass --force to overwrite it",
+    )
     ui.info(None, f"wrote {path}; next: `devenv up`")
 
 

@@ -683,6 +683,13 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
             machines[mname] = m
 
     _cross_check(machines, origins, port_index, problems)
+    for m in machines.values():
+        # Drivers with host paths of their own (vagrant's dir) confine them against the real root.
+        if m.driver == "vagrant":
+            from devenv.drivers.vagrant import VagrantDriver
+
+            for p in VagrantDriver().validate_paths(m, root):
+                problems.append(Problem(("machines", m.name, *p.path), p.message))
     return Devfile(path=path, root=root, project_name=name, machines=machines)
 
 
@@ -892,6 +899,34 @@ def _step_reach(where: str, step: Step) -> list[str]:
     return []
 
 
+def _outside(path: str, root: Path) -> bool:
+    real = resolve(os.path.join(str(root), os.path.expanduser(path))).path
+    base = resolve(str(root)).path
+    return not (real == base or real.startswith(base.rstrip("/") + "/"))
+
+
+def _file_url_path(url: str) -> str | None:
+    """The host path a ``file:`` URL names (``file:/x``, ``file:///x``, ``file://localhost/x``)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "file":
+        return None
+    return unquote(parts.path) or "/"
+
+
+def _box_reach(where: str, box: str, root: Path) -> list[str]:
+    """A ``box`` that is a host file (a path or a file: URL) outside the project."""
+    from devenv import boxes
+
+    if boxes.parse_ref(box).kind != "file":
+        return []
+    path = _file_url_path(box) if "://" in box or box.lower().startswith("file:") else box
+    if path is None or not _outside(path, root):
+        return []
+    return [f"{where}: reads the host file {box} (outside the project)"]
+
+
 def recipe_reach(recipe: Any) -> list[str]:
     """What building this box recipe runs on, or reads from, this host (`box build`, and `up` when
     the box is missing: the recipe's steps run as the Devfile's own would)."""
@@ -904,6 +939,12 @@ def recipe_reach(recipe: Any) -> list[str]:
             real = resolve(os.path.join(root, os.path.expanduser(src["path"]))).path
             if not (real == root or real.startswith(root.rstrip("/") + "/")):
                 items.append(f"box recipe {recipe.path}: sources[{i}]: reads the host file {src['path']}")
+        for key in ("url", "mirror"):
+            # A file: URL (cloud-image/box url, debootstrap mirror) reads the host's own files.
+            value = src.get(key)
+            host_path = _file_url_path(value) if isinstance(value, str) else None
+            if host_path is not None and _outside(host_path, recipe.root):
+                items.append(f"box recipe {recipe.path}: sources[{i}].{key}: reads the host path {value}")
     return items
 
 
@@ -955,6 +996,14 @@ def host_reach(df: Devfile, *, extra_boxes: tuple[str, ...] = ()) -> list[str]:
             if not inside(str(s.host)):
                 how = "read-only" if s.read_only else "read-write"
                 items.append(f"{format_path(('machines', m.name, 'sync', i))}: shares the host folder {s.host} ({how})")
+        if m.driver == "vagrant" and isinstance(m.driver_options().get("dir"), str):
+            # Every `vagrant` call devenv makes (status, up, destroy) loads that Vagrantfile: Ruby.
+            items.append(
+                f"{format_path(('machines', m.name, 'vagrant', 'dir'))}: the Vagrantfile in "
+                f"{m.driver_options()['dir']} is Ruby code that Vagrant runs on this host"
+            )
+        if m.box:
+            items += _box_reach(format_path(("machines", m.name, "box")), m.box, df.root)
     for box in [*(m.box for m in df.machines.values()), *extra_boxes]:
         recipe = _recipe_for(box, df.root)
         if recipe is not None:

@@ -14,6 +14,7 @@ so a hard-linked file is outside this check (a documented limit).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -248,3 +249,44 @@ def read_regular(path: str | os.PathLike, cap: int, *, what: str) -> bytes:
 
 def _size(n: int) -> str:
     return f"{n // (1 << 20)} MiB" if n >= 1 << 20 else f"{n // 1024} KiB"
+
+
+def write_new_file(path: Path, text: str, *, force: bool = False, hint: str = "pass --force to overwrite it") -> None:
+    """Write a file the user asked for (``init``, ``import-vagrant -o``), never through a link.
+
+    Without ``force`` it must not exist in any form: O_CREAT|O_EXCL|O_NOFOLLOW refuses a planted
+    link (even a dangling one, which exists() calls absent and a plain open would follow to create
+    its target). With ``force`` the file is written under a random name beside it and moved over
+    ``path``: a link there is replaced, never written through.
+    """
+    import tempfile
+
+    from devenv.errors import UsageError
+
+    data = text.encode()
+    if not force:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            what = " (a symbolic link)" if os.path.islink(path) else ""
+            raise UsageError(f"{path} already exists{what}", hint=hint) from None
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            os.fchmod(fh.fileno(), 0o644)  # explicit, never the process umask
+        return
+    parent = os.path.dirname(os.fspath(path)) or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            os.fchmod(fh.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"{path} is not a folder", hint="give the folder that holds the Vagrantfile")
         if find_vagrantfile(folder) is None:
             raise UsageError(f"no Vagrantfile in {folder}", hint="give the folder that holds the Vagrantfile")
-        if output is not None and output.exists() and not force:
+        if output is not None and (output.exists() or output.is_symlink()) and not force:
             raise UsageError(
                 f"{output} already exists", hint="pass --force to overwrite it, or print the section and paste it"
             )
@@ -102,6 +102,11 @@ def register(app: typer.Typer) -> None:
         if output is None:
             print(text, end="")
             return
-        output.write_text(text)
+        from devenv.paths import write_new_file
+
+        # Never through a link planted as OUT (exists() above is only the early, friendly check).
+        write_new_file(
+            output, text, force=force, hint="pass --force to overwrite it, or print the section and paste it"
+        )
         names = ", ".join(m[0] for m in machines)
         ui.info(None, f"wrote {output} ({len(machines)} machine(s): {names}); next: `devenv validate`, `devenv up`")

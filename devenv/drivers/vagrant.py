@@ -55,7 +55,7 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
-from devenv.schema import Field, Problem, Str, Table, did_you_mean
+from devenv.schema import Bool, Field, Problem, Str, Table, did_you_mean
 from devenv.transport import SshTransport, ssh_word
 
 INSTALL_HINT = (
@@ -83,6 +83,11 @@ _OPTIONS = Table(
                 pattern_help="a Vagrant provider name, e.g. docker, libvirt, virtualbox",
                 description="Vagrant provider for `vagrant up --provider`, e.g. docker, libvirt",
             )
+        ),
+        # `dir` is a host folder whose Vagrantfile (Ruby) runs on this host and whose machine devenv
+        # halts and destroys: confined to the project by its real path like every host path.
+        "allow_outside_project": Field(
+            Bool(description="Allow a dir outside the project (its Vagrantfile runs on this host)")
         ),
         "transport": Field(
             Str(
@@ -307,6 +312,61 @@ def created_as(folder: Path, name: str) -> tuple[str, str] | None:
         if mid:
             return sub.name, mid
     return None
+
+
+def vagrant_dir(root: Path, opts: dict, machine: str, *, kind: str = "dir") -> Path:
+    """The real path of the table's ``dir``, required inside the project (unless
+    allow_outside_project): a Devfile naming ``../other-vm``, ``~/vm``, ``/abs`` or a link to one
+    would have devenv run that Vagrantfile's Ruby here and halt or destroy a VM it never made.
+    Checked at validate (kind "none") and again at every use (the link may change in between)."""
+    from devenv.paths import ConfinementError, confine
+
+    try:
+        return confine(
+            root,
+            opts["dir"],
+            allow_outside=bool(opts.get("allow_outside_project")),
+            kind=kind,
+            fix=f"set allow_outside_project = true in [machines.{machine}.vagrant] if you mean it",
+        )
+    except ConfinementError as exc:
+        raise UsageError(f"machine '{machine}': vagrant dir {exc.message}") from exc
+
+
+def _marker_path(handle: str) -> Path:
+    from devenv.state import data_dir
+
+    return data_dir() / "vagrant" / (hashlib.sha256(handle.encode()).hexdigest()[:32] + ".json")
+
+
+def read_marker(handle: str) -> dict | None:
+    """What devenv recorded when it brought this Vagrant machine up: {"handle", "id"} or None.
+
+    Kept in devenv's own data folder, never in the project: a repository commits its .devenv/
+    and its .vagrant/ (the machine id Vagrant acts on) but cannot write there."""
+    from devenv.paths import read_regular
+
+    try:
+        data = json.loads(read_regular(_marker_path(handle), 1 << 16, what="it").decode())
+    except (OSError, ValueError, DevenvError):
+        return None
+    if not isinstance(data, dict) or data.get("handle") != handle or not isinstance(data.get("id"), (str, type(None))):
+        return None
+    return data
+
+
+def write_marker(handle: str, machine_id: str | None) -> None:
+    """Record that devenv made (id None: is making) the Vagrant machine ``handle``."""
+    from devenv.state import atomic_write
+
+    path = _marker_path(handle)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"handle": handle, "id": machine_id}, sort_keys=True) + "\n")
+
+
+def forget_marker(handle: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _marker_path(handle).unlink()
 
 
 class _Capture:
@@ -550,6 +610,17 @@ class VagrantDriver:
                 problems.append(Problem((key,), f"the vagrant driver does not set {key}: {why}"))
         return problems
 
+    def validate_paths(self, machine, root: Path) -> list[Problem]:
+        """``dir`` inside the project by its real path (it need not exist yet at validate)."""
+        opts = machine.driver_options()
+        if not isinstance(opts.get("dir"), str) or not opts["dir"]:
+            return []
+        try:
+            vagrant_dir(root, opts, machine.name, kind="none")
+        except UsageError as exc:
+            return [Problem(("vagrant", "dir"), exc.message.split(": vagrant dir ", 1)[-1])]
+        return []
+
     # -- resolving a devenv machine to a Vagrant machine ---------------------------------------
     def _resolve(self, target: Target) -> tuple[Path, str]:
         opts = target.machine.driver_options()
@@ -559,6 +630,7 @@ class VagrantDriver:
         folder = Path(os.path.normpath(target.project_root / os.path.expanduser(raw)))
         if not folder.is_dir():
             raise UsageError(f"machine '{target.name}': the Vagrant folder {raw} does not exist ({folder})")
+        folder = vagrant_dir(target.project_root, opts, target.name)  # real path, confined again at use
         if find_vagrantfile(folder) is None:
             raise UsageError(
                 f"machine '{target.name}': no Vagrantfile in {folder}",
@@ -740,21 +812,44 @@ class VagrantDriver:
         folder, name = self._resolve(target)
         handle = make_handle(folder, name)
         if self.state(handle) is not MachineState.NOT_CREATED:
-            return handle
+            if self._made_by_us(handle, target):
+                return handle
+            raise MachineStateError(
+                f"machine '{target.name}': Vagrant machine '{name}' in {folder} already exists and devenv did not "
+                "create it: devenv never provisions, halts or destroys a machine it did not make",
+                hint=f"`vagrant destroy {name}` in {folder} yourself if it may go, or point dir elsewhere",
+            )
         from devenv.identity import MachineKeys
 
         # A new machine has a new host key: forget any pin of an earlier one.
         MachineKeys(self._cache_dir(handle)).forget_known_hosts()
         with contextlib.suppress(FileNotFoundError):
             (self._cache_dir(handle) / "vagrant.json").unlink()
+        # Marked before `vagrant up` (id unknown yet): a half-made machine is still ours to clean up.
+        write_marker(handle, None)
         self._up(handle, provider=target.machine.driver_options().get("provider"))
+        self._mark(handle)
         self._refresh(handle)
         return handle
+
+    def _mark(self, handle: str) -> None:
+        """After devenv's own up/reload/resume: record the machine id Vagrant now holds."""
+        created = created_as(*split_handle(handle))
+        if created is not None:
+            write_marker(handle, created[1])
 
     def find(self, target: Target) -> str | None:
         folder, name = self._resolve(target)
         handle = make_handle(folder, name)
-        return None if self.state(handle) is MachineState.NOT_CREATED else handle
+        if self.state(handle) is MachineState.NOT_CREATED:
+            return None
+        if not self._made_by_us(handle, target):
+            ui.warn(
+                f"{target.name}: Vagrant machine '{name}' in {folder} exists, but devenv did not create it: "
+                "leaving it alone"
+            )
+            return None
+        return handle
 
     def owns(self, handle: str, target: Target) -> Ownership:
         """OURS only for the Vagrant machine the Devfile names (its dir and machine): a handle
@@ -770,17 +865,54 @@ class VagrantDriver:
         # Compared without asking Vagrant (`vagrant status` costs ~1.5 s): the handle's folder must be
         # the Devfile's `dir`, and its machine the one `machine` names when it names one (a
         # single-machine Vagrantfile's name is what devenv recorded when it made it).
-        if not raw or folder != Path(os.path.normpath(target.project_root / os.path.expanduser(raw))):
+        if not raw or not isinstance(raw, str):
+            return Ownership.FOREIGN
+        try:
+            confined = vagrant_dir(target.project_root, opts, target.name, kind="none")
+        except UsageError:
+            return Ownership.FOREIGN
+        if folder != confined:
             return Ownership.FOREIGN
         if opts.get("machine") and name != opts["machine"]:
             return Ownership.FOREIGN
         with self._guard:
             self._targets.setdefault(handle, target)
-        return Ownership.GONE if self.state(handle) is MachineState.NOT_CREATED else Ownership.OURS
+        if self.state(handle) is MachineState.NOT_CREATED:
+            return Ownership.GONE
+        # A machine Vagrant knows in that folder is devenv's only when devenv recorded making it.
+        return Ownership.OURS if self._made_by_us(handle, target) else Ownership.FOREIGN
+
+    def _made_by_us(self, handle: str, target: Target) -> bool:
+        """Whether devenv brought up the Vagrant machine now in ``handle``'s folder.
+
+        True when devenv's marker names the machine id Vagrant now records (or devenv is still
+        bringing it up: id None). A machine made by an older devenv has no marker: it is adopted
+        when devenv's global index (outside the project) records this very handle for this
+        project's machine, and gets its marker then. Anything else (the user's own VM, an id a
+        repository committed in .vagrant/) is not devenv's: never provisioned, halted or destroyed."""
+        folder, name = split_handle(handle)
+        created = created_as(folder, name)
+        marker = read_marker(handle)
+        if marker is not None:
+            return marker["id"] is None or (created is not None and marker["id"] == created[1])
+        from devenv.state import GlobalIndex
+
+        try:
+            entries = GlobalIndex().entries()
+        except DevenvError:
+            return False
+        root = os.path.abspath(target.project_root)
+        for e in entries:
+            if e["driver"] == self.name and e["handle"] == handle and e["machine"] == target.name:
+                if os.path.abspath(e["root"] or "/nonexistent") == root:
+                    write_marker(handle, created[1] if created else None)
+                    return True
+        return False
 
     def start(self, handle: str) -> None:
         if self.state(handle) is not MachineState.RUNNING:
             self._up(handle)
+            self._mark(handle)
             self._refresh(handle)
             return
         folder, name = split_handle(handle)
@@ -805,6 +937,8 @@ class VagrantDriver:
                 self._vagrant(folder, "destroy", name, lambda v: v.destroy(vm_name=name))
             finally:
                 self._forget_status(folder)
+        if created_as(folder, name) is None:
+            forget_marker(handle)
 
     def reload(self, handle: str) -> None:
         folder, name = split_handle(handle)
@@ -819,6 +953,7 @@ class VagrantDriver:
                 self._vagrant(folder, "reload", name, run)
             finally:
                 self._forget_status(folder)
+        self._mark(handle)
         self._refresh(handle)
 
     def apply_settings(self, handle: str, target: Target, box: BoxArtifact) -> bool:
@@ -955,6 +1090,7 @@ class VagrantDriver:
                 self._vagrant(folder, "resume", name, lambda v: v.resume(vm_name=name))
             finally:
                 self._forget_status(folder)
+        self._mark(handle)
         self._refresh(handle)
 
     # -- import-vagrant ------------------------------------------------------------------------

@@ -46,9 +46,15 @@ ENV_PREFIX = "DEVENV_ENV_"
 _VAR_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 # Variables that decide where and how Ansible connects: devenv sets them from the machine, and a
 # Devfile may not override them (extra_vars win over everything in Ansible, host key checks included).
+# Whole families, not a list of known names: every variable the ssh connection plugin reads
+# (ansible_ssh*, incl. sshpass_prompt; ansible_scp_* / ansible_sftp_* extra_args and executables, which
+# put -oProxyCommand or a host program on this host's command line; control_path*; private_key*),
+# every one of the docker and docker_api plugins (ansible_docker_*) and paramiko's, plus the
+# target itself. ansible_become_* is left to the Devfile: become runs inside the machine.
 _RESERVED = re.compile(
-    r"ansible_(connection|host|port|user|password|private_key_file|host_key_checking|ssh_.*|"
-    r"docker_(host|docker_host|user|tls.*|validate_certs|ca_.*|client_.*))"
+    r"ansible_(connection.*|host|port|user|remote_user|password.*|private_key.*|host_key_checking|"
+    r"ssh.*|scp.*|sftp.*|docker.*|control_path.*|paramiko.*)",
+    re.IGNORECASE,
 )
 # When the playbook sits in one of these, its folder is not a playbook folder: only Ansible's
 # usual neighbours are read (never the whole project, its .devenv/ state or a home folder).

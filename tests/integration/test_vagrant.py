@@ -260,6 +260,9 @@ def test_broken_vagrantfile_is_one_clear_error(vproj, docker_client):
     assert r.returncode == 2, r.stderr
     assert_no_traceback(r)
     lines = r.stderr.strip().splitlines()
+    # First use in this project: the notice that the Vagrantfile is Ruby run on this host comes first.
+    assert lines[0] == "warning: this Devfile reaches this host, not only its machines:"
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("error:")) :]
     assert lines[0] == f"error: the Vagrantfile in {vproj.root / 'vm'} does not load:"
     assert lines[1] == f"  {vproj.root / 'vm'}/Vagrantfile:3: syntax error, unexpected `end', expecting end-of-input"
     assert lines[-1].startswith("hint: fix it; `vagrant validate`") and len(lines) <= 6
@@ -307,7 +310,10 @@ def test_vagrant_missing_is_one_clear_error(vproj):
         r = vproj.run(*args, env_extra={"PATH": str(empty)})
         assert r.returncode == 3, r.stderr
         assert_no_traceback(r)
-        assert r.stderr.splitlines() == [
+        lines = r.stderr.splitlines()
+        if lines and lines[0].startswith("warning: this Devfile reaches this host"):  # first use: the notice
+            lines = lines[next(i for i, line in enumerate(lines) if line.startswith("error:")) :]
+        assert lines == [
             "error: Vagrant is not installed (no `vagrant` command on PATH)",
             "hint: install it: `apt-get install --no-install-recommends vagrant` (Debian/Ubuntu), "
             "or see https://developer.hashicorp.com/vagrant/install",

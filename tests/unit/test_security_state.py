@@ -348,6 +348,11 @@ def test_vagrant_owns_only_the_machine_the_devfile_names(tmp_path):
     for forged in (make_handle(Path("/srv/other-project"), "default"), make_handle(tmp_path / "vm", "other"), 123):
         assert d.owns(forged, target) is Ownership.FOREIGN  # type: ignore[arg-type]
     assert called == [], "Vagrant is never asked about another folder's machine"
+    # The Devfile's own machine is OURS only once devenv recorded making it (its data folder's marker).
+    assert d.owns(make_handle(tmp_path / "vm", "default"), target) is Ownership.FOREIGN
+    from devenv.drivers.vagrant import write_marker
+
+    write_marker(make_handle(tmp_path / "vm", "default"), None)
     assert d.owns(make_handle(tmp_path / "vm", "default"), target) is Ownership.OURS
 
 
