@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devenv.errors import BackendUnavailable, CommandFailed, StateError
+from devenv.state import read_fd
 
 CLIENT_KEY = "id_ed25519"
 HOST_KEY = "ssh_host_ed25519_key"
@@ -124,17 +125,11 @@ def _read_entry(dfd: int, folder: Path, name: str, limit: int) -> bytes | None:
     if fd is None:
         return None
     try:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = os.read(fd, 1 << 14)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limit:
-                raise _refuse(folder, name, f"larger than the {limit} bytes a key file can be")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_fd(fd, limit)
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise _refuse(folder, name, f"larger than the {limit} bytes a key file can be") from None
+        raise
     finally:
         os.close(fd)
 

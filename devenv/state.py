@@ -110,19 +110,25 @@ def read_bounded(path: Path | str, *, limit: int, dir_fd: int | None = None) -> 
             raise OSError(errno.EINVAL, "it is not a regular file")
         if st.st_size > limit:
             raise OSError(errno.EFBIG, f"it is {st.st_size} bytes, more than the {limit} devenv reads")
-        chunks = []
-        total = 0
-        while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limit:  # it grew while being read
-                raise OSError(errno.EFBIG, f"it is more than the {limit} bytes devenv reads")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_fd(fd, limit)
     finally:
         os.close(fd)
+
+
+def read_fd(fd: int, limit: int) -> bytes:
+    """All bytes from an open file, at most `limit`: OSError(EFBIG) when there are more (a file
+    that grew after its fstat, or /dev/zero behind a check that was raced)."""
+    chunks = []
+    total = 0
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            raise OSError(errno.EFBIG, f"it is more than the {limit} bytes devenv reads")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_json(raw: bytes, *, label: str, fix: str) -> Any:

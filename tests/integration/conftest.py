@@ -44,6 +44,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class LocalSshd:
+    """A real sshd on 127.0.0.1 with a throw-away host key, accepting one client key (root only)."""
+
+    def __init__(self, folder: Path, client_pub: Path) -> None:
+        import time
+
+        folder.mkdir(mode=0o700, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "host")], check=True)
+        (folder / "authorized_keys").write_text(client_pub.read_text())
+        self.port = free_port()
+        self.log = folder / "sshd.log"
+        (folder / "sshd_config").write_text(
+            textwrap.dedent(f"""\
+            Port {self.port}
+            ListenAddress 127.0.0.1
+            HostKey {folder / "host"}
+            AuthorizedKeysFile {folder / "authorized_keys"}
+            PermitRootLogin prohibit-password
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            UsePAM no
+            StrictModes no
+            PidFile {folder / "sshd.pid"}
+            """)
+        )
+        self.host_pub = " ".join((folder / "host.pub").read_text().split()[:2])
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/sshd", "-D", "-e", "-f", str(folder / "sshd_config")], stdout=subprocess.DEVNULL, stderr=log
+            )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def known_hosts_line(self) -> str:
+        return f"[127.0.0.1]:{self.port} {self.host_pub}\n"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 class Proj:
     """A throw-away project folder with a Devfile and a way to run the real CLI in it."""
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from devenv.errors import BackendUnavailable
-from tests.integration.conftest import free_port, require_engine
+from tests.integration.conftest import LocalSshd, require_engine
 
 
 @pytest.fixture
@@ -33,26 +31,10 @@ def local_sshd(tmp_path):
     require_engine(check)
     d = tmp_path / "sshd"
     d.mkdir(mode=0o700)
-    for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    (d / "authorized_keys").write_text((d / "client.pub").read_text())
-    port = free_port()
-    (d / "sshd_config").write_text(
-        textwrap.dedent(f"""\
-        Port {port}
-        ListenAddress 127.0.0.1
-        HostKey {d / "host"}
-        AuthorizedKeysFile {d / "authorized_keys"}
-        PermitRootLogin prohibit-password
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        UsePAM no
-        StrictModes no
-        PidFile {d / "sshd.pid"}
-        """)
-    )
-    host_pub = " ".join((d / "host.pub").read_text().split()[:2])
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True)
+    server = LocalSshd(d, d / "client.pub")
+    port = server.port
+    (d / "known_hosts").write_text(server.known_hosts_line())
     # The client side as a user would have it in ~/.ssh/config: injected with a wrapper on PATH,
     # so the real user's ssh configuration is never touched. Host keys stay strictly checked.
     (d / "ssh_config").write_text(
@@ -71,24 +53,9 @@ def local_sshd(tmp_path):
     bindir.mkdir()
     (bindir / "ssh").write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {d / "ssh_config"} "$@"\n')
     (bindir / "ssh").chmod(0o755)
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    proc = subprocess.Popen(
-        ["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
-        stdout=subprocess.DEVNULL,
-        stderr=open(d / "sshd.log", "w"),
-    )
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    assert proc.poll() is None, (d / "sshd.log").read_text()
     env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
     yield port, env
-    proc.terminate()
-    proc.wait(timeout=10)
+    server.stop()
 
 
 def test_docker_over_ssh(proj, local_sshd):

@@ -13,11 +13,9 @@ import os
 import pty
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 
 from devenv.errors import BackendUnavailable
 from devenv.transport import DockerTransport, SshTransport
-from tests.integration.conftest import free_port, require_engine
+from tests.integration.conftest import LocalSshd, require_engine
 
 SECRET = "s3cr3t 'q' \"dq\" $(touch /tmp/devenv-pwned) `id` \\ ünï\nsecond-line-of-it"
 ONE_LINE = "one-line 'p4ss' $(x) \\ ü end"
@@ -65,43 +63,12 @@ def sshd(tmp_path):
     # The client side lives under a project path with a space, a %, a quote and non-ASCII.
     keys = tmp_path / WEIRD / ".devenv" / "keys"
     keys.mkdir(parents=True, mode=0o700)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "id_ed25519")], check=True)
-    (d / "authorized_keys").write_text((keys / "id_ed25519.pub").read_text())
-    port = free_port()
-    (d / "sshd_config").write_text(
-        textwrap.dedent(f"""\
-        Port {port}
-        ListenAddress 127.0.0.1
-        HostKey {d / "host"}
-        AuthorizedKeysFile {d / "authorized_keys"}
-        PermitRootLogin prohibit-password
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        UsePAM no
-        StrictModes no
-        PidFile {d / "sshd.pid"}
-        """)
-    )
-    host_pub = " ".join((d / "host.pub").read_text().split()[:2])
-    (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    proc = subprocess.Popen(
-        ["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
-        stdout=subprocess.DEVNULL,
-        stderr=open(d / "sshd.log", "w"),
-    )
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    assert proc.poll() is None, (d / "sshd.log").read_text()
+    server = LocalSshd(d, keys / "id_ed25519.pub")
+    port = server.port
+    (keys / "known_hosts").write_text(server.known_hosts_line())
     yield port, keys
-    proc.terminate()
-    proc.wait(timeout=10)
+    server.stop()
 
 
 @pytest.fixture
