@@ -27,7 +27,10 @@ from devenv.schema import (
 )
 from devenv.tomlpos import key_lines, line_of
 
-BUNDLED = Path(__file__).resolve().parent.parent / "boxes"
+# The recipes devenv ships are package data (an installed wheel has no checkout): the steps they
+# bake start at devenv/data (devenv/data/provisioners/...). A checkout's top-level boxes/ and
+# provisioners/ are links to these folders, so the repository's own Devfiles use the same files.
+BUNDLED = Path(__file__).resolve().parent / "data" / "boxes"
 IMAGE_REPO = "devenv-box"
 LABEL_BOX = "devenv.box"
 LABEL_VERSION = "devenv.box.version"
@@ -191,7 +194,7 @@ def recipe_dirs(project_root: Path | None) -> list[Path]:
     dirs = []
     if project_root is not None:
         dirs.append(project_root / "boxes")
-    if BUNDLED not in dirs:
+    if not any(d.resolve() == BUNDLED for d in dirs if d.is_dir()):
         dirs.append(BUNDLED)
     return [d for d in dirs if d.is_dir()]
 
