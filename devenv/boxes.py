@@ -36,6 +36,10 @@ LABEL_BOX = "devenv.box"
 LABEL_VERSION = "devenv.box.version"
 LABEL_BAKED = "devenv.box.baked"  # comma-separated fingerprints of the baked provision steps
 LABEL_KEEPALIVE = "devenv.keepalive"  # the image holds devenv's keep-alive with this digest
+# Which recipe file built a box: sha256 of its real path. Boxes live in one store (and one engine)
+# shared by every project on the host, keyed by NAME/VERSION; a repository's boxes/NAME.toml could
+# otherwise build an artifact under devenv's own name that every other project would then boot.
+LABEL_ORIGIN = "devenv.box.origin"
 
 SOURCE_TYPES = ("image", "debootstrap", "busybox", "cloud-image", "box")
 
@@ -186,6 +190,14 @@ class Recipe:
         return [fingerprint(step, self.root) for step in self.provision]
 
     @property
+    def origin(self) -> str:
+        """The recipe file's identity in the shared store (see LABEL_ORIGIN)."""
+        import hashlib
+        import os
+
+        return hashlib.sha256(os.fsencode(os.path.realpath(self.path))).hexdigest()[:32]
+
+    @property
     def docker_tag(self) -> str:
         return f"{IMAGE_REPO}/{self.name}:{self.version}"
 
@@ -288,6 +300,19 @@ def find_recipe(ref: BoxRef, project_root: Path | None) -> Recipe:
         f"unknown box '{ref.name}'{did_you_mean(ref.name, known)}",
         hint=(f"known boxes: {', '.join(sorted(known))}; " if known else "")
         + 'add boxes/NAME.toml to the project, or use box = "docker:IMAGE" for an engine image',
+    )
+
+
+def check_origin(recorded: object, recipe: Recipe, what: str) -> None:
+    """Refuse a built box that another recipe file made under the name and version this project's
+    recipe makes. A box without the record (built by an older devenv, added by hand) is accepted."""
+    if not recorded or recorded == recipe.origin:
+        return
+    raise BoxError(
+        f"{what} was built from another recipe than {recipe.path} (the one this project uses for "
+        f"{recipe.name}@{recipe.version}): another project's boxes/{recipe.name}.toml made it; it is not used",
+        hint=f"rebuild it from this project's recipe: `devenv box build {recipe.name} --force` "
+        "(or give your own recipe another name, so that projects do not share it)",
     )
 
 

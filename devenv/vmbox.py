@@ -195,6 +195,7 @@ def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_
             "sync": ["virtiofs", "rsync"],
             "description": recipe.description,
             "built_from": str(recipe.path),
+            "origin": recipe.origin,
             "baked": recipe.baked_fingerprints(),
         }
         if recipe.provision:
@@ -225,6 +226,7 @@ def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -
         meta: dict = {
             "description": recipe.description,
             "built_from": str(recipe.path),
+            "origin": recipe.origin,
             "sync": ["rsync"],
             "ssh_user": src.get("ssh_user", "root"),
         }

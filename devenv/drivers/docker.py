@@ -17,6 +17,7 @@ from devenv import boxes, ui
 from devenv.drivers import (
     LABEL_MACHINE,
     LABEL_PROJECT,
+    LABEL_ROOT,
     BoxArtifact,
     MachineState,
     Ownership,
@@ -248,10 +249,19 @@ class DockerDriver:
             del art.extra["baked"]
             return art
         if ref.version:
-            # A pinned version (Devfile or lock) that is already built: no recipe needed.
+            # A pinned version (Devfile or lock) that is already built: the recipe is read only to
+            # check that this project's recipe (when it has one) is what built the image.
             tag = f"{boxes.IMAGE_REPO}/{ref.name}:{ref.version}"
             img = self._image(tag)
             if img is not None:
+                origin = ((img.get("Config") or {}).get("Labels") or {}).get(boxes.LABEL_ORIGIN)
+                if origin:
+                    try:
+                        mine = boxes.find_recipe(ref, target.project_root)
+                    except BoxError:
+                        mine = None  # no recipe for it here: a box from elsewhere, used as it is
+                    if mine is not None:
+                        boxes.check_origin(origin, mine, f"the image {tag}")
                 return self._artifact(ref.name, ref.version, tag, img)
         try:
             recipe = boxes.find_recipe(ref, target.project_root)
@@ -266,7 +276,12 @@ class DockerDriver:
                 raise
             b = built[0]
             return self._artifact(ref.name, b["version"], b["tag"], self._image(b["tag"]) or {"Id": b["digest"]})
-        img = self._image(recipe.docker_tag) or self.build_box(recipe, machine=target.name, pull=pull)
+        img = self._image(recipe.docker_tag)
+        if img is not None:
+            origin = ((img.get("Config") or {}).get("Labels") or {}).get(boxes.LABEL_ORIGIN)
+            boxes.check_origin(origin, recipe, f"the image {recipe.docker_tag}")
+        else:
+            img = self.build_box(recipe, machine=target.name, pull=pull)
         return self._artifact(recipe.name, recipe.version, recipe.docker_tag, img)
 
     def _pull(self, image: str, machine: str | None) -> dict:
@@ -364,7 +379,8 @@ class DockerDriver:
                 'CMD ["/bin/sh"]',
                 "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 f"LABEL {boxes.LABEL_BOX}={recipe.name} {boxes.LABEL_VERSION}={recipe.version} "
-                f"{boxes.LABEL_BAKED}={','.join(baked)} {boxes.LABEL_KEEPALIVE}={keepalive.digest()}",
+                f"{boxes.LABEL_BAKED}={','.join(baked)} {boxes.LABEL_KEEPALIVE}={keepalive.digest()} "
+                f"{boxes.LABEL_ORIGIN}={recipe.origin}",
             ]
             container.commit(repository=f"{boxes.IMAGE_REPO}/{recipe.name}", tag=recipe.version, changes=changes)
         finally:
@@ -572,19 +588,28 @@ class DockerDriver:
         found = self._eng(
             self.engine.containers, [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"]
         )
-        return found[0]["Id"] if found else None
+        # The project id is a short hash: another folder can share it. Only a container made for
+        # this very root (or by an older devenv, which recorded none) is this machine's.
+        root = str(target.project_root)
+        mine = [c for c in found if (c.get("Labels") or {}).get(LABEL_ROOT, root) == root]
+        return mine[0]["Id"] if mine else None
 
     def owns(self, handle: str, target: Target) -> Ownership:
-        """OURS only for a container labelled with this project's id and this machine's name."""
+        """OURS only for a container labelled with this project's id, this machine's name and (when
+        recorded) this project's real root."""
         if not safe_handle(handle):
             return Ownership.FOREIGN
         info = self._inspect(handle)
         if info is None:
             return Ownership.GONE
         labels = (info.get("Config") or {}).get("Labels") or {}
-        if labels.get(LABEL_PROJECT) == target.project_id and labels.get(LABEL_MACHINE) == target.name:
-            return Ownership.OURS
-        return Ownership.FOREIGN
+        if labels.get(LABEL_PROJECT) != target.project_id or labels.get(LABEL_MACHINE) != target.name:
+            return Ownership.FOREIGN
+        # The id is a short hash a hostile folder name can collide with: the recorded real root
+        # decides. A container without one was made by an older devenv: the labels suffice.
+        if labels.get(LABEL_ROOT, str(target.project_root)) != str(target.project_root):
+            return Ownership.FOREIGN
+        return Ownership.OURS
 
     def start(self, handle: str) -> None:
         from devenv.drivers.dockerapi import EngineError
@@ -683,10 +708,14 @@ class DockerDriver:
         name = (info or {}).get("Config", {}).get("Labels", {}).get(LABEL_MACHINE, handle[:12])
         return DockerTransport(self.engine, handle, name, docker_host=os.environ.get("DOCKER_HOST"))
 
-    def sweep(self, project_id: str) -> list[str]:
-        """Remove every container labelled for the project (even without state)."""
+    def sweep(self, project_id: str, root: Path | None = None) -> list[str]:
+        """Remove every container labelled for the project (even without state).
+
+        With ``root``, one whose recorded root is another folder (a colliding short id) stays."""
         removed = []
         for c in self._eng(self.engine.containers, [f"{LABEL_PROJECT}={project_id}"]):
+            if root is not None and (c.get("Labels") or {}).get(LABEL_ROOT, str(root)) != str(root):
+                continue
             self.destroy(c["Id"])
             removed.append((c.get("Names") or ["/" + c["Id"][:12]])[0].lstrip("/"))
         return removed

@@ -304,12 +304,17 @@ class LibvirtDriver(VmMetadataMixin):
                 f"the libvirt driver cannot use box '{box}' yet",
                 hint="use a box from the box store (`devenv box list`) or a recipe with a libvirt output",
             )
-        stored = boxes.find_stored(ref.name, ref.version, "libvirt")
+        try:
+            recipe = boxes.find_recipe(ref, target.project_root)
+        except BoxError:
+            recipe = None  # no recipe here (a box added or packaged): the store's newest, as named
+        # With a recipe, its own version (never whatever version is newest in the shared store: a
+        # repository's recipe of the same name may have put a higher one there), built by it.
+        version = ref.version or (recipe.version if recipe is not None else None)
+        stored = boxes.find_stored(ref.name, version, "libvirt")
+        if stored is not None and recipe is not None:
+            boxes.check_origin(stored.meta.get("origin"), recipe, f"box {stored.name}@{stored.version} (libvirt)")
         if stored is None:
-            try:
-                recipe = boxes.find_recipe(ref, target.project_root)
-            except BoxError:
-                recipe = None
             if recipe is None or "libvirt" not in recipe.outputs:
                 raise BoxError(
                     f"no libvirt box named {box} in the box store ({boxes.store_root()})",
@@ -669,7 +674,8 @@ class LibvirtDriver(VmMetadataMixin):
 
     def owns(self, handle: str, target: Target) -> Ownership:
         """OURS only for a domain on the machine's own libvirt whose devenv metadata names this
-        project and machine. A handle naming another libvirt URI is never connected to."""
+        project, machine and (when recorded) real project root. A handle naming another libvirt
+        URI is never connected to."""
         if not isinstance(handle, str) or "#" not in handle:
             return Ownership.FOREIGN
         uri, name = split_handle(handle)
@@ -678,9 +684,13 @@ class LibvirtDriver(VmMetadataMixin):
         if self._dom(handle) is None:
             return Ownership.GONE
         meta = self.metadata(handle)
-        if meta and meta.get("project") == target.project_id and meta.get("machine") == target.name:
-            return Ownership.OURS
-        return Ownership.FOREIGN
+        if not meta or meta.get("project") != target.project_id or meta.get("machine") != target.name:
+            return Ownership.FOREIGN
+        # The project id is a short hash a hostile folder name can collide with: the recorded real
+        # root decides. A domain without one was defined by an older devenv: the id suffices.
+        if (meta.get("root") or str(target.project_root)) != str(target.project_root):
+            return Ownership.FOREIGN
+        return Ownership.OURS
 
     def console_tail(self, handle: str, lines: int = 15) -> str:
         _, name = split_handle(handle)
@@ -819,7 +829,8 @@ class LibvirtDriver(VmMetadataMixin):
             return MachineState.SUSPENDED
         return MachineState.STOPPED
 
-    def sweep(self, project_id: str) -> list[str]:
+    def sweep(self, project_id: str, root: Path | None = None) -> list[str]:
+        """Remove the project's domains; with ``root``, not one recorded for another folder."""
         removed = []
         try:
             conn = self.conn()
@@ -828,7 +839,8 @@ class LibvirtDriver(VmMetadataMixin):
         for dom in conn.listAllDomains(0):
             handle = f"{self.default_uri()}#{dom.name()}"
             meta = self.metadata(handle)
-            if meta and meta.get("project") == project_id:
+            other_root = root is not None and (meta or {}).get("root") not in (None, "", str(root))
+            if meta and meta.get("project") == project_id and not other_root:
                 self.destroy(handle)
                 removed.append(dom.name())
         return removed

@@ -1,0 +1,119 @@
+"""One store and one engine serve every project on the host: a repository's boxes/NAME.toml must
+not put an artifact under a name another project's recipe uses and have that project boot it.
+
+A hostile checkout ships boxes/debian-12.toml (devenv's own box name) and builds it: at a higher
+version (the store's "newest") or at the very version devenv's bundled recipe makes. A victim
+project that means devenv's debian-12 must never get that artifact.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from devenv import boxes, devfile
+from devenv.drivers import Target
+from devenv.errors import BoxError
+
+BUNDLED_VERSION = boxes.load_recipe(boxes.BUNDLED / "debian-12.toml").version
+
+
+def _project(root: Path, text: str) -> Target:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Devfile").write_text(text)
+    df = devfile.load(root / "Devfile")
+    name = next(iter(df.machines))
+    return Target(df.project_id, df.root, df.machines[name])
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEVENV_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def _evil_recipe(root: Path, version: str) -> boxes.Recipe:
+    (root / "boxes").mkdir(parents=True, exist_ok=True)
+    p = root / "boxes" / "debian-12.toml"
+    p.write_text(
+        f'name = "debian-12"\nversion = "{version}"\noutputs = ["docker", "libvirt"]\n[[sources]]\ntype = "busybox"\n'
+    )
+    return boxes.load_recipe(p)
+
+
+def _store_libvirt(tmp: Path, recipe: boxes.Recipe) -> boxes.StoredBox:
+    work = Path(boxes.ensure_store_root()) / f".w-{recipe.version}"
+    work.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / "disk.qcow2"), "16M"], check=True)
+    (work / "vmlinuz").write_bytes(b"kernel")
+    files = {"disk": work / "disk.qcow2", "kernel": work / "vmlinuz"}
+    meta = {"built_from": str(recipe.path), "origin": recipe.origin, "cmdline": ""}
+    return boxes.store_box(recipe.name, recipe.version, "libvirt", files, meta, work=work)
+
+
+VICTIM = '[machines.app]\ndriver = "libvirt"\nbox = "debian-12"\n'
+
+
+def test_a_higher_version_from_another_projects_recipe_is_not_the_newest_for_the_victim(store, monkeypatch):
+    pytest.importorskip("libvirt")
+    from devenv.drivers.libvirt import LibvirtDriver
+
+    evil = _evil_recipe(store / "evil", "9999")
+    _store_libvirt(store, evil)
+    victim = _project(store / "victim", VICTIM)
+    built = []
+    monkeypatch.setattr("devenv.vmbox.build_libvirt_box", lambda recipe, machine=None: built.append(recipe) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # it builds devenv's own recipe instead of taking 9999
+        LibvirtDriver().prepare_box(victim, "debian-12")
+    assert [r.version for r in built] == [BUNDLED_VERSION]
+    assert built[0].path.resolve() == (boxes.BUNDLED / "debian-12.toml").resolve()
+
+
+def test_the_same_version_built_by_another_projects_recipe_is_refused(store):
+    pytest.importorskip("libvirt")
+    from devenv.drivers.libvirt import LibvirtDriver
+
+    evil = _evil_recipe(store / "evil", BUNDLED_VERSION)
+    _store_libvirt(store, evil)
+    victim = _project(store / "victim", VICTIM)
+    with pytest.raises(BoxError, match="built from another recipe") as exc:
+        LibvirtDriver().prepare_box(victim, "debian-12")
+    assert "--force" in (exc.value.hint or "")
+    # The project that made it keeps using it: its own recipe built it.
+    attacker = _project(store / "evil", VICTIM)
+    art = LibvirtDriver().prepare_box(attacker, "debian-12")
+    assert art.version == BUNDLED_VERSION
+
+
+def _image(labels: dict) -> dict:
+    return {"Id": "sha256:" + "a" * 64, "Architecture": "amd64", "Config": {"Labels": labels}}
+
+
+@pytest.mark.parametrize("box", ["debian-12", f"debian-12@{BUNDLED_VERSION}"], ids=["recipe", "pinned-by-lock"])
+def test_a_docker_image_another_projects_recipe_built_under_devenvs_tag_is_refused(store, monkeypatch, box):
+    from devenv.drivers.docker import DockerDriver
+
+    evil = _evil_recipe(store / "evil", BUNDLED_VERSION)
+    victim = _project(store / "victim", '[machines.app]\nbox = "debian-12"\n')
+    d = DockerDriver()
+    labels = {boxes.LABEL_BOX: "debian-12", boxes.LABEL_VERSION: BUNDLED_VERSION}
+    monkeypatch.setattr(d, "_image", lambda tag: _image({**labels, boxes.LABEL_ORIGIN: evil.origin}))
+    with pytest.raises(BoxError, match="built from another recipe"):
+        d.prepare_box(victim, box)
+    # Built by devenv's own recipe, or by an older devenv (no record): used.
+    own = boxes.load_recipe(boxes.BUNDLED / "debian-12.toml")
+    for recorded in ({boxes.LABEL_ORIGIN: own.origin}, {}):
+        monkeypatch.setattr(d, "_image", lambda tag, r=recorded: _image({**labels, **r}))
+        assert d.prepare_box(victim, box).version == BUNDLED_VERSION
+
+
+def test_a_checkouts_boxes_link_to_the_bundled_recipes_is_the_same_origin() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / "boxes").is_symlink():
+        pytest.skip("not a checkout with boxes/ linked to the package data")
+    assert (
+        boxes.load_recipe(repo / "boxes" / "debian-12.toml").origin
+        == boxes.load_recipe(boxes.BUNDLED / "debian-12.toml").origin
+    )
