@@ -690,11 +690,15 @@ def box_prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say 
     keep: set[tuple[str, str]] = set()
 
     def keep_locked(root: Path) -> None:
-        try:
-            for m in Lockfile(root / "Devfile").entries.values():
-                keep.add((m.box, m.version))
-        except StateError as exc:
-            ui.warn(f"{exc.message}; its boxes are kept")
+        from devenv.devfile import DEVFILE_NAMES
+
+        # Every name a Devfile may have has its own lock (Devfile.lock, Devfile.toml.lock).
+        for name in DEVFILE_NAMES:
+            try:
+                for m in Lockfile(root / name).entries.values():
+                    keep.add((m.box, m.version))
+            except StateError as exc:
+                ui.warn(f"{exc.message}; its boxes are kept")
 
     for e in GlobalIndex().entries():
         root = Path(e.get("root", ""))

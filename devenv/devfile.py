@@ -985,6 +985,12 @@ def host_reach(df: Devfile, *, extra_boxes: tuple[str, ...] = ()) -> list[str]:
         for step in m.provision:
             items += _step_reach(step_path(m.name, step.index), step)
         for k, v in sorted(m.env.items()):
+            if isinstance(v, Secret) and v.from_env:
+                # Any host variable (a CI token, a cloud key) can be named: the notice says which.
+                items.append(
+                    f"{format_path(('machines', m.name, 'env', k))}: reads the host environment variable "
+                    f"{v.from_env} into machine {m.name}"
+                )
             if isinstance(v, Secret) and v.explicit_host_file:
                 real = resolve(os.path.expanduser(v.from_file or "")).path
                 if not inside(real):

@@ -605,7 +605,8 @@ class Project:
             if not names:
                 # Machines renamed or removed from the Devfile still carry the project's label.
                 for dname in sorted({m.driver for m in self.devfile.machines.values()}):
-                    for gone in get_driver(dname).sweep(self.devfile.project_id):
+                    # The root too: the short id alone can collide with another folder's.
+                    for gone in get_driver(dname).sweep(self.devfile.project_id, self.devfile.root):
                         ui.info(None, f"removed leftover {dname} machine {gone}")
                 for n in self.state.names():
                     self.state.remove(n)

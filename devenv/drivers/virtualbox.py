@@ -607,15 +607,25 @@ class VirtualBoxDriver(VmMetadataMixin):
         return name if self.owns(name, target) is Ownership.OURS else None
 
     def owns(self, handle: str, target: Target) -> Ownership:
-        """OURS only for a complete VM whose extradata names this project and machine."""
+        """OURS only for a complete VM whose extradata names this project, machine and (when
+        recorded) real project root."""
         if not safe_handle(handle):  # never an option or odd word on VBoxManage's command line
             return Ownership.FOREIGN
         ed = self._extradata(handle)
         if ed is None:
             return Ownership.GONE
-        if KEY_META in ed and ed.get(KEY_PROJECT) == target.project_id and ed.get(KEY_MACHINE) == target.name:
-            return Ownership.OURS
-        return Ownership.FOREIGN
+        if KEY_META not in ed or ed.get(KEY_PROJECT) != target.project_id or ed.get(KEY_MACHINE) != target.name:
+            return Ownership.FOREIGN
+        # The project id is a short hash a hostile folder name can collide with: the real root
+        # recorded in the metadata decides. A VM without one was made by an older devenv.
+        try:
+            meta = json.loads(ed[KEY_META])
+        except ValueError:
+            meta = None
+        root = meta.get("root") if isinstance(meta, dict) else None
+        if isinstance(root, str) and root != str(target.project_root):
+            return Ownership.FOREIGN
+        return Ownership.OURS
 
     def wait_ssh(self, handle: str, timeout: float) -> None:
         """Until sshd's banner comes through the forward (VirtualBox's NAT accepts connections itself)."""
@@ -721,8 +731,10 @@ class VirtualBoxDriver(VmMetadataMixin):
             return MachineState.SUSPENDED
         return MachineState.STOPPED  # poweroff, aborted, teleported
 
-    def sweep(self, project_id: str) -> list[str]:
-        """Remove the project's VMs, found by their extradata (devenv's VMs are named devenv-*)."""
+    def sweep(self, project_id: str, root: Path | None = None) -> list[str]:
+        """Remove the project's VMs, found by their extradata (devenv's VMs are named devenv-*).
+
+        With ``root``, a VM whose metadata records another folder (a colliding short id) stays."""
         try:
             listing = self._run("list", "vms").stdout
         except BackendUnavailable:
@@ -735,6 +747,13 @@ class VirtualBoxDriver(VmMetadataMixin):
             if ed is None:
                 continue
             ours = ed.get(KEY_PROJECT) == project_id
+            if ours and root is not None:
+                try:
+                    meta = json.loads(ed.get(KEY_META, "{}"))
+                except ValueError:
+                    meta = None
+                recorded = meta.get("root") if isinstance(meta, dict) else None
+                ours = not isinstance(recorded, str) or recorded == str(root)
             half_made = KEY_PROJECT not in ed and name.startswith(f"devenv-{project_id}-")
             if ours or half_made:
                 self.destroy(name)

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from devenv import drivers
-from devenv.drivers import LABEL_MACHINE, LABEL_PROJECT, BoxArtifact, MachineState, PortBinding, Target
+from devenv.drivers import LABEL_MACHINE, LABEL_PROJECT, LABEL_ROOT, BoxArtifact, MachineState, PortBinding, Target
 from devenv.errors import BoxError, CommandFailed, MachineStateError
 from devenv.schema import Field, Str, Table
 
@@ -153,7 +153,8 @@ class FakeDriver:
             for h, m in data["machines"].items():
                 labels = m["labels"]
                 if labels.get(LABEL_PROJECT) == target.project_id and labels.get(LABEL_MACHINE) == target.name:
-                    return h
+                    if labels.get(LABEL_ROOT, str(target.project_root)) == str(target.project_root):
+                        return h  # as the real drivers: a recorded root must be this project's
         return None
 
     def owns(self, handle: str, target: Target) -> drivers.Ownership:
@@ -162,7 +163,9 @@ class FakeDriver:
             if m is None:
                 return drivers.Ownership.GONE
             labels = m["labels"]
-            if labels.get(LABEL_PROJECT) == target.project_id and labels.get(LABEL_MACHINE) == target.name:
+            same_root = labels.get(LABEL_ROOT, str(target.project_root)) == str(target.project_root)
+            same_id = labels.get(LABEL_PROJECT) == target.project_id and labels.get(LABEL_MACHINE) == target.name
+            if same_id and same_root:
                 return drivers.Ownership.OURS
             return drivers.Ownership.FOREIGN
 
@@ -206,9 +209,14 @@ class FakeDriver:
     def transport(self, handle: str) -> FakeTransport:
         return FakeTransport(self, handle)
 
-    def sweep(self, project_id: str) -> list[str]:
+    def sweep(self, project_id: str, root: Path | None = None) -> list[str]:
         with self._tx() as data:
-            gone = [h for h, m in data["machines"].items() if m["labels"].get(LABEL_PROJECT) == project_id]
+            gone = [
+                h
+                for h, m in data["machines"].items()
+                if m["labels"].get(LABEL_PROJECT) == project_id
+                and (root is None or m["labels"].get(LABEL_ROOT, str(root)) == str(root))
+            ]
             names = []
             for h in gone:
                 m = data["machines"].pop(h)
