@@ -1070,7 +1070,7 @@ class VagrantDriver:
             ui.info(label, f"pinned its SSH host key {fp} (first contact; Vagrant itself checks none)")
         return t
 
-    def sweep(self, project_id: str) -> list[str]:
+    def sweep(self, project_id: str, root: Path | None = None) -> list[str]:
         # Vagrant machines belong to their Vagrant project: devenv never removes one it was not asked to.
         return []
 
