@@ -67,3 +67,14 @@ def fake(tmp_path, monkeypatch) -> FakeDriver:
 @pytest.fixture
 def proj(tmp_path, fake) -> ProjectDir:
     return ProjectDir(tmp_path / "proj", fake)
+
+
+@pytest.fixture
+def private_secrets(monkeypatch):
+    """Each test registers its own secrets; none leaks into the next test's output."""
+    monkeypatch.setattr(ui, "_secrets", set())
+    monkeypatch.setattr(ui, "_short", set(), raising=False)
+    monkeypatch.setattr(ui, "_pattern", None, raising=False)
+    ui.configure()
+    yield
+    ui.configure()

@@ -85,6 +85,19 @@ def _project(tmp_path: Path, body: str) -> Path:
     return root
 
 
+def _libvirt_project(tmp_path: Path, key: str, value: str) -> Path:
+    """A project whose one libvirt machine sets [machines.dev.libvirt] KEY = VALUE."""
+    return _project(
+        tmp_path,
+        f"""
+        [machines.dev]
+        driver = "libvirt"
+        box = "debian-12"
+        libvirt = {{ {key} = {_toml_str(value)} }}
+        """,
+    )
+
+
 def _ssh_g(tmp_path: Path, block: str, alias: str) -> dict[str, list[str]]:
     """What the real OpenSSH client reads from ``block`` for ``alias`` (`ssh -G`, no connection)."""
     if shutil.which("ssh") is None:
@@ -126,15 +139,7 @@ def test_a_devfile_ssh_user_that_is_not_a_login_name_is_refused_by_validate(tmp_
 
 @pytest.mark.parametrize("user", ["root", "debian", "vagrant", "_svc", "dev-user", "u1"])
 def test_a_login_name_is_accepted(tmp_path, home, user):
-    root = _project(
-        tmp_path,
-        f"""
-        [machines.dev]
-        driver = "libvirt"
-        box = "debian-12"
-        libvirt = {{ ssh_user = "{user}" }}
-        """,
-    )
+    root = _libvirt_project(tmp_path, "ssh_user", user)
     r = _cli(root, "validate")
     assert r.exit_code == 0, r.output
 
@@ -221,15 +226,7 @@ def test_ssh_config_parsed_back_by_openssh_has_exactly_devenvs_directives(tmp_pa
 def test_the_redteam_devfile_cannot_reach_ssh_config_through_any_path(tmp_path, home):
     """The reproduction: validate refuses it, and the transport refuses the value on its own."""
     user = "root\n  ProxyCommand sh -c 'id > /tmp/x; nc %h %p'\nHost *\n  PermitLocalCommand yes\n  LocalCommand touch /tmp/y"
-    root = _project(
-        tmp_path,
-        f"""
-        [machines.dev]
-        driver = "libvirt"
-        box = "debian-12"
-        libvirt = {{ ssh_user = {_toml_str(user)} }}
-        """,
-    )
+    root = _libvirt_project(tmp_path, "ssh_user", user)
     assert _cli(root, "validate").exit_code == 2
     with pytest.raises(UsageError):
         SshTransport(machine="dev", host="127.0.0.1", port=40022, user=user, key=tmp_path / "k", known_hosts=tmp_path)
@@ -283,15 +280,7 @@ def test_the_vagrant_host_key_alias_is_checked_too(tmp_path):
 
 @pytest.mark.parametrize("value", ["pc\nx", "-machine", "pc' x='y", "q35 ,accel=tcg"])
 def test_libvirt_machine_type_is_a_name(tmp_path, home, value):
-    root = _project(
-        tmp_path,
-        f"""
-        [machines.dev]
-        driver = "libvirt"
-        box = "debian-12"
-        libvirt = {{ machine_type = {_toml_str(value)} }}
-        """,
-    )
+    root = _libvirt_project(tmp_path, "machine_type", value)
     r = _cli(root, "validate")
     assert r.exit_code == 2, r.output
     assert "machines.dev.libvirt.machine_type" in r.output
@@ -333,15 +322,7 @@ REFUSED_URIS = [
 
 @pytest.mark.parametrize("uri", REFUSED_URIS)
 def test_a_devfile_libvirt_uri_that_runs_or_reads_something_is_refused(tmp_path, home, uri):
-    root = _project(
-        tmp_path,
-        f"""
-        [machines.dev]
-        driver = "libvirt"
-        box = "debian-12"
-        libvirt = {{ uri = {_toml_str(uri)} }}
-        """,
-    )
+    root = _libvirt_project(tmp_path, "uri", uri)
     r = _cli(root, "validate")
     assert r.exit_code == 2, r.output
     assert "machines.dev.libvirt.uri" in r.output and "refused" in r.output
@@ -356,15 +337,7 @@ def test_a_refused_uri_is_never_connected_to_by_other_verbs(tmp_path, home, uri,
 
     opened: list[str] = []
     monkeypatch.setattr(libvirt.LibvirtDriver, "conn", lambda self, u=None: opened.append(u) or 1 / 0)
-    root = _project(
-        tmp_path,
-        f"""
-        [machines.dev]
-        driver = "libvirt"
-        box = "debian-12"
-        libvirt = {{ uri = {_toml_str(uri)} }}
-        """,
-    )
+    root = _libvirt_project(tmp_path, "uri", uri)
     for verb in (["status"], ["destroy", "-f"], ["up"]):
         r = _cli(root, *verb)
         assert r.exit_code == 2, (verb, r.output)
@@ -386,15 +359,7 @@ def test_a_refused_uri_is_never_connected_to_by_other_verbs(tmp_path, home, uri,
     ],
 )
 def test_the_usual_libvirt_uris_are_accepted(tmp_path, home, uri):
-    root = _project(
-        tmp_path,
-        f"""
-        [machines.dev]
-        driver = "libvirt"
-        box = "debian-12"
-        libvirt = {{ uri = "{uri}" }}
-        """,
-    )
+    root = _libvirt_project(tmp_path, "uri", uri)
     r = _cli(root, "validate")
     assert r.exit_code == 0, r.output
 

@@ -32,14 +32,8 @@ FILLER = "xyzw-XYZW "
 
 
 @pytest.fixture(autouse=True)
-def private_secrets(monkeypatch):
-    """Each test registers its own secrets; none leaks into the next test's output."""
-    monkeypatch.setattr(ui, "_secrets", set())
-    monkeypatch.setattr(ui, "_short", set(), raising=False)
-    monkeypatch.setattr(ui, "_pattern", None, raising=False)
-    ui.configure()
-    yield
-    ui.configure()
+def _own_secrets(private_secrets):
+    """Each test registers its own secrets (tests/unit/conftest.py)."""
 
 
 def _no_piece(text: str, secret: str, n: int = 6) -> bool:

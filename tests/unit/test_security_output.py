@@ -23,14 +23,8 @@ RAW_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-
 
 
 @pytest.fixture(autouse=True)
-def private_secrets(monkeypatch):
-    """Each test registers its own secrets; none leaks into the next test's output."""
-    monkeypatch.setattr(ui, "_secrets", set())
-    monkeypatch.setattr(ui, "_short", set(), raising=False)
-    monkeypatch.setattr(ui, "_pattern", None, raising=False)
-    ui.configure()
-    yield
-    ui.configure()
+def _own_secrets(private_secrets):
+    """Each test registers its own secrets (tests/unit/conftest.py)."""
 
 
 def _go_quoted(value: str) -> str:
