@@ -29,3 +29,13 @@ def require_tool(name: str, install: str) -> None:
 
     if shutil.which(name) is None:
         missing(f"{name} is not installed ({install})")
+
+
+def require_module(name: str, install: str):
+    """A Python module the test needs (libvirt-python, ...): imported, or missing() says how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python module {name} is not installed ({install})")

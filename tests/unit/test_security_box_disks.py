@@ -25,7 +25,7 @@ from devenv import boxes, boxfile
 from devenv.cli import app
 from devenv.drivers import BoxArtifact
 from devenv.errors import BoxError
-from tests.support import require_tool
+from tests.support import require_module, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_VBOXMANAGE = REPO / "tests" / "fakes" / "VBoxManage"
@@ -323,7 +323,7 @@ def test_the_domain_xml_ends_the_backing_chain_at_the_box_disk(tmp_path):
 
 def test_libvirt_opens_only_the_chain_the_xml_gives(tmp_path, victim):
     """Real libvirt + QEMU: a box disk whose header names a host file; QEMU never opens that file."""
-    libvirt = pytest.importorskip("libvirt")
+    libvirt = require_module("libvirt", "pip install 'devenv[libvirt]'")
     from tests.support import missing
 
     try:

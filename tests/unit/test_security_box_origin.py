@@ -16,6 +16,7 @@ import pytest
 from devenv import boxes, devfile
 from devenv.drivers import Target
 from devenv.errors import BoxError
+from tests.support import require_module
 
 BUNDLED_VERSION = boxes.load_recipe(boxes.BUNDLED / "debian-12.toml").version
 
@@ -57,7 +58,7 @@ VICTIM = '[machines.app]\ndriver = "libvirt"\nbox = "debian-12"\n'
 
 
 def test_a_higher_version_from_another_projects_recipe_is_not_the_newest_for_the_victim(store, monkeypatch):
-    pytest.importorskip("libvirt")
+    require_module("libvirt", "pip install 'devenv[libvirt]'")
     from devenv.drivers.libvirt import LibvirtDriver
 
     evil = _evil_recipe(store / "evil", "9999")
@@ -72,7 +73,7 @@ def test_a_higher_version_from_another_projects_recipe_is_not_the_newest_for_the
 
 
 def test_the_same_version_built_by_another_projects_recipe_is_refused(store):
-    pytest.importorskip("libvirt")
+    require_module("libvirt", "pip install 'devenv[libvirt]'")
     from devenv.drivers.libvirt import LibvirtDriver
 
     evil = _evil_recipe(store / "evil", BUNDLED_VERSION)
@@ -111,8 +112,7 @@ def test_a_docker_image_another_projects_recipe_built_under_devenvs_tag_is_refus
 
 def test_a_checkouts_boxes_link_to_the_bundled_recipes_is_the_same_origin() -> None:
     repo = Path(__file__).resolve().parents[2]
-    if not (repo / "boxes").is_symlink():
-        pytest.skip("not a checkout with boxes/ linked to the package data")
+    assert (repo / "boxes").is_symlink(), "a checkout's boxes/ is a link to the package data"
     assert (
         boxes.load_recipe(repo / "boxes" / "debian-12.toml").origin
         == boxes.load_recipe(boxes.BUNDLED / "debian-12.toml").origin

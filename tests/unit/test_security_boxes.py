@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from devenv import boxes, boxfile
 from devenv.errors import BoxError
+from tests.support import missing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -555,7 +556,7 @@ def test_extraction_works_on_debians_python_without_tar_filters(tmp_path):
     """Debian 12's /usr/bin/python3 (3.11.2) has no extractall(filter=): the checked extraction needs none."""
     py = Path("/usr/bin/python3")
     if not py.exists():
-        pytest.skip("/usr/bin/python3 is not installed here")
+        missing("/usr/bin/python3 (Debian's python3) is not installed here (apt-get install python3)")
     good = libvirt_box(tmp_path / "good.box")
     bad = make_tar(
         tmp_path / "bad.box", [LIBVIRT_META, _member("box.img", type_=tarfile.SYMTYPE, linkname="/etc/passwd")]

@@ -26,6 +26,7 @@ from devenv import identity, seed
 from devenv.drivers import BoxArtifact, Target
 from devenv.errors import StateError
 from devenv.state import ProjectState
+from tests.support import missing, require_module
 from tests.unit.test_virtualbox import make_box, vbox, web  # noqa: F401 - the stand-in's fixture
 
 NAMES = ("id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "known_hosts")
@@ -202,7 +203,7 @@ def test_a_link_swapped_in_after_the_keys_were_made_is_refused_at_every_read(pro
 
 def test_a_file_of_another_user_is_refused(project, victim):
     if os.geteuid() != 0:
-        pytest.skip("needs root to give a file to another user")
+        missing("needs root to give a file to another user")
     what_the_drivers_do(project)
     m = machine_dir(project)
     os.chown(m / "ssh_host_ed25519_key", 4321, 4321)
@@ -292,7 +293,7 @@ def test_a_linked_machine_folder_is_refused(project, victim):
 # -- libvirt: LibvirtDriver._define on libvirt's test hypervisor -------------------------------------
 @pytest.fixture
 def libvirt_machine(project, monkeypatch):
-    pytest.importorskip("libvirt")  # a test dependency (devenv[libvirt]); the other modules fail without it
+    require_module("libvirt", "pip install 'devenv[libvirt]'")  # a test dependency (devenv[libvirt])
     from devenv import devfile
     from devenv.drivers import libvirt as lv
 
