@@ -62,6 +62,23 @@ class FakeDriver:
         except FileNotFoundError:
             return _empty()
 
+    def plant(self, labels: dict, *, name: str | None = None, state: str = "running") -> str:
+        """A machine on the fake engine that no devenv project made (for ownership tests)."""
+        with self._tx() as data:
+            data["seq"] += 1
+            handle = f"fake-{data['seq']:04d}"
+            data["machines"][handle] = {
+                "name": name or f"planted-{data['seq']}",
+                "state": state,
+                "labels": labels,
+                "box": "x",
+                "env": {},
+                "ports": [],
+                "files": {},
+                "runs": [],
+            }
+        return handle
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[dict]:
         with self._lock:

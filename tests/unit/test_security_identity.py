@@ -24,20 +24,7 @@ box = "base"
 
 def _plant(fake, labels: dict) -> str:
     """A machine on the fake engine that this project did not make."""
-    with fake._tx() as data:
-        data["seq"] += 1
-        handle = f"fake-{data['seq']:04d}"
-        data["machines"][handle] = {
-            "name": "devenv-collide-web",
-            "state": "running",
-            "labels": labels,
-            "box": "x",
-            "env": {},
-            "ports": [],
-            "files": {},
-            "runs": [],
-        }
-    return handle
+    return fake.plant(labels, name="devenv-collide-web")
 
 
 # -- A: a colliding project id never makes another root's machine ours --------------------------

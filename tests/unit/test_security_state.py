@@ -46,20 +46,7 @@ TWO = """\
 
 def _plant(fake, labels: dict, *, state: str = "running") -> str:
     """A machine on the fake engine that this project did not make."""
-    with fake._tx() as data:
-        data["seq"] += 1
-        handle = f"fake-{data['seq']:04d}"
-        data["machines"][handle] = {
-            "name": f"planted-{data['seq']}",
-            "state": state,
-            "labels": labels,
-            "box": "x",
-            "env": {},
-            "ports": [],
-            "files": {},
-            "runs": [],
-        }
-    return handle
+    return fake.plant(labels, state=state)
 
 
 def _forge(proj, name: str, **fields) -> Path:
