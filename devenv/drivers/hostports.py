@@ -112,8 +112,8 @@ def plan_forwards(target) -> list[dict]:
 
 def ssh_transport(meta: dict | None, gone: str):
     """The SSH transport a VM driver recorded in its metadata (endpoint, user, key folder)."""
-    from devenv.identity import MachineKeys
-    from devenv.transport import SshTransport
+    from devenv.drivers.vm.identity import MachineKeys
+    from devenv.transports.ssh import SshTransport
 
     if not meta:
         raise MachineStateError(gone, hint="run `devenv up` to recreate it")

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 from devenv.errors import DevfileError
 
 if TYPE_CHECKING:
-    from devenv.devfile import Step
-    from devenv.schema import Problem, Table
-    from devenv.transport import Transport
+    from devenv.contract import Transport
+    from devenv.model.devfile import Step
+    from devenv.model.schema import Problem, Table
 
 # Keys that describe how or when a step runs, not what it does: changing them reruns nothing.
 NON_CONTENT_KEYS = frozenset({"name", "run", "allow_outside_project"})
@@ -38,7 +38,7 @@ class RunContext:
 
 def step_fields(step_type: str) -> dict:
     """The keys every provision step has (type, name, run), for each provisioner's option table."""
-    from devenv.schema import Field, Str
+    from devenv.model.schema import Field, Str
 
     return {
         "type": Field(Str(choices=(step_type,))),
@@ -98,8 +98,8 @@ def host_path_problems(config: dict, key: str, root: Path, path: tuple, *, want_
     (or a box that is shipped) without saying so in plain sight: the check is on the real path,
     so a symlink (or a folder on the way that is one) pointing out of the project is refused too.
     """
+    from devenv.model.schema import Problem
     from devenv.paths import ConfinementError
-    from devenv.schema import Problem
 
     try:
         host_path(config, key, root, want_file=want_file)
@@ -187,7 +187,7 @@ def _hash_file(h, path: Path, label: str) -> None:
     import stat
 
     from devenv.paths import resolve
-    from devenv.transport import open_nofollow
+    from devenv.transports.files import open_nofollow
 
     executable = os.access(path, os.X_OK)
     h.update(f"file:{label}:{int(executable)}\0".encode())

@@ -34,8 +34,8 @@ from typing import Any
 
 from devenv import ui
 from devenv.errors import ProvisionError
+from devenv.model.schema import MISSING, Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
 from devenv.provisioners import RunContext, host_path_problems, step_fields
-from devenv.schema import MISSING, Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
 
 TAIL_LINES = 20
 INSTALL_HINT = "pip install 'devenv[ansible]' (the ansible package: ansible-core plus community.docker)"
@@ -213,7 +213,7 @@ class AnsibleProvisioner:
 
 def _inner(transport: Any) -> Any:
     """The transport under an EnvTransport (None when there is no wrapper)."""
-    from devenv.transport import EnvTransport
+    from devenv.transports.env import EnvTransport
 
     return transport.inner if isinstance(transport, EnvTransport) else None
 
@@ -257,7 +257,8 @@ def _docker_connection(endpoint: str | None) -> str:
 
 def inventory(machine: str, transport: Any, inventory_vars: dict, *, env_keys: list[str] = ()) -> dict:
     """The one-host inventory for the machine, from its transport."""
-    from devenv.transport import DockerTransport, SshTransport
+    from devenv.transports.docker import DockerTransport
+    from devenv.transports.ssh import SshTransport
 
     t = _inner(transport) or transport
     if isinstance(t, DockerTransport):
@@ -268,7 +269,7 @@ def inventory(machine: str, transport: Any, inventory_vars: dict, *, env_keys: l
             "ansible_user": "root",
         }
     elif isinstance(t, SshTransport):
-        from devenv.transport import ssh_path
+        from devenv.transports.ssh import ssh_path
 
         # Paths as OpenSSH reads them back (quoted, % doubled): a project path with a space or a
         # % would otherwise split or expand. The key goes here too, not in
@@ -330,7 +331,7 @@ def ansible_cfg(cwd: Path | None) -> Path | None:
 
 def ansible_environ(tmp: Path, transport: Any, env_values: dict[str, str], cwd: Path | None = None) -> dict[str, str]:
     """The ansible-playbook process environment: private state under tmp, host keys checked."""
-    from devenv.transport import DockerTransport
+    from devenv.transports.docker import DockerTransport
 
     env = dict(os.environ)
     home = Path.home()
@@ -362,13 +363,14 @@ def ansible_environ(tmp: Path, transport: Any, env_values: dict[str, str], cwd: 
 
 def _stream(argv: list[str], env: dict[str, str], cwd: Path, sink) -> int:
     """Run argv, passing each output line (stdout and stderr merged) to sink; its exit code."""
-    from devenv.transport import _LineSplitter
+
+    from devenv.contract import LineSplitter
 
     proc = subprocess.Popen(
         argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     assert proc.stdout is not None
-    splitter = _LineSplitter(sink)
+    splitter = LineSplitter(sink)
     try:
         while data := os.read(proc.stdout.fileno(), 65536):
             splitter.feed(data)

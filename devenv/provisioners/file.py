@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from devenv.errors import CommandFailed, ProvisionError
+from devenv.model.schema import Bool, Field, Problem, Str, Table
 from devenv.provisioners import RunContext, host_path_problems, step_fields
-from devenv.schema import Bool, Field, Problem, Str, Table
 
 
 def _check(config: dict, path: tuple, problems: list) -> None:

@@ -7,8 +7,8 @@ from collections import deque
 from pathlib import Path
 
 from devenv.errors import CommandFailed, ProvisionError
+from devenv.model.schema import Bool, Field, ListOf, MapOf, Problem, Str, Table
 from devenv.provisioners import RunContext, host_path, host_path_problems, step_fields
-from devenv.schema import Bool, Field, ListOf, MapOf, Problem, Str, Table
 
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 TAIL_LINES = 20
@@ -120,7 +120,7 @@ def _starts_with_shebang(local: Path) -> bool:
     import os
     import stat
 
-    from devenv.transport import open_nofollow
+    from devenv.transports.files import open_nofollow
 
     try:
         fd = open_nofollow(local)

@@ -26,7 +26,7 @@ DEVENV = [sys.executable, "-m", "devenv"]
 
 @pytest.fixture(scope="session")
 def docker_driver():
-    from devenv.drivers.docker import DockerDriver
+    from devenv.drivers.docker.driver import DockerDriver
 
     d = DockerDriver()
     require_engine(d.check_available)
@@ -133,7 +133,7 @@ class Proj:
 
     @property
     def project_id(self) -> str:
-        from devenv import devfile
+        from devenv.model import devfile
 
         return devfile.load(self.root / "Devfile").project_id
 
@@ -173,7 +173,7 @@ def assert_no_traceback(r: subprocess.CompletedProcess) -> None:
 
 @pytest.fixture(scope="session")
 def libvirt_driver():
-    from devenv.drivers.libvirt import LibvirtDriver
+    from devenv.drivers.libvirt.driver import LibvirtDriver
 
     d = LibvirtDriver()
     require_engine(d.check_available)
@@ -193,7 +193,7 @@ def tiny_guest(tmp_path_factory, libvirt_driver) -> Path:
 @pytest.fixture
 def tiny_box(tiny_guest, tmp_path):
     """The tiny guest as box tiny-vm@1 in this test's box store (DEVENV_HOME)."""
-    from devenv import boxes
+    from devenv.boxes import store as boxes
 
     files = {}
     staging = tmp_path / "box-staging"
@@ -218,7 +218,7 @@ class VmProj(Proj):
 
     def sweep(self) -> None:
         super().sweep()
-        from devenv.drivers.libvirt import LibvirtDriver
+        from devenv.drivers.libvirt.driver import LibvirtDriver
 
         try:
             LibvirtDriver().sweep(self.project_id)

@@ -59,7 +59,7 @@ def test_baked_steps_are_skipped_and_fingerprints_match(proj, docker_client):
     assert not [k for k in labels if k.startswith("devenv.") and not k.startswith(("devenv.box", "devenv.keepalive"))]
 
     # Parity as a checked fact: the Devfile's first two steps have exactly the box's fingerprints.
-    from devenv import devfile
+    from devenv.model import devfile
     from devenv.provisioners import fingerprint
 
     df = devfile.load(proj.root / "Devfile")
@@ -156,7 +156,8 @@ def test_vagrant_accepts_our_box(tmp_path):
     import os
     import subprocess
 
-    from devenv import boxes, boxfile
+    from devenv.boxes import store as boxes
+    from devenv.boxes import vagrantbox as boxfile
     from tests.support import require_tool
 
     require_tool("vagrant", "apt-get install --no-install-recommends vagrant")

@@ -342,7 +342,7 @@ def test_box_commands(proj):
     assert any(b["name"] == "tiny" and b["version"] == "0.1" for b in data["built"])
     assert {"tiny", "busybox", "debian-12"} <= {r["name"] for r in data["recipes"]}
     # The box carries devenv's keep-alive (so `up` copies nothing in), labelled with its digest.
-    from devenv.drivers import keepalive
+    from devenv.drivers.docker import keepalive
 
     img = proj.client.images.get("devenv-box/tiny:0.1")
     assert img.labels["devenv.keepalive"] == keepalive.digest()

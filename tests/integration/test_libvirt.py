@@ -112,7 +112,7 @@ def test_swapped_host_key_is_refused(vm, tiny_box):
 
 
 def test_boot_failure_is_reported_and_cleaned_up(vm, tiny_box, libvirt_driver):
-    from devenv import boxes
+    from devenv.boxes import store as boxes
 
     # Same box, but a kernel command line that never reaches userspace.
     meta = json.loads((tiny_box.folder / "box.json").read_text())
@@ -241,7 +241,7 @@ def test_recipe_from_a_box_file_bakes_in_a_vm(vm, tiny_box, tmp_path):
     """A recipe whose source is an existing .box (checksum required) bakes its steps in a build VM."""
     import hashlib
 
-    from devenv import boxfile
+    from devenv.boxes import vagrantbox as boxfile
 
     box_file = vm.root / "tiny.box"
     boxfile.write_libvirt_box(tiny_box, box_file)
@@ -292,7 +292,8 @@ def test_bios_bootable_disk_boots_without_direct_kernel_boot(vm, tiny_box, tmp_p
     QEMU's BIOS: the one part of a VirtualBox box that can be checked on a machine without VirtualBox."""
     import subprocess
 
-    from devenv import biosdisk, boxes
+    from devenv.boxes import biosdisk
+    from devenv.boxes import store as boxes
 
     raw_root = tmp_path / "root.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(tiny_box.file("disk")), str(raw_root)], check=True)
@@ -314,7 +315,8 @@ def test_virtualbox_box_output_is_accepted_by_vagrant_and_box_add(vm, tiny_box, 
     import hashlib
     import tarfile
 
-    from devenv import boxes, boxfile
+    from devenv.boxes import store as boxes
+    from devenv.boxes import vagrantbox as boxfile
 
     out = boxfile.write_virtualbox_box(tiny_box, tmp_path / "tiny-vb.box")
     with tarfile.open(out) as tar:

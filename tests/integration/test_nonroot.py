@@ -116,7 +116,7 @@ def test_folders_the_user_cannot_read_or_write_are_said_so(user_devenv, user_pro
         assert r.returncode != 0 and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
         assert "permission denied" in r.stderr.lower(), r.stderr
         assert not (user_project / ".devenv").exists()
-        from devenv.devfile import load
+        from devenv.model.devfile import load
 
         pid = load(user_project / "Devfile").project_id
         assert (
@@ -157,7 +157,7 @@ def test_a_user_runs_a_vm_on_qemu_session(user_devenv, user_project, tiny_guest,
         shutil.copy(tiny_guest / fn, guest / fn)
     subprocess.run(["chown", "-R", f"{USER}:", str(guest)], check=True)
     store = (
-        f"from pathlib import Path; from devenv import boxes; g = Path({str(guest)!r}); "
+        f"from pathlib import Path; from devenv.boxes import store as boxes; g = Path({str(guest)!r}); "
         "boxes.store_box('tiny-vm', '1', 'libvirt', {'disk': g / 'disk.qcow2', 'kernel': g / 'vmlinuz', "
         "'initrd': g / 'initrd.img'}, {'cmdline': (g / 'cmdline').read_text().strip(), 'ssh_user': 'root'})"
     )

@@ -38,7 +38,7 @@ def outside(tmp_path):
 
 def project_containers(proj) -> list:
     """Containers labelled with this project, found without loading its (refused) Devfile."""
-    from devenv.devfile import default_project_name
+    from devenv.model.devfile import default_project_name
 
     root = proj.root.resolve()
     pid = f"{default_project_name(root)}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
@@ -60,9 +60,9 @@ def test_up_refuses_a_sync_folder_that_is_a_symlink_out(proj, outside) -> None:
 
 
 def test_link_swapped_in_after_validation_is_caught_before_the_engine_mounts_it(proj, outside) -> None:
-    from devenv import devfile
+    from devenv.core.project import Project
     from devenv.errors import DevfileError
-    from devenv.project import Project
+    from devenv.model import devfile
 
     (proj.root / "data").mkdir()
     (proj.root / "data" / "inside.txt").write_text("inside\n")

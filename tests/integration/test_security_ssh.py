@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from devenv.errors import BackendUnavailable
-from devenv.transport import DockerTransport, SshTransport
+from devenv.transports.docker import DockerTransport
+from devenv.transports.ssh import SshTransport
 from tests.integration.conftest import LocalSshd, require_engine
 
 SECRET = "s3cr3t 'q' \"dq\" $(touch /tmp/devenv-pwned) `id` \\ ünï\nsecond-line-of-it"
@@ -74,7 +75,7 @@ def sshd(tmp_path):
 @pytest.fixture
 def client_env(tmp_path, monkeypatch):
     """A private runtime folder whose path has a space, a % and a quote; an `ssh` shim logging argv."""
-    from devenv import transport
+    from devenv.transports import ssh as transport
 
     run = Path(tempfile.mkdtemp(prefix="q %'ü", dir="/tmp"))
     run.chmod(0o700)
@@ -148,7 +149,7 @@ def _child(code: str, env: dict, **kw) -> subprocess.CompletedProcess:
 _INTERACTIVE = """\
 import json, os, sys
 from pathlib import Path
-from devenv.transport import SshTransport
+from devenv.transports.ssh import SshTransport
 cfg = json.loads(os.environ.pop("TEST_ENV"))
 t = SshTransport(machine="vm", host="127.0.0.1", port=cfg["port"], user="root",
                  key=Path(cfg["keys"]) / "id_ed25519", known_hosts=Path(cfg["keys"]) / "known_hosts")
@@ -294,7 +295,7 @@ def test_docker_cli_session_carries_env_without_argv(container, tmp_path):
     code = f"""\
 import json, os, sys
 from devenv.drivers import get_driver
-from devenv.transport import DockerTransport
+from devenv.transports.docker import DockerTransport
 cfg = json.loads(os.environ.pop("TEST_ENV"))
 t = DockerTransport(get_driver("docker").engine, {cid!r}, "s")
 sys.exit(t.interactive(["/bin/sh", "-c", cfg["cmd"]], env=cfg["env"]))

@@ -58,7 +58,7 @@ def vagrant_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def vagrant_driver(vagrant_home):
-    from devenv.drivers.vagrant import VagrantDriver
+    from devenv.drivers.vagrant.driver import VagrantDriver
 
     d = VagrantDriver()
     require_engine(d.check_available)
@@ -347,7 +347,7 @@ def _dropbear_check() -> None:
 def dropbear_image(docker_client, tmp_path_factory):
     """The busybox box plus the host's dropbear (and its libraries) and a login key for root."""
     require_engine(_dropbear_check)
-    from devenv import rootfs
+    from devenv.boxes import rootfs
 
     keydir = tmp_path_factory.mktemp("vagrant-ssh-key")
     key = keydir / "id_ed25519"

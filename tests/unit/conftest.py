@@ -32,13 +32,13 @@ class ProjectDir:
         return self.write("Devfile", text)
 
     def project(self):
-        from devenv import devfile
-        from devenv.project import Project
+        from devenv.core.project import Project
+        from devenv.model import devfile
 
         return Project(devfile.load(self.root / "Devfile"))
 
     def cli(self, *args: str, input: str | None = None):
-        from devenv.cli import app_for
+        from devenv.cli.app import app_for
 
         argv = ["-f", str(self.root / "Devfile"), *args]
         # As `devenv` runs it: app_for builds only the command argv names.

@@ -31,9 +31,18 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from devenv import drivers
-from devenv.drivers import LABEL_MACHINE, LABEL_PROJECT, LABEL_ROOT, BoxArtifact, MachineState, PortBinding, Target
+from devenv.contract import (
+    LABEL_MACHINE,
+    LABEL_PROJECT,
+    LABEL_ROOT,
+    BoxArtifact,
+    MachineState,
+    Ownership,
+    PortBinding,
+    Target,
+)
 from devenv.errors import BoxError, CommandFailed, MachineStateError
-from devenv.schema import Field, Str, Table
+from devenv.model.schema import Field, Str, Table
 
 STATE_ENV = "DEVENV_FAKE_STATE"
 SHELLS = ("sh", "/bin/sh", "bash", "/bin/bash")
@@ -174,17 +183,17 @@ class FakeDriver:
                         return h  # as the real drivers: a recorded root must be this project's
         return None
 
-    def owns(self, handle: str, target: Target) -> drivers.Ownership:
+    def owns(self, handle: str, target: Target) -> Ownership:
         with self._tx() as data:
             m = data["machines"].get(handle) if isinstance(handle, str) else None
             if m is None:
-                return drivers.Ownership.GONE
+                return Ownership.GONE
             labels = m["labels"]
             same_root = labels.get(LABEL_ROOT, str(target.project_root)) == str(target.project_root)
             same_id = labels.get(LABEL_PROJECT) == target.project_id and labels.get(LABEL_MACHINE) == target.name
             if same_id and same_root:
-                return drivers.Ownership.OURS
-            return drivers.Ownership.FOREIGN
+                return Ownership.OURS
+            return Ownership.FOREIGN
 
     def preflight(self, target: Target) -> None:
         from devenv.drivers.hostports import check_host_addresses

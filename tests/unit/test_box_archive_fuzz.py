@@ -20,7 +20,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devenv import boxarchive, boxfile
+from devenv.boxes import archive as boxarchive
+from devenv.boxes import vagrantbox as boxfile
 from devenv.errors import BoxError
 
 ALLOWED = [

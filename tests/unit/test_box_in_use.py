@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from devenv import boxes
-from devenv.cli import app
+from devenv.boxes import store as boxes
+from devenv.cli.app import app
 from devenv.errors import BoxError
 from tests.support import require_tool
 
@@ -35,7 +35,7 @@ def store(tmp_path, monkeypatch):
 
 
 def overlay_for(machine: str, box: boxes.StoredBox):
-    from devenv.state import data_dir
+    from devenv.core.state import data_dir
 
     folder = data_dir() / "libvirt" / machine
     folder.mkdir(parents=True)

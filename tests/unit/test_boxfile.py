@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from devenv import boxes, boxfile
+from devenv.boxes import store as boxes
+from devenv.boxes import vagrantbox as boxfile
 from devenv.errors import BoxError
 from tests.support import missing
 
@@ -160,7 +161,7 @@ def test_interrupted_download_leaves_nothing(stored, tmp_path):
 def test_prune_keeps_newest_and_locked_versions(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from devenv.cli import app
+    from devenv.cli.app import app
 
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # never touch real images here
     for v in ("1", "2", "3"):

@@ -7,7 +7,7 @@ import shutil
 
 from typer.testing import CliRunner
 
-from devenv.cli import app
+from devenv.cli.app import app
 
 DEVFILE = """
     [defaults]
@@ -239,7 +239,7 @@ def _names(typer_app) -> set[str]:
 
 
 def test_app_for_builds_only_the_command_that_runs():
-    from devenv.cli import app_for
+    from devenv.cli.app import app_for
 
     every = _names(app)
     assert {"up", "status", "exec", "global-status", "ssh-config", "box", "snapshot"} <= every
@@ -254,7 +254,7 @@ def test_app_for_builds_only_the_command_that_runs():
 
 
 def test_slim_app_reads_like_the_full_one(proj):
-    from devenv.cli import app_for
+    from devenv.cli.app import app_for
 
     setup(proj)
     for argv in (["status", "--help"], ["box", "--help"], ["box", "list", "--help"], ["up", "--nope"]):

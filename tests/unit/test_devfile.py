@@ -1,4 +1,4 @@
-"""Unit tests for devenv.devfile: loading, validation messages, defaults, shorthands and the JSON Schema.
+"""Unit tests for devenv.model.devfile: loading, validation messages, defaults, shorthands and the JSON Schema.
 
 No engine is needed: the docker driver's validate() only inspects the model.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from devenv import devfile
-from devenv.devfile import LocatedProblem, Port, check_file, find_devfile, json_schema, load
 from devenv.errors import DevfileError
-from devenv.schema import parse_size
+from devenv.model import devfile
+from devenv.model.devfile import LocatedProblem, Port, check_file, find_devfile, json_schema, load
+from devenv.model.schema import parse_size
 from tests.support import missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -1095,7 +1095,7 @@ def test_cli_schema_is_json() -> None:
 
 
 def test_step_paths_outside_the_project_need_consent(tmp_path, monkeypatch):
-    from devenv import devfile
+    from devenv.model import devfile
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Devfile").write_text(

@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devenv import devfile
+from devenv.model import devfile
 
 EXAMPLES = int(os.environ.get("DEVENV_FUZZ_EXAMPLES", "300"))
 REPO = Path(__file__).resolve().parents[2]

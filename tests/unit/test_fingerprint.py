@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from devenv.devfile import Step
+from devenv.model.devfile import Step
 from devenv.provisioners import fingerprint
 
 

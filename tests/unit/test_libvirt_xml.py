@@ -8,9 +8,9 @@ from pathlib import Path
 import libvirt  # noqa: F401 - a test dependency (devenv[libvirt]); missing it must fail, not skip
 import pytest
 
-from devenv import devfile
-from devenv.drivers import BoxArtifact, MachineState, Target
-from devenv.drivers import libvirt as lv
+from devenv.contract import BoxArtifact, MachineState, Target
+from devenv.drivers.libvirt import driver as lv
+from devenv.model import devfile
 
 
 def _machine(tmp_path: Path, extra: str = ""):
@@ -165,7 +165,7 @@ class _Conn:
 def test_libvirt_on_another_machine_is_refused_before_anything_is_made():
     import socket
 
-    from devenv.drivers.libvirt import LibvirtDriver
+    from devenv.drivers.libvirt.driver import LibvirtDriver
     from devenv.errors import UnsupportedOperation
 
     d = LibvirtDriver()

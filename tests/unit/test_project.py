@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from devenv.drivers import MachineState
+from devenv.contract import MachineState
+from devenv.core.state import GlobalIndex
 from devenv.errors import BoxError, ProvisionError
-from devenv.state import GlobalIndex
 from tests.unit.fakes import FakeDriver
 
 THREE_MACHINES = """

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from devenv.devfile import Step, check_file
 from devenv.errors import ProvisionError
+from devenv.model.devfile import Step, check_file
 from devenv.provisioners import RunContext, fingerprint, get_provisioner
 from devenv.provisioners import ansible as ans
-from devenv.transport import DockerTransport, EnvTransport, SshTransport
+from devenv.transports.docker import DockerTransport
+from devenv.transports.env import EnvTransport
+from devenv.transports.ssh import SshTransport
 from tests.support import missing
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for devenv.rootfs: apt source parsing, the busybox root fs and make_tar."""
+"""Unit tests for devenv.boxes.rootfs: apt source parsing, the busybox root fs and make_tar."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devenv import rootfs
+from devenv.boxes import rootfs
 from devenv.errors import BoxError
 
 # Reserved names (RFC 2606/6761): these tests must never point at a real mirror.

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from devenv import boxes, boxfile
-from devenv.cli import app
-from devenv.drivers import BoxArtifact
+from devenv.boxes import store as boxes
+from devenv.boxes import vagrantbox as boxfile
+from devenv.cli.app import app
+from devenv.contract import BoxArtifact
 from devenv.errors import BoxError
 from tests.support import require_module, require_tool
 
@@ -228,7 +229,7 @@ def test_a_good_qcow2_box_is_added(tmp_path):
 
 def test_a_recipe_cloud_image_with_a_backing_file_is_refused_before_qemu_img_reads_it(tmp_path, victim):
     """A recipe's cloud-image source is converted by qemu-img: checked first, read with -f given."""
-    from devenv import vmbox
+    from devenv.boxes import vmbuild as vmbox
 
     img = qcow2(tmp_path / "cloud.qcow2", "-b", str(victim), "-F", "raw")
     (tmp_path / "boxes").mkdir()
@@ -244,7 +245,7 @@ def test_a_recipe_cloud_image_with_a_backing_file_is_refused_before_qemu_img_rea
 
 
 def test_a_recipe_box_source_with_a_data_file_is_refused(tmp_path, victim):
-    from devenv import vmbox
+    from devenv.boxes import vmbuild as vmbox
 
     img = qcow2(tmp_path / "d.img", "-o", f"data_file={victim},data_file_raw=on")
     box = libvirt_box(tmp_path / "src.box", img.read_bytes())
@@ -271,9 +272,9 @@ def _stored_unchecked(tmp_path: Path, victim: Path) -> boxes.StoredBox:
 
 
 def test_the_libvirt_driver_checks_the_box_disk_before_making_the_overlay(tmp_path, victim, monkeypatch):
-    from devenv import devfile
-    from devenv.drivers import Ownership, Target
-    from devenv.drivers import libvirt as lv
+    from devenv.contract import Ownership, Target
+    from devenv.drivers.libvirt import driver as lv
+    from devenv.model import devfile
 
     stored = _stored_unchecked(tmp_path, victim)
     (tmp_path / "p").mkdir()
@@ -295,9 +296,9 @@ def test_the_domain_xml_ends_the_backing_chain_at_the_box_disk(tmp_path):
     """libvirt opens the chain the XML gives (-blockdev): the box disk, then nothing it may name."""
     import xml.etree.ElementTree as ET
 
-    from devenv import devfile
-    from devenv.drivers import Target
-    from devenv.drivers import libvirt as lv
+    from devenv.contract import Target
+    from devenv.drivers.libvirt import driver as lv
+    from devenv.model import devfile
 
     (tmp_path / "Devfile").write_text('[machines.vm]\ndriver = "libvirt"\nbox = "tiny"\n')
     df = devfile.load(tmp_path / "Devfile")
@@ -331,7 +332,7 @@ def test_libvirt_opens_only_the_chain_the_xml_gives(tmp_path, victim):
     except libvirt.libvirtError as exc:
         missing(f"libvirtd (qemu:///system): {exc}")
         return
-    from devenv.drivers import libvirt as lv
+    from devenv.drivers.libvirt import driver as lv
 
     os.chmod(tmp_path, 0o755)
     base = qcow2(tmp_path / "base.img")
@@ -430,7 +431,7 @@ def test_the_vmdk_repro_flat_descriptor_is_refused_and_the_host_file_is_not_writ
 
 @pytest.mark.parametrize("subformat", ["streamOptimized", "monolithicSparse"])
 def test_a_good_vmdk_box_is_added_with_devenvs_own_ovf(tmp_path, subformat):
-    from devenv import diskcheck
+    from devenv.boxes import diskcheck
 
     disk = vmdk(tmp_path / "box-disk001.vmdk", subformat, size="8M")
     result = add(vbox_box(tmp_path / "g.box", {"box-disk001.vmdk": disk.read_bytes()}), "good")
@@ -443,7 +444,7 @@ def test_a_good_vmdk_box_is_added_with_devenvs_own_ovf(tmp_path, subformat):
 
 
 def test_inspect_rejects_a_symlink_and_never_follows_it(tmp_path, victim):
-    from devenv import diskcheck
+    from devenv.boxes import diskcheck
 
     link = tmp_path / "box.img"
     link.symlink_to(qcow2(tmp_path / "real.img"))
@@ -514,7 +515,7 @@ def test_more_disks_than_devenvs_ovf_holds_are_refused(tmp_path):
 
 def test_a_stored_ovf_from_an_older_devenv_is_refused_before_import(tmp_path, monkeypatch):
     """A box stored before this fix kept the downloaded OVF: the driver refuses it, VBoxManage never runs import."""
-    from devenv.drivers import virtualbox as vb
+    from devenv.drivers.virtualbox import driver as vb
 
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -556,7 +557,7 @@ def test_check_own_ovf_allows_only_what_devenv_writes(tmp_path, extra):
 
 def test_a_box_built_for_virtualbox_gets_devenvs_ovf(tmp_path):
     """`box build --output vagrant` writes its .box with render_ovf: it adds back through the checks."""
-    from devenv import diskcheck
+    from devenv.boxes import diskcheck
 
     text = boxfile.render_ovf(
         [("box-disk001.vmdk", diskcheck.DiskInfo("vmdk", 4096, "streamOptimized"))], name="tiny-1"

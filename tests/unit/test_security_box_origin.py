@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from devenv import boxes, devfile
-from devenv.drivers import Target
+from devenv.boxes import store as boxes
+from devenv.contract import Target
 from devenv.errors import BoxError
+from devenv.model import devfile
 from tests.support import require_module
 
 BUNDLED_VERSION = boxes.load_recipe(boxes.BUNDLED / "debian-12.toml").version
@@ -59,13 +60,15 @@ VICTIM = '[machines.app]\ndriver = "libvirt"\nbox = "debian-12"\n'
 
 def test_a_higher_version_from_another_projects_recipe_is_not_the_newest_for_the_victim(store, monkeypatch):
     require_module("libvirt", "pip install 'devenv[libvirt]'")
-    from devenv.drivers.libvirt import LibvirtDriver
+    from devenv.drivers.libvirt.driver import LibvirtDriver
 
     evil = _evil_recipe(store / "evil", "9999")
     _store_libvirt(store, evil)
     victim = _project(store / "victim", VICTIM)
     built = []
-    monkeypatch.setattr("devenv.vmbox.build_libvirt_box", lambda recipe, machine=None: built.append(recipe) or 1 / 0)
+    monkeypatch.setattr(
+        "devenv.boxes.vmbuild.build_libvirt_box", lambda recipe, machine=None: built.append(recipe) or 1 / 0
+    )
     with pytest.raises(ZeroDivisionError):  # it builds devenv's own recipe instead of taking 9999
         LibvirtDriver().prepare_box(victim, "debian-12")
     assert [r.version for r in built] == [BUNDLED_VERSION]
@@ -74,7 +77,7 @@ def test_a_higher_version_from_another_projects_recipe_is_not_the_newest_for_the
 
 def test_the_same_version_built_by_another_projects_recipe_is_refused(store):
     require_module("libvirt", "pip install 'devenv[libvirt]'")
-    from devenv.drivers.libvirt import LibvirtDriver
+    from devenv.drivers.libvirt.driver import LibvirtDriver
 
     evil = _evil_recipe(store / "evil", BUNDLED_VERSION)
     _store_libvirt(store, evil)
@@ -94,7 +97,7 @@ def _image(labels: dict) -> dict:
 
 @pytest.mark.parametrize("box", ["debian-12", f"debian-12@{BUNDLED_VERSION}"], ids=["recipe", "pinned-by-lock"])
 def test_a_docker_image_another_projects_recipe_built_under_devenvs_tag_is_refused(store, monkeypatch, box):
-    from devenv.drivers.docker import DockerDriver
+    from devenv.drivers.docker.driver import DockerDriver
 
     evil = _evil_recipe(store / "evil", BUNDLED_VERSION)
     victim = _project(store / "victim", '[machines.app]\nbox = "debian-12"\n')

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from devenv import boxes, boxfile
+from devenv.boxes import store as boxes
+from devenv.boxes import vagrantbox as boxfile
 from devenv.errors import BoxError
 from tests.support import missing
 
@@ -123,7 +124,7 @@ def victim(tmp_path) -> Path:
 
 
 def cli(*args: str):
-    from devenv.cli import app
+    from devenv.cli.app import app
 
     r = CliRunner().invoke(app, list(args))
     assert "Traceback" not in r.output, r.output
@@ -517,7 +518,7 @@ def test_size_cap_and_member_count(tmp_path, monkeypatch):
 
 
 def test_free_disk_space_is_checked_before_writing(tmp_path, monkeypatch):
-    from devenv import boxarchive
+    from devenv.boxes import archive as boxarchive
 
     monkeypatch.setattr(boxarchive, "_free_bytes", lambda folder: 10)
     with pytest.raises(BoxError, match="not enough free disk space"):
@@ -565,7 +566,7 @@ def test_extraction_works_on_debians_python_without_tar_filters(tmp_path):
         f"""
         import sys, tarfile
         from pathlib import Path
-        from devenv import boxarchive
+        from devenv.boxes import archive as boxarchive
         from devenv.errors import BoxError
         print(sys.version_info[:3], hasattr(tarfile, "data_filter"))
         folder, names = boxarchive.extract(Path({str(good)!r}), Path({str(tmp_path)!r}))
@@ -722,7 +723,7 @@ def test_store_folders_and_files_have_explicit_modes_under_umask_0(tmp_path, mon
 
 
 def _recipe_with_box(tmp_path: Path, box: Path):
-    from devenv import boxes as boxes_mod
+    from devenv.boxes import store as boxes_mod
 
     root = tmp_path / "proj"
     (root / "boxes").mkdir(parents=True, exist_ok=True)
@@ -749,7 +750,7 @@ def _recipe_with_box(tmp_path: Path, box: Path):
     ],
 )
 def test_a_recipe_box_source_is_extracted_with_the_same_checks(tmp_path, victim, bad):
-    from devenv import vmbox
+    from devenv.boxes import vmbuild as vmbox
 
     before = tree(victim)
     recipe = _recipe_with_box(tmp_path, libvirt_box(tmp_path / "src.box", bad))
@@ -759,7 +760,7 @@ def test_a_recipe_box_source_is_extracted_with_the_same_checks(tmp_path, victim,
 
 
 def test_a_recipe_box_source_must_be_a_libvirt_box(tmp_path):
-    from devenv import vmbox
+    from devenv.boxes import vmbuild as vmbox
 
     recipe = _recipe_with_box(tmp_path, vbox_box(tmp_path / "vb.box", "box-disk001.vmdk"))
     with pytest.raises(BoxError, match="virtualbox box, but a libvirt box was asked for"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devenv.errors import CommandFailed
-from devenv.transport import extract_from_machine
+from devenv.transports.files import extract_from_machine
 
 
 def _tar(*members: tuple[str, str, bytes | str]) -> bytes:

@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from devenv import devfile
-from devenv.tomlpos import key_lines, nesting_depth_exceeded
+from devenv.model import devfile
+from devenv.model.tomlpos import key_lines, nesting_depth_exceeded
 
 HEAD = '[machines.a]\nbox = "busybox"\n'
 
 
 def cli(path: Path, *args: str):
-    from devenv.cli import app_for
+    from devenv.cli.app import app_for
 
     argv = ["-f", str(path), *args]
     return CliRunner().invoke(app_for(argv), argv)

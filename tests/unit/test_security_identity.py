@@ -11,8 +11,9 @@ import contextlib
 import json
 from pathlib import Path
 
-from devenv import boxes, devfile
-from devenv.drivers import LABEL_MACHINE, LABEL_PROJECT, LABEL_ROOT, Ownership, Target
+from devenv.boxes import store as boxes
+from devenv.contract import LABEL_MACHINE, LABEL_PROJECT, LABEL_ROOT, Ownership, Target
+from devenv.model import devfile
 from tests.support import require_engine
 
 ONE = """\
@@ -75,7 +76,7 @@ def _target(tmp_path: Path, text: str, name: str) -> Target:
 
 
 def test_docker_owns_and_find_require_the_recorded_root(tmp_path, monkeypatch) -> None:
-    from devenv.drivers.docker import DockerDriver
+    from devenv.drivers.docker.driver import DockerDriver
 
     target = _target(tmp_path, '[machines.web]\nbox = "docker:busybox"\n', "web")
     same = {LABEL_PROJECT: target.project_id, LABEL_MACHINE: "web"}
@@ -103,7 +104,7 @@ def test_docker_owns_and_find_require_the_recorded_root(tmp_path, monkeypatch) -
 
 
 def test_virtualbox_owns_requires_the_recorded_root(tmp_path, monkeypatch) -> None:
-    from devenv.drivers import virtualbox as vb
+    from devenv.drivers.virtualbox import driver as vb
 
     target = _target(tmp_path, '[machines.web]\ndriver = "virtualbox"\nbox = "tiny"\n', "web")
     base = {vb.KEY_PROJECT: target.project_id, vb.KEY_MACHINE: "web"}
@@ -127,7 +128,7 @@ def test_virtualbox_owns_requires_the_recorded_root(tmp_path, monkeypatch) -> No
 
 
 def test_libvirt_domain_with_another_root_is_foreign(tmp_path, monkeypatch) -> None:
-    from devenv.drivers import libvirt as lv
+    from devenv.drivers.libvirt import driver as lv
 
     require_engine(lambda: lv.LibvirtDriver().conn("test:///default"))
     monkeypatch.setenv("DEVENV_LIBVIRT_URI", "test:///default")
@@ -197,7 +198,7 @@ def test_notice_names_each_host_environment_variable(proj, monkeypatch) -> None:
 def test_prune_keeps_the_boxes_a_devfile_toml_lock_pins(tmp_path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    from devenv.cli import app_for
+    from devenv.cli.app import app_for
 
     monkeypatch.setenv("DEVENV_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # prune must not touch real images

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from devenv import ui
 from devenv.errors import UsageError
-from devenv.transport import SshTransport
+from devenv.transports.ssh import SshTransport
 from tests.support import missing
 
 # Ways a value can carry more than one ssh_config directive or be read as an option.
@@ -48,7 +48,7 @@ INJECTED = ("proxycommand", "localcommand", "permitlocalcommand yes", "proxyjump
 
 
 def _cli(root: Path, *args: str):
-    from devenv.cli import app_for
+    from devenv.cli.app import app_for
 
     argv = ["-f", str(root / "Devfile"), *args]
     result = CliRunner().invoke(app_for(argv), argv)
@@ -146,7 +146,7 @@ def test_a_login_name_is_accepted(tmp_path, home, user):
 
 @pytest.mark.parametrize("user", BAD_USERS)
 def test_a_recipe_cloud_image_ssh_user_is_checked_with_the_same_pattern(tmp_path, home, user):
-    from devenv import boxes
+    from devenv.boxes import store as boxes
     from devenv.errors import DevfileError
 
     (tmp_path / "boxes").mkdir()
@@ -163,9 +163,11 @@ def test_a_recipe_cloud_image_ssh_user_is_checked_with_the_same_pattern(tmp_path
 
 def test_one_user_pattern_for_devfile_options_recipes_and_box_metadata():
     """The box's devenv.json check, the recipe source and the option tables use the same rule."""
-    from devenv import boxes, boxfile
-    from devenv.drivers import libvirt, virtualbox
-    from devenv.schema import USER_NAME_PATTERN
+    from devenv.boxes import store as boxes
+    from devenv.boxes import vagrantbox as boxfile
+    from devenv.drivers.libvirt import driver as libvirt
+    from devenv.drivers.virtualbox import driver as virtualbox
+    from devenv.model.schema import USER_NAME_PATTERN
 
     assert boxfile._USER_RE.pattern == USER_NAME_PATTERN
     for table in (libvirt._OPTIONS, virtualbox._OPTIONS):
@@ -234,7 +236,7 @@ def test_the_redteam_devfile_cannot_reach_ssh_config_through_any_path(tmp_path, 
 
 def test_devenv_ssh_config_output_goes_through_ui_cleaning(tmp_path, home, monkeypatch):
     """Even if a value got past every check, the command's output is escaped like every line."""
-    from devenv import project
+    from devenv.core import project
 
     root = _project(tmp_path, "[machines.dev]\ndriver = 'docker'\nbox = 'docker:busybox'\n")
     monkeypatch.setattr(
@@ -264,7 +266,7 @@ def test_vagrant_machine_and_provider_options_cannot_be_read_as_options(tmp_path
 
 
 def test_the_vagrant_host_key_alias_is_checked_too(tmp_path):
-    from devenv.drivers.vagrant import PinnedSsh
+    from devenv.drivers.vagrant.driver import PinnedSsh
 
     with pytest.raises(UsageError):
         PinnedSsh(
@@ -333,7 +335,7 @@ def test_a_devfile_libvirt_uri_that_runs_or_reads_something_is_refused(tmp_path,
 @pytest.mark.parametrize("uri", REFUSED_URIS)
 def test_a_refused_uri_is_never_connected_to_by_other_verbs(tmp_path, home, uri, monkeypatch):
     """status/up/destroy load the Devfile the same way: the URI never reaches libvirt.open."""
-    from devenv.drivers import libvirt
+    from devenv.drivers.libvirt import driver as libvirt
 
     opened: list[str] = []
     monkeypatch.setattr(libvirt.LibvirtDriver, "conn", lambda self, u=None: opened.append(u) or 1 / 0)
@@ -366,7 +368,7 @@ def test_the_usual_libvirt_uris_are_accepted(tmp_path, home, uri):
 
 def test_the_host_users_own_uri_is_not_limited(monkeypatch):
     """DEVENV_LIBVIRT_URI is set by the user on the host (not in the repository): it is the way out."""
-    from devenv.drivers.libvirt import LibvirtDriver
+    from devenv.drivers.libvirt.driver import LibvirtDriver
 
     monkeypatch.setenv("DEVENV_LIBVIRT_URI", "qemu+ssh://me@far.example/system?keyfile=/home/me/.ssh/k")
     assert LibvirtDriver().default_uri() == "qemu+ssh://me@far.example/system?keyfile=/home/me/.ssh/k"
@@ -374,7 +376,7 @@ def test_the_host_users_own_uri_is_not_limited(monkeypatch):
 
 def test_the_docker_driver_takes_no_engine_address_from_the_devfile():
     """The docker driver's engine comes from DOCKER_HOST / the context on the host only."""
-    from devenv.drivers.docker import _OPTIONS
+    from devenv.drivers.docker.driver import _OPTIONS
 
     assert not {"host", "context", "docker_host", "tls", "tlscacert", "socket"} & set(_OPTIONS.fields)
 
@@ -445,7 +447,7 @@ def test_a_recipe_step_reading_outside_the_project_is_in_the_notice(tmp_path, ho
 
 
 def test_a_bundled_recipe_with_an_ansible_step_is_in_the_notice(tmp_path, home, monkeypatch):
-    from devenv import boxes
+    from devenv.boxes import store as boxes
 
     bundled = tmp_path / "bundled" / "boxes"
     bundled.mkdir(parents=True)
@@ -459,7 +461,7 @@ def test_a_bundled_recipe_with_an_ansible_step_is_in_the_notice(tmp_path, home, 
 
 
 def test_up_with_box_counts_the_box_it_names(tmp_path, home):
-    from devenv import devfile
+    from devenv.model import devfile
 
     root = _recipe_project(tmp_path, box="docker:busybox")
     df = devfile.load(root / "Devfile")

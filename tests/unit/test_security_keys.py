@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from devenv import identity, seed
-from devenv.drivers import BoxArtifact, Target
+from devenv.contract import BoxArtifact, Target
+from devenv.core.state import ProjectState
+from devenv.drivers.vm import identity, seed
 from devenv.errors import StateError
-from devenv.state import ProjectState
 from tests.support import missing, require_module
 from tests.unit.test_virtualbox import make_box, vbox, web  # noqa: F401 - the stand-in's fixture
 
@@ -294,8 +294,8 @@ def test_a_linked_machine_folder_is_refused(project, victim):
 @pytest.fixture
 def libvirt_machine(project, monkeypatch):
     require_module("libvirt", "pip install 'devenv[libvirt]'")  # a test dependency (devenv[libvirt])
-    from devenv import devfile
-    from devenv.drivers import libvirt as lv
+    from devenv.drivers.libvirt import driver as lv
+    from devenv.model import devfile
 
     monkeypatch.setenv("DEVENV_LIBVIRT_URI", "test:///default")
     df = devfile.load(project / "Devfile")
@@ -353,7 +353,7 @@ def test_libvirt_seed_carries_devenv_s_key_and_the_transport_checks_the_folder(l
 def test_a_new_machine_never_uses_keys_a_checkout_brought_along(libvirt_machine, project):
     """Regular key files committed in .devenv/ (their private halves known to the repository's
     author) are replaced when the machine is created; a machine that exists keeps its keys."""
-    from devenv import identity
+    from devenv.drivers.vm import identity
 
     driver, target, box, handle = libvirt_machine
     m = machine_dir(project)
@@ -428,7 +428,7 @@ FAKE_SSH = textwrap.dedent(
 
 
 def _pinned(tmp_path: Path, folder: Path, victim: Victim):
-    from devenv.drivers.vagrant import PinnedSsh
+    from devenv.drivers.vagrant.driver import PinnedSsh
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -469,7 +469,7 @@ def test_vagrant_pin_replaces_a_planted_known_hosts_never_writing_through_it(
 
 
 def test_vagrant_cache_file_link_or_fifo_is_ignored_not_followed(project, victim, monkeypatch):
-    from devenv.drivers.vagrant import VagrantDriver
+    from devenv.drivers.vagrant.driver import VagrantDriver
 
     m = machine_dir(project)
     ProjectState(project).ensure_machine_dir("dev")
@@ -487,7 +487,7 @@ def test_vagrant_cache_file_link_or_fifo_is_ignored_not_followed(project, victim
 def test_vagrant_transport_refuses_a_planted_known_hosts(project, victim, tmp_path, monkeypatch, kind):
     """VagrantDriver._ssh reads the pin before every connection: a link there is never read through
     (old code took ~/.bashrc, or any file a link names, as the machine's pinned keys)."""
-    from devenv.drivers.vagrant import VagrantDriver
+    from devenv.drivers.vagrant.driver import VagrantDriver
 
     m = machine_dir(project)
     ProjectState(project).ensure_machine_dir("dev")

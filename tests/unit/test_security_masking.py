@@ -8,7 +8,7 @@
     and the libvirt console tail drops the partial line its byte cut makes.
 
 Real code paths: the Devfile's env read by the project (resolve_env), a real /bin/sh echoing the
-value, devenv's own output decoder (_LineSplitter, used by every transport), ui.clean (every line
+value, devenv's own output decoder (LineSplitter, used by every transport), ui.clean (every line
 out), vagrant's trim_vagrant_error, the libvirt driver's console_tail on a real log file.
 """
 
@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devenv import ui
-from devenv.transport import _LineSplitter
+from devenv.contract import LineSplitter
 
 # Lower-case hex only: the filler below never contains a piece of it by chance.
 SECRET = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -46,8 +46,8 @@ def _no_piece(text: str, secret: str, n: int = 6) -> bool:
 
 def _secret_from_host_env(tmp_path: Path, monkeypatch, raw: bytes) -> str:
     """The value devenv reads for a Devfile `from_env` secret whose host variable holds ``raw``."""
-    from devenv import devfile
-    from devenv.project import resolve_env
+    from devenv.core.project import resolve_env
+    from devenv.model import devfile
 
     monkeypatch.setenv("TOKEN", os.fsdecode(raw))
     root = tmp_path / "proj"
@@ -81,7 +81,7 @@ def _echoed_by_a_machine(value: str, decode) -> list[str]:
 
 def _line_splitter(data: bytes) -> list[str]:
     lines: list[str] = []
-    s = _LineSplitter(lines.append)
+    s = LineSplitter(lines.append)
     s.feed(data)
     s.close()
     return lines
@@ -127,7 +127,7 @@ def test_the_undecodable_secret_is_masked_in_repr_and_escaped_forms(tmp_path, mo
 
 def test_vagrant_error_lines_cut_inside_a_secret_show_no_part_of_it():
     """The reproduction: a 160-character cut falling inside a secret."""
-    from devenv.drivers.vagrant import trim_vagrant_error
+    from devenv.drivers.vagrant.driver import trim_vagrant_error
 
     secret = "s3cr3t-" + "Z" * 30
     ui.add_secret(secret)
@@ -139,7 +139,7 @@ def test_vagrant_error_lines_cut_inside_a_secret_show_no_part_of_it():
 @settings(max_examples=150, deadline=None)
 @given(before=st.integers(0, 400), after=st.integers(0, 400))
 def test_every_vagrant_cut_position_masks_first(before, after):
-    from devenv.drivers.vagrant import trim_vagrant_error
+    from devenv.drivers.vagrant.driver import trim_vagrant_error
 
     ui.add_secret(SECRET)
     line = "Message: failed " + (FILLER * 50)[:before] + SECRET + (FILLER * 50)[:after]
@@ -160,7 +160,7 @@ def test_head_and_tail_never_show_a_piece_of_a_secret(before, after, limit):
 @pytest.mark.parametrize("pad", [0, 5, 17, 31])
 def test_a_host_tools_stderr_cut_to_its_tail_is_masked_before_the_cut(pad):
     """vmbox/biosdisk/rootfs/rsync errors keep the last N characters of the tool's stderr."""
-    from devenv import vmbox
+    from devenv.boxes import vmbuild as vmbox
     from devenv.errors import BoxError
 
     ui.add_secret(SECRET)
@@ -174,7 +174,7 @@ def test_a_host_tools_stderr_cut_to_its_tail_is_masked_before_the_cut(pad):
 
 @pytest.mark.parametrize("cut", [1, 5, 16, 31])
 def test_the_libvirt_console_tail_drops_the_line_its_byte_cut_falls_in(tmp_path, monkeypatch, cut):
-    from devenv.drivers.libvirt import LibvirtDriver
+    from devenv.drivers.libvirt.driver import LibvirtDriver
 
     monkeypatch.setenv("DEVENV_HOME", str(tmp_path / "home"))
     d = LibvirtDriver()
@@ -193,7 +193,7 @@ def test_the_libvirt_console_tail_drops_the_line_its_byte_cut_falls_in(tmp_path,
 
 
 def test_a_corrupt_state_value_quoted_in_an_error_is_masked_before_its_60_character_cut():
-    from devenv.state import check_machine_state
+    from devenv.core.state import check_machine_state
 
     ui.add_secret(SECRET)
     for lead in range(20, 60):

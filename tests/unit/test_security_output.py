@@ -15,7 +15,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from devenv import cli, ui
+from devenv import ui
+from devenv.cli import app as cli
 from devenv.errors import CommandFailed, ProvisionError
 
 # Characters that act on a terminal and must never be printed raw.
@@ -186,7 +187,7 @@ def test_debug_traceback_is_masked_and_escaped(kind):
 
 def test_engine_error_quoting_a_nul_secret_from_file_is_masked(tmp_path, monkeypatch):
     """The secret comes from a file (read as the Project does); the engine quotes it its own way."""
-    from devenv.devfile import Secret
+    from devenv.model.devfile import Secret
 
     value = "db\x00pass\nword-9f"
     (tmp_path / "token").write_bytes(value.encode() + b"\n")

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from devenv import boxes, boxfile, devfile
+from devenv.boxes import store as boxes
+from devenv.boxes import vagrantbox as boxfile
+from devenv.model import devfile
 
 PRECIOUS = b"export PATH=$HOME/bin:$PATH  # precious\n"
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from devenv import devfile, provisioners
-from devenv.devfile import Secret, Step, check_file
+from devenv import provisioners
 from devenv.errors import DevfileError, ProvisionError
+from devenv.model import devfile
+from devenv.model.devfile import Secret, Step, check_file
 from devenv.provisioners import RunContext, fingerprint
 
 OUT_SECRET = "outside-secret-content"
@@ -289,7 +290,7 @@ def test_sync_swapped_after_validation_is_refused_before_the_engine_sees_it(proj
     (proj.root / "data").mkdir()
     proj.devfile('[machines.a]\ndriver = "fake"\nbox = "fake-box"\nsync = [{ host = "data", guest = "/data" }]\n')
     df = devfile.load(proj.root / "Devfile")
-    from devenv.project import Project
+    from devenv.core.project import Project
 
     project = Project(df)
     (proj.root / "data").rmdir()

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from devenv import transport as tr
 from devenv.errors import CommandFailed, ProvisionError, UsageError
-from devenv.schema import IPAddress
+from devenv.model.schema import IPAddress
+from devenv.transports import docker as trd
+from devenv.transports import files as tr
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- host secret\n" * 4
 
@@ -259,7 +260,7 @@ def test_plain_host_ips_still_pass(value: str) -> None:
 def test_validate_refuses_a_zone_id_in_every_port_form(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ports: str
 ) -> None:
-    from devenv.cli import app
+    from devenv.cli.app import app
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Devfile").write_text(
@@ -283,9 +284,9 @@ def test_validate_refuses_a_zone_id_in_every_port_form(
 @pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "DOCKER_HOST", "GODEBUG", "https_proxy", "PATH"])
 def test_interactive_refuses_names_that_act_on_the_host_client(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     calls = []
-    monkeypatch.setattr(tr.shutil, "which", lambda _n: "/usr/bin/docker")
-    monkeypatch.setattr(tr.subprocess, "call", lambda *a, **k: calls.append((a, k)) or 0)
-    t = tr.DockerTransport(engine=None, container_id="c0ffee", machine="web")
+    monkeypatch.setattr(trd.shutil, "which", lambda _n: "/usr/bin/docker")
+    monkeypatch.setattr(trd.subprocess, "call", lambda *a, **k: calls.append((a, k)) or 0)
+    t = trd.DockerTransport(engine=None, container_id="c0ffee", machine="web")
     with pytest.raises(UsageError) as err:
         t.interactive(["true"], env={name: "/tmp/evil.so\nsecond line"})
     assert name in err.value.message and "/tmp/evil.so" not in err.value.message
@@ -294,9 +295,9 @@ def test_interactive_refuses_names_that_act_on_the_host_client(monkeypatch: pyte
 
 def test_interactive_still_passes_a_multiline_value_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(tr.shutil, "which", lambda _n: "/usr/bin/docker")
-    monkeypatch.setattr(tr.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
-    t = tr.DockerTransport(engine=None, container_id="c0ffee", machine="web")
+    monkeypatch.setattr(trd.shutil, "which", lambda _n: "/usr/bin/docker")
+    monkeypatch.setattr(trd.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    t = trd.DockerTransport(engine=None, container_id="c0ffee", machine="web")
     assert t.interactive(["true"], env={"CERT": "a\nb", "ONE": "x"}) == 0
     cmd, env = calls[0]
     assert env["CERT"] == "a\nb" and "a\nb" not in " ".join(cmd) and "x" not in cmd

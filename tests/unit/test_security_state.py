@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from devenv import devfile
-from devenv.drivers import LABEL_MACHINE, LABEL_PROJECT, BoxArtifact, MachineState, Target
+from devenv.contract import LABEL_MACHINE, LABEL_PROJECT, BoxArtifact, MachineState, Target
+from devenv.core.state import GlobalIndex, ProjectState
 from devenv.errors import DevfileError, MachineStateError, StateError
-from devenv.state import GlobalIndex, ProjectState
+from devenv.model import devfile
 from tests.support import require_engine
 
 ONE = """\
@@ -178,8 +178,8 @@ def test_global_status_prune_forgets_but_never_removes(proj, fake):
 
 
 def test_docker_owns_checks_labels_and_never_sends_a_malformed_handle(monkeypatch):
-    from devenv.drivers import Ownership
-    from devenv.drivers.docker import DockerDriver
+    from devenv.contract import Ownership
+    from devenv.drivers.docker.driver import DockerDriver
 
     d = DockerDriver()
     asked: list[str] = []
@@ -215,7 +215,7 @@ def _target_named(project_id: str, name: str, tmp: Path | None = None, text: str
 
 
 def _libvirt_target(tmp_path: Path, monkeypatch) -> tuple:
-    from devenv.drivers import libvirt as lv
+    from devenv.drivers.libvirt import driver as lv
 
     require_engine(lambda: lv.LibvirtDriver().conn("test:///default"))
     monkeypatch.setenv("DEVENV_LIBVIRT_URI", "test:///default")
@@ -232,7 +232,7 @@ def _define_test_domain(conn, name: str, metadata: str = "") -> None:
 
 
 def test_libvirt_owns_only_domains_with_this_projects_metadata(tmp_path, monkeypatch):
-    from devenv.drivers import Ownership
+    from devenv.contract import Ownership
 
     lv, driver, target = _libvirt_target(tmp_path, monkeypatch)
     conn = driver.conn()
@@ -265,7 +265,7 @@ def test_libvirt_owns_only_domains_with_this_projects_metadata(tmp_path, monkeyp
 
 
 def test_libvirt_handle_naming_another_uri_is_never_connected_to(tmp_path, monkeypatch):
-    from devenv.drivers import Ownership
+    from devenv.contract import Ownership
 
     lv, driver, target = _libvirt_target(tmp_path, monkeypatch)
     opened: list[str] = []
@@ -283,8 +283,8 @@ def test_libvirt_handle_naming_another_uri_is_never_connected_to(tmp_path, monke
 
 
 def test_virtualbox_forged_handle_never_touches_another_projects_vm(tmp_path, monkeypatch):
-    from devenv.drivers import virtualbox as vb
-    from devenv.drivers.virtualbox import VirtualBoxDriver
+    from devenv.drivers.virtualbox import driver as vb
+    from devenv.drivers.virtualbox.driver import VirtualBoxDriver
     from tests.unit.conftest import ProjectDir
     from tests.unit.test_virtualbox import VBox, in_process, make_box
 
@@ -319,8 +319,8 @@ def test_virtualbox_forged_handle_never_touches_another_projects_vm(tmp_path, mo
 
 
 def test_vagrant_owns_only_the_machine_the_devfile_names(tmp_path):
-    from devenv.drivers import Ownership
-    from devenv.drivers.vagrant import VagrantDriver, make_handle
+    from devenv.contract import Ownership
+    from devenv.drivers.vagrant.driver import VagrantDriver, make_handle
 
     (tmp_path / "vm").mkdir()
     (tmp_path / "vm" / "Vagrantfile").write_text("Vagrant.configure('2') {}\n")
@@ -337,7 +337,7 @@ def test_vagrant_owns_only_the_machine_the_devfile_names(tmp_path):
     assert called == [], "Vagrant is never asked about another folder's machine"
     # The Devfile's own machine is OURS only once devenv recorded making it (its data folder's marker).
     assert d.owns(make_handle(tmp_path / "vm", "default"), target) is Ownership.FOREIGN
-    from devenv.drivers.vagrant import write_marker
+    from devenv.drivers.vagrant.driver import write_marker
 
     write_marker(make_handle(tmp_path / "vm", "default"), None)
     assert d.owns(make_handle(tmp_path / "vm", "default"), target) is Ownership.OURS
@@ -611,7 +611,7 @@ def test_host_port_helpers_turn_a_foreign_address_into_a_devfile_error():
 
 
 def test_docker_options_that_expose_the_host_warn_naming_what(tmp_path, capsys):
-    from devenv.drivers.docker import DockerDriver
+    from devenv.drivers.docker.driver import DockerDriver
 
     text = textwrap.dedent("""\
         [machines.web]
@@ -648,7 +648,7 @@ def _vm_devfile(tmp_path: Path, sync: str) -> Path:
 def test_virtiofs_read_only_is_refused_at_validate(tmp_path):
     from typer.testing import CliRunner
 
-    from devenv.cli import app
+    from devenv.cli.app import app
 
     path = _vm_devfile(tmp_path, '{ host = "src", guest = "/src", type = "virtiofs", read_only = true }')
     r = CliRunner().invoke(app, ["-f", str(path), "validate"])
@@ -660,7 +660,7 @@ def test_virtiofs_read_only_is_refused_at_validate(tmp_path):
 
 
 def test_read_only_auto_sync_is_9p_with_host_side_readonly(tmp_path, monkeypatch):
-    from devenv.drivers import libvirt as lv
+    from devenv.drivers.libvirt import driver as lv
 
     monkeypatch.setattr(lv, "virtiofsd_path", lambda: "/usr/lib/qemu/virtiofsd")
     monkeypatch.setattr(lv, "hardware_virt_usable", lambda: False)
@@ -691,7 +691,7 @@ def test_read_only_auto_sync_is_9p_with_host_side_readonly(tmp_path, monkeypatch
 
 def test_9p_readonly_becomes_qemus_host_side_readonly(tmp_path, monkeypatch):
     """libvirt turns the 9p <readonly/> into QEMU's -fsdev ...,readonly=on: writes fail on the host."""
-    from devenv.drivers import libvirt as lv
+    from devenv.drivers.libvirt import driver as lv
 
     driver = lv.LibvirtDriver()
     require_engine(lambda: driver.conn("qemu:///system"))

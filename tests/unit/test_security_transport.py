@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from devenv import transport
 from devenv.errors import UsageError
-from devenv.transport import DockerTransport, EnvTransport, SshTransport
+from devenv.transports import ssh as transport
+from devenv.transports.docker import DockerTransport
+from devenv.transports.env import EnvTransport
+from devenv.transports.ssh import SshTransport
 from tests.support import missing
 
 NOBODY = 65534
@@ -302,7 +304,7 @@ def _interactive_in_child(tmp_path: Path, env: dict, stdin: bytes) -> subprocess
     code = textwrap.dedent(f"""\
         import json, os, sys
         from pathlib import Path
-        from devenv.transport import SshTransport
+        from devenv.transports.ssh import SshTransport
         t = SshTransport(machine="vm", host="127.0.0.1", port=2201, user="root",
                          key=Path({str(tmp_path)!r}) / "k", known_hosts=Path({str(tmp_path)!r}) / "kh")
         sys.exit(t.interactive(json.loads(sys.argv[1]), env=json.loads(os.environ.pop("TEST_ENV"))))
@@ -313,7 +315,7 @@ def _interactive_in_child(tmp_path: Path, env: dict, stdin: bytes) -> subprocess
         [sys.executable, "-c", code, json.dumps(argv)],
         input=stdin,
         capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(Path(transport.__file__).parents[1]), "TEST_ENV": json.dumps(env)},
+        env={**os.environ, "PYTHONPATH": str(Path(transport.__file__).parents[2]), "TEST_ENV": json.dumps(env)},
     )
 
 

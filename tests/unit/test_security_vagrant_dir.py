@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from devenv import devfile
-from devenv.drivers import Ownership, Target
+from devenv.contract import Ownership, Target
+from devenv.model import devfile
 
 SHIM = """#!/bin/sh
 # Stand-in for Vagrant: logs every call and where it ran, answers status with one running machine.
@@ -143,7 +143,7 @@ def test_allow_outside_project_is_the_one_way_out(tmp_path, env):
 
 def test_dir_is_confined_again_at_use(tmp_path, env):
     """validate passed while dir was a folder of the project; the link swapped in later is refused."""
-    from devenv.drivers.vagrant import VagrantDriver
+    from devenv.drivers.vagrant.driver import VagrantDriver
     from devenv.errors import UsageError
 
     victim = _vagrant_project(tmp_path / "victim-vm")
@@ -185,7 +185,7 @@ def test_a_machine_devenv_recorded_making_is_destroyed(tmp_path, env):
     vm = _vagrant_project(repo / "vm", "our-domain")
     write_devfile(repo, "vm")
     handle = f"{vm.resolve()}#default"
-    code = "import sys; from devenv.drivers.vagrant import write_marker; write_marker(sys.argv[1], 'our-domain')"
+    code = "import sys; from devenv.drivers.vagrant.driver import write_marker; write_marker(sys.argv[1], 'our-domain')"
     subprocess.run([sys.executable, "-c", code, handle], env=env["env"], check=True)
     r = devenv(repo, env, "destroy", "-f")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -200,8 +200,8 @@ def test_a_machine_devenv_recorded_making_is_destroyed(tmp_path, env):
 def test_machine_of_an_older_devenv_is_adopted_only_via_the_global_index(tmp_path, monkeypatch):
     """No marker (made before markers existed): ours when devenv's global index recorded this
     handle for this project's machine; a repository cannot write that index."""
-    from devenv.drivers.vagrant import VagrantDriver, read_marker
-    from devenv.state import GlobalIndex
+    from devenv.core.state import GlobalIndex
+    from devenv.drivers.vagrant.driver import VagrantDriver, read_marker
 
     monkeypatch.setenv("DEVENV_HOME", str(tmp_path / "h"))
     repo = tmp_path / "repo"
@@ -211,7 +211,7 @@ def test_machine_of_an_older_devenv_is_adopted_only_via_the_global_index(tmp_pat
     target = Target(df.project_id, df.root, df.machines["dev"])
     handle = f"{vm.resolve()}#default"
     d = VagrantDriver()
-    d.state = lambda h: __import__("devenv.drivers", fromlist=["MachineState"]).MachineState.RUNNING  # type: ignore[method-assign]
+    d.state = lambda h: __import__("devenv.contract", fromlist=["MachineState"]).MachineState.RUNNING  # type: ignore[method-assign]
     assert d.owns(handle, target) is Ownership.FOREIGN
     entry = {"project_id": df.project_id, "machine": "elsewhere", "driver": "vagrant", "handle": handle}
     GlobalIndex().record({**entry, "root": str(repo)})
@@ -265,7 +265,7 @@ def test_the_notice_names_a_box_file_outside_the_project(tmp_path, kind):
     ],
 )
 def test_the_notice_names_a_recipe_reading_host_files_by_url(tmp_path, source, outside):
-    from devenv import boxes
+    from devenv.boxes import store as boxes
 
     (tmp_path / "boxes").mkdir()
     recipe = tmp_path / "boxes" / "r.toml"

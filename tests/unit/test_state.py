@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from devenv import ui
+from devenv.core.state import GlobalIndex, ProjectState, atomic_write
 from devenv.errors import LockTimeout, StateError
-from devenv.state import GlobalIndex, ProjectState, atomic_write
 
 HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from devenv.state import ProjectState
+    from devenv.core.state import ProjectState
 
     with ProjectState(Path(sys.argv[1])).lock("up"):
         print("locked", flush=True)

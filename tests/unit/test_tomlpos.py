@@ -1,4 +1,4 @@
-"""Unit tests for devenv.tomlpos: the line of every key path in a TOML text."""
+"""Unit tests for devenv.model.tomlpos: the line of every key path in a TOML text."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from devenv.tomlpos import key_lines, line_of
+from devenv.model.tomlpos import key_lines, line_of
 
 
 def lines(text: str) -> dict:
@@ -205,7 +205,7 @@ def test_line_of_falls_back_to_the_nearest_ancestor(path: tuple, line: int | Non
 
 
 def test_key_lines_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    from devenv import tomlpos
+    from devenv.model import tomlpos
 
     def boom(self):
         raise IndexError("scanner bug")

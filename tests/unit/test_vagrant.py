@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from devenv import devfile
-from devenv.drivers import MachineState
-from devenv.drivers.vagrant import (
+from devenv.cli.vagrant_import import devenv_name, render
+from devenv.contract import MachineState
+from devenv.drivers.vagrant.driver import (
     PinnedSsh,
     SshInfo,
     VagrantDriver,
@@ -30,7 +30,7 @@ from devenv.drivers.vagrant import (
     trim_vagrant_error,
 )
 from devenv.errors import BackendUnavailable, CommandFailed, MachineStateError
-from devenv.vagrant_import import devenv_name, render
+from devenv.model import devfile
 
 
 @pytest.mark.parametrize(
@@ -394,8 +394,8 @@ def test_cli_and_devfile_never_load_python_vagrant(tmp_path: Path) -> None:
     """Loading the CLI and a Devfile with a vagrant machine must not import python-vagrant."""
     (tmp_path / "Devfile").write_text('[machines.v]\ndriver = "vagrant"\n[machines.v.vagrant]\ndir = "."\n')
     code = (
-        "import sys, devenv.cli\n"
-        "from devenv import devfile\n"
+        "import sys, devenv.cli.app\n"
+        "from devenv.model import devfile\n"
         f"devfile.load(__import__('pathlib').Path({str(tmp_path / 'Devfile')!r}))\n"
         "assert 'vagrant' not in sys.modules, 'python-vagrant was imported'\n"
     )

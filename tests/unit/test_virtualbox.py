@@ -26,11 +26,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from devenv import boxes
-from devenv.cli import app
-from devenv.drivers import MachineState, Target, get_driver
-from devenv.drivers import virtualbox as vb
-from devenv.drivers.virtualbox import VirtualBoxDriver
+from devenv.boxes import store as boxes
+from devenv.cli.app import app
+from devenv.contract import MachineState, Target
+from devenv.drivers import get_driver
+from devenv.drivers.virtualbox import driver as vb
+from devenv.drivers.virtualbox.driver import VirtualBoxDriver
 from devenv.errors import BackendUnavailable, MachineStateError
 
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "VBoxManage"
@@ -592,7 +593,7 @@ def test_shared_folders_when_the_box_has_guest_additions(proj, vbox, tmp_path):
 
 
 def test_copies_over_ssh_when_the_box_has_no_guest_additions(proj, vbox, tmp_path, monkeypatch):
-    from devenv.transport import SshTransport
+    from devenv.transports.ssh import SshTransport
 
     pushed = []
 

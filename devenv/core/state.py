@@ -362,7 +362,7 @@ class ProjectState:
     def machine_dir_fd(self, name: str, *, create: bool = True) -> Iterator[int | None]:
         """A descriptor of machine_dir(name), every level opened without following a link (made,
         0700, with create; None when missing otherwise). Files in it are used relative to it
-        (devenv.identity), never by a path that could be resolved again through a planted link."""
+        (devenv.drivers.vm.identity), never by a path that could be resolved again through a planted link."""
         if not _MACHINE_NAME.fullmatch(name):
             raise StateError(f"'{name}' is not a machine name devenv keeps state for")
         if create:
@@ -373,7 +373,7 @@ class ProjectState:
     def ensure_machine_dir(self, name: str, *, create: bool = True) -> Path:
         """machine_dir(name), checked to be real folders (no link anywhere below the project) and,
         with create, made (0700). Its path is for ssh's options and the engine's metadata; the
-        files in it are read and written only through machine_dir_fd (devenv.identity)."""
+        files in it are read and written only through machine_dir_fd (devenv.drivers.vm.identity)."""
         if create:
             self.ensure()
         with self._open("machines", name, create=create):

@@ -30,12 +30,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from devenv import boxes, ui
-from devenv.drivers import BoxArtifact, MachineState, Ownership, Target, safe_handle
+from devenv import ui
+from devenv.boxes import store as boxes
+from devenv.contract import BoxArtifact, MachineState, Ownership, Target, safe_handle
 from devenv.drivers.hostports import check_host_addresses, plan_forwards, ssh_banner
 from devenv.drivers.hostports import free_port as _free_port
 from devenv.drivers.hostports import port_free as _port_free
-from devenv.drivers.vmcommon import VmMetadataMixin
+from devenv.drivers.vm.common import VmMetadataMixin
 from devenv.errors import (
     BackendUnavailable,
     BoxError,
@@ -46,7 +47,7 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
-from devenv.schema import USER_NAME_HELP, USER_NAME_PATTERN, Bool, Field, Int, Problem, Str, Table
+from devenv.model.schema import USER_NAME_HELP, USER_NAME_PATTERN, Bool, Field, Int, Problem, Str, Table
 
 MIN_VERSION = (6, 1)  # inclusive
 MAX_VERSION = (8, 0)  # exclusive
@@ -296,7 +297,7 @@ class VirtualBoxDriver(VmMetadataMixin):
 
     # -- storage -------------------------------------------------------------------------------
     def home(self) -> Path:
-        from devenv.state import data_dir
+        from devenv.core.state import data_dir
 
         return data_dir() / "virtualbox"
 
@@ -386,7 +387,7 @@ class VirtualBoxDriver(VmMetadataMixin):
                 ui.info(None, f"importing box {box.name}@{box.version} into VirtualBox as {base} (once per version)")
                 # `VBoxManage import` applies all an OVF says (shared folders, serial ports, NICs):
                 # only a descriptor with no more than devenv's own (boxfile.render_ovf) is imported.
-                from devenv import boxfile
+                from devenv.boxes import vagrantbox as boxfile
 
                 boxfile.check_own_ovf(Path(box.ref), f"box {box.name}@{box.version}")
                 self._run(
@@ -499,8 +500,8 @@ class VirtualBoxDriver(VmMetadataMixin):
         retry_locked: float = 0,
     ) -> None:
         """Hardware, NAT forwards, seed DVD, shared folders, then the devenv record (last)."""
-        from devenv import identity, seed
-        from devenv.state import ProjectState
+        from devenv.core.state import ProjectState
+        from devenv.drivers.vm import identity, seed
 
         m = target.machine
         opts = m.driver_options()
@@ -669,7 +670,7 @@ class VirtualBoxDriver(VmMetadataMixin):
         port = int(ssh.get("port", 0))
         if not port or _port_free("127.0.0.1", port, "tcp"):
             return meta
-        from devenv.identity import MachineKeys
+        from devenv.drivers.vm.identity import MachineKeys
 
         new = _free_port("127.0.0.1")
         ui.info(meta.get("machine"), f"SSH port {port} is taken: forwarding {new} instead")

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devenv import ui
-from devenv.devfile import Devfile, Machine, Secret, Step, check_sync_at_use
-from devenv.drivers import Driver, MachineState, Ownership, SupportsSuspend, Target, get_driver
+from devenv.contract import Driver, MachineState, Ownership, Suspend, Target
+from devenv.core.state import GlobalIndex, ProjectState
+from devenv.drivers import get_driver
 from devenv.errors import (
     DevenvError,
     MachineStateError,
@@ -25,9 +26,9 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
+from devenv.model.devfile import Devfile, Machine, Secret, Step, check_sync_at_use
+from devenv.model.schema import did_you_mean
 from devenv.provisioners import fingerprint, run_step
-from devenv.schema import did_you_mean
-from devenv.state import GlobalIndex, ProjectState
 
 
 @dataclass
@@ -117,7 +118,7 @@ def settings_hash(machine: Machine) -> str:
 
 
 def boxes_differ(name: str, version: str | None, ref: str) -> bool:
-    from devenv.boxes import parse_ref
+    from devenv.boxes.store import parse_ref
 
     r = parse_ref(ref)
     wanted = str(r) if r.kind == "image" else r.name
@@ -136,7 +137,7 @@ class Project:
         self._distrusted: set[str] = set()  # machines whose recorded handle was refused (warned once)
         self._created_guard = threading.Lock()
         self._cancel = threading.Event()  # set on Ctrl-C: workers stop at the next safe point
-        from devenv.lockfile import Lockfile
+        from devenv.boxes.lockfile import Lockfile
 
         self.lock = Lockfile(devfile.path)
         self._mask_secrets()
@@ -326,7 +327,7 @@ class Project:
             ui.info(name, "starting")
             driver.start(handle)
         elif live is MachineState.SUSPENDED:
-            if not isinstance(driver, SupportsSuspend):
+            if not isinstance(driver, Suspend):
                 raise UnsupportedOperation(f"machine '{name}' is suspended and {driver.name} cannot resume it")
             ui.info(name, "resuming")
             driver.resume(handle)
@@ -362,8 +363,8 @@ class Project:
 
     def _resolve_box(self, name: str, target: Target, driver: Driver):
         """Prepare the machine's box, pinned by Devfile.lock; record it there (unless --frozen)."""
-        from devenv.boxes import parse_ref
-        from devenv.lockfile import LockEntry
+        from devenv.boxes.lockfile import LockEntry
+        from devenv.boxes.store import parse_ref
 
         m = target.machine
         if self.box_override and name in self._override_names:
@@ -571,7 +572,7 @@ class Project:
                     ui.info(n, "already stopped")
                 else:
                     ui.info(n, "stopping" + (" (forced)" if force else ""))
-                    if st is MachineState.SUSPENDED and isinstance(self.driver(n), SupportsSuspend):
+                    if st is MachineState.SUSPENDED and isinstance(self.driver(n), Suspend):
                         self.driver(n).resume(h)
                     self.driver(n).stop(h, force=force)
 
@@ -614,7 +615,7 @@ class Project:
 
     def box_update(self, names: list[str] | None = None) -> list[tuple[str, str | None, str]]:
         """Move Devfile.lock to the newest box version available for each machine."""
-        from devenv.lockfile import LockEntry
+        from devenv.boxes.lockfile import LockEntry
 
         changes = []
         with self.state.lock("box update"):
@@ -705,7 +706,7 @@ class Project:
     def suspend(self, names: list[str] | None = None) -> None:
         for n in self.names(names):
             driver = self.driver(n)
-            if not isinstance(driver, SupportsSuspend):
+            if not isinstance(driver, Suspend):
                 raise UnsupportedOperation(f"the {driver.name} driver cannot suspend machines")
             ui.info(n, "suspending")
             driver.suspend(self.require_running(n))
@@ -717,7 +718,7 @@ class Project:
             if st is not MachineState.SUSPENDED:
                 ui.info(n, f"not suspended ({st})")
                 continue
-            assert isinstance(driver, SupportsSuspend)
+            assert isinstance(driver, Suspend)
             ui.info(n, "resuming")
             driver.resume(h)
 
@@ -786,7 +787,7 @@ class Project:
         transport = driver.transport(handle)
         m = self.devfile.machines[name]
         if not getattr(driver, "env_at_create", True) and m.env:
-            from devenv.transport import EnvTransport
+            from devenv.transports.env import EnvTransport
 
             transport = EnvTransport(transport, resolve_env(m, self.root))
         return transport
@@ -827,11 +828,11 @@ class Project:
 
     # -- snapshots -----------------------------------------------------------------------------
     def _snapshots(self, name: str):
-        from devenv.drivers import SupportsSnapshots
+        from devenv.contract import Snapshots
 
         self.machine(name)
         driver = self.driver(name)
-        if not isinstance(driver, SupportsSnapshots):
+        if not isinstance(driver, Snapshots):
             raise UnsupportedOperation(
                 f"the {driver.name} driver has no snapshots", hint="snapshots need a VM driver (libvirt)"
             )

@@ -3,7 +3,7 @@ the SSH transport, so none of it lives in .devenv/."""
 
 from __future__ import annotations
 
-from devenv.drivers import PortBinding
+from devenv.contract import PortBinding
 from devenv.drivers.hostports import ssh_transport
 
 

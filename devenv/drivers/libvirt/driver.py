@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 from xml.sax.saxutils import escape, quoteattr
 
-from devenv import boxes, ui
-from devenv.drivers import BoxArtifact, MachineState, Ownership, Target, safe_handle
+from devenv import ui
+from devenv.boxes import store as boxes
+from devenv.contract import BoxArtifact, MachineState, Ownership, Target, safe_handle
 from devenv.drivers.hostports import check_host_addresses, free_port, plan_forwards, port_free, ssh_banner
-from devenv.drivers.vmcommon import VmMetadataMixin
+from devenv.drivers.vm.common import VmMetadataMixin
 from devenv.errors import (
     BackendUnavailable,
     BoxError,
@@ -35,7 +36,7 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
-from devenv.schema import USER_NAME_HELP, USER_NAME_PATTERN, Bool, Custom, Field, Int, Problem, Str, Table
+from devenv.model.schema import USER_NAME_HELP, USER_NAME_PATTERN, Bool, Custom, Field, Int, Problem, Str, Table
 
 DEFAULT_URI = "qemu:///system"
 NS = "https://devenv.invalid/xmlns/libvirt/1"  # metadata namespace: an identifier, never fetched
@@ -321,7 +322,7 @@ class LibvirtDriver(VmMetadataMixin):
                     hint="build it with `devenv box build NAME` from a recipe with a libvirt output, "
                     "or add one with `devenv box add`",
                 )
-            from devenv import vmbox
+            from devenv.boxes import vmbuild as vmbox
 
             stored = vmbox.build_libvirt_box(recipe, machine=target.name)
         disk = stored.file("disk")
@@ -353,7 +354,7 @@ class LibvirtDriver(VmMetadataMixin):
 
     # -- storage -------------------------------------------------------------------------------
     def storage_dir(self, domain: str) -> Path:
-        from devenv.state import data_dir
+        from devenv.core.state import data_dir
 
         return data_dir() / "libvirt" / domain
 
@@ -416,7 +417,7 @@ class LibvirtDriver(VmMetadataMixin):
         overlay = folder / "disk.qcow2"
         # Checked again at use (a box stored by an older devenv was not): qemu-img create and QEMU
         # open whatever the box's disk names -- a backing or data file anywhere on this host.
-        from devenv import diskcheck
+        from devenv.boxes import diskcheck
 
         diskcheck.inspect(Path(box.ref), ("qcow2",), f"box {box.name}@{box.version}: {box.ref}")
         if not overlay.exists():
@@ -437,8 +438,8 @@ class LibvirtDriver(VmMetadataMixin):
         self, target: Target, box: BoxArtifact, handle: str, *, ssh_port: int, new_machine: bool = False
     ) -> None:
         """Write the seed and (re)define the domain; the disk and the machine's keys are kept."""
-        from devenv import identity, seed
-        from devenv.state import ProjectState
+        from devenv.core.state import ProjectState
+        from devenv.drivers.vm import identity, seed
 
         m = target.machine
         uri, name = split_handle(handle)

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from devenv import boxes, ui
-from devenv.drivers import (
+from devenv import ui
+from devenv.boxes import store as boxes
+from devenv.contract import (
     LABEL_MACHINE,
     LABEL_PROJECT,
     LABEL_ROOT,
@@ -23,12 +24,12 @@ from devenv.drivers import (
     Ownership,
     PortBinding,
     Target,
-    keepalive,
     safe_handle,
 )
+from devenv.drivers.docker import keepalive
 from devenv.drivers.hostports import check_host_addresses, is_loopback, resolve_host_port
 from devenv.errors import BackendUnavailable, BoxError, MachineStateError, PortConflict, UsageError
-from devenv.schema import Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
+from devenv.model.schema import Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
 
 
 def _command(value: Any, path: tuple, problems: list) -> Any:
@@ -89,7 +90,7 @@ class DockerDriver:
     def engine(self) -> Any:
         """The Engine API client (dockerapi.UnixEngine or SdkEngine) every lifecycle call uses."""
         if self._engine is None:
-            from devenv.drivers import dockerapi
+            from devenv.transports import dockerapi
 
             endpoint = self.endpoint()
             if endpoint.startswith("unix://"):  # the local engine, rootless ones and contexts included
@@ -354,7 +355,7 @@ class DockerDriver:
         """Run the baked steps in a temporary container and commit it with devenv's labels."""
         import uuid
 
-        from devenv.transport import DockerTransport
+        from devenv.transports.docker import DockerTransport
 
         label = machine or f"box {recipe.name}"
         baked = recipe.baked_fingerprints()
@@ -393,7 +394,7 @@ class DockerDriver:
     def _build_from_rootfs(self, recipe: boxes.Recipe, src: dict, machine: str | None, tag: str) -> None:
         import tempfile
 
-        from devenv import rootfs
+        from devenv.boxes import rootfs
 
         with tempfile.TemporaryDirectory(prefix="devenv-box-") as tmp:
             root = Path(tmp) / "rootfs"
@@ -564,7 +565,7 @@ class DockerDriver:
         return {k: v for k, v in config.items() if v is not None}
 
     def create(self, target: Target, box: BoxArtifact, *, env: dict[str, str] | None = None) -> str:
-        from devenv.drivers.dockerapi import EngineError
+        from devenv.transports.dockerapi import EngineError
 
         existing = self.find(target)
         if existing:
@@ -612,7 +613,7 @@ class DockerDriver:
         return Ownership.OURS
 
     def start(self, handle: str) -> None:
-        from devenv.drivers.dockerapi import EngineError
+        from devenv.transports.dockerapi import EngineError
 
         info = self._inspect(handle)
         if info is None:
@@ -649,7 +650,7 @@ class DockerDriver:
             )
 
     def stop(self, handle: str, *, force: bool = False) -> None:
-        from devenv.drivers.dockerapi import EngineError
+        from devenv.transports.dockerapi import EngineError
 
         try:
             if force:
@@ -662,7 +663,7 @@ class DockerDriver:
             raise MachineStateError(f"the container does not stop: {exc.message}") from exc
 
     def destroy(self, handle: str) -> None:
-        from devenv.drivers.dockerapi import EngineError
+        from devenv.transports.dockerapi import EngineError
 
         try:
             self._eng(self.engine.remove, handle)
@@ -702,7 +703,7 @@ class DockerDriver:
         return "bind mount"
 
     def transport(self, handle: str):
-        from devenv.transport import DockerTransport
+        from devenv.transports.docker import DockerTransport
 
         info = self._inspect(handle)
         name = (info or {}).get("Config", {}).get("Labels", {}).get(LABEL_MACHINE, handle[:12])

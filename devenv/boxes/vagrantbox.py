@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from devenv import boxarchive, boxes, diskcheck, ui
+from devenv import ui
+from devenv.boxes import archive as boxarchive
+from devenv.boxes import diskcheck
+from devenv.boxes import store as boxes
 from devenv.errors import BoxError
-from devenv.schema import USER_NAME_PATTERN
+from devenv.model.schema import USER_NAME_PATTERN
 
 LIBVIRT_VAGRANTFILE = """\
 # Written by devenv: boots the box's own kernel and initrd (direct kernel boot).
@@ -648,7 +651,7 @@ def write_virtualbox_box(stored: boxes.StoredBox, out: Path) -> Path:
     """
     import subprocess
 
-    from devenv import biosdisk
+    from devenv.boxes import biosdisk
 
     disk, kernel, initrd = stored.file("disk"), stored.file("kernel"), stored.file("initrd")
     if disk is None or kernel is None or initrd is None:

@@ -14,7 +14,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from devenv import boxes, diskcheck, ui
+from devenv import ui
+from devenv.boxes import diskcheck
+from devenv.boxes import store as boxes
 from devenv.errors import BoxError
 
 VM_PACKAGES = [
@@ -145,7 +147,7 @@ def configure_rootfs(root: Path, hostname: str) -> None:
 
 
 def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_size: str = "3G") -> boxes.StoredBox:
-    from devenv import rootfs
+    from devenv.boxes import rootfs
 
     src = next((s for s in recipe.sources if s["type"] in ("debootstrap", "cloud-image", "box")), None)
     if src is None:
@@ -215,7 +217,7 @@ SCRUB = (
 
 def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -> boxes.StoredBox:
     """A libvirt box from a downloaded disk: a cloud image, or an existing Vagrant .box (libvirt)."""
-    from devenv import boxfile
+    from devenv.boxes import vagrantbox as boxfile
 
     ref = src.get("url") or str((recipe.root / src["path"]).resolve())
     with tempfile.TemporaryDirectory(prefix=".devenv-vmbox-", dir=boxes.ensure_store_root()) as tmp:
@@ -274,9 +276,9 @@ def bake_in_vm(
     Whatever happens the temporary domain is destroyed; only a disk whose every step succeeded
     is returned (and so stored).
     """
-    from devenv.devfile import Machine
-    from devenv.drivers import BoxArtifact, Target
-    from devenv.drivers.libvirt import LibvirtDriver
+    from devenv.contract import BoxArtifact, Target
+    from devenv.drivers.libvirt.driver import LibvirtDriver
+    from devenv.model.devfile import Machine
 
     driver = LibvirtDriver()
     driver.check_available()

@@ -62,7 +62,7 @@ def render(machines: list[tuple[str, str | None, str | None]], folder: Path, dir
 
 
 def register(app: typer.Typer) -> None:
-    from devenv.cli import handle_errors
+    from devenv.cli.app import handle_errors
 
     @app.command("import-vagrant")
     @handle_errors
@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         """Print the Devfile machines that run an existing Vagrant project's machines (driver = "vagrant")."""
         from devenv import ui
         from devenv.drivers import get_driver
-        from devenv.drivers.vagrant import find_vagrantfile
+        from devenv.drivers.vagrant.driver import find_vagrantfile
         from devenv.errors import UsageError
 
         folder = path.expanduser().resolve()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devenv.errors import BoxError, DevfileError
-from devenv.schema import (
+from devenv.model.schema import (
     MISSING,
     USER_NAME_HELP,
     USER_NAME_PATTERN,
@@ -25,12 +25,12 @@ from devenv.schema import (
     Table,
     did_you_mean,
 )
-from devenv.tomlpos import key_lines, line_of
+from devenv.model.tomlpos import key_lines, line_of
 
 # The recipes devenv ships are package data (an installed wheel has no checkout): the steps they
 # bake start at devenv/data (devenv/data/provisioners/...). A checkout's top-level boxes/ and
 # provisioners/ are links to these folders, so the repository's own Devfiles use the same files.
-BUNDLED = Path(__file__).resolve().parent / "data" / "boxes"
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "boxes"
 IMAGE_REPO = "devenv-box"
 LABEL_BOX = "devenv.box"
 LABEL_VERSION = "devenv.box.version"
@@ -112,10 +112,10 @@ class _StepsNode(ListOf):
     """A Devfile provision list, checked by the Devfile's own step rules (imported late: no cycle)."""
 
     def __init__(self) -> None:
-        from devenv.schema import Custom
+        from devenv.model.schema import Custom
 
         def step(value, path, problems):
-            from devenv.devfile import _step
+            from devenv.model.devfile import _step
 
             return _step(value, path, problems)
 
@@ -164,7 +164,7 @@ class Recipe:
     outputs: tuple[str, ...]
     path: Path
     root: Path = field(default=Path("."))  # where the recipe's relative paths start
-    provision: tuple = ()  # devenv.devfile.Step, baked in order
+    provision: tuple = ()  # devenv.model.devfile.Step, baked in order
 
     def bake(self, transport, label: str) -> None:
         """Run the baked steps in a build machine; any failure means nothing is stored."""
@@ -214,9 +214,9 @@ def recipe_dirs(project_root: Path | None) -> list[Path]:
 def load_recipe(path: Path) -> Recipe:
     # A project's boxes/ comes with the repository: read it as the Devfile is read (a regular
     # UTF-8 file of bounded size, bounded nesting), never as trusted text.
-    from devenv.devfile import MAX_DEPTH, MAX_DEVFILE_BYTES, MAX_VALUES, shape_problem
+    from devenv.model.devfile import MAX_DEPTH, MAX_DEVFILE_BYTES, MAX_VALUES, shape_problem
+    from devenv.model.tomlpos import nesting_depth_exceeded
     from devenv.paths import read_regular
-    from devenv.tomlpos import nesting_depth_exceeded
 
     try:
         text = read_regular(path, MAX_DEVFILE_BYTES, what="it").decode("utf-8")
@@ -244,7 +244,7 @@ def load_recipe(path: Path) -> Recipe:
         raise DevfileError(f"box recipe {path} is invalid", lines)
     if not r["sources"]:
         raise DevfileError(f"box recipe {path} is invalid", [f"{path}:1: sources: needs at least one source"])
-    from devenv.devfile import Step
+    from devenv.model.devfile import Step
     from devenv.provisioners import get_provisioner
 
     root = path.parent.parent
@@ -345,7 +345,7 @@ def check_name(value: object, what: str = "box name") -> str:
     """`value` if valid_name(), else a BoxError that names the rule."""
     if valid_name(value):
         return value  # type: ignore[return-value]
-    from devenv.boxarchive import shown
+    from devenv.boxes.archive import shown
 
     text = value if isinstance(value, str) else repr(value)
     raise BoxError(
@@ -376,7 +376,7 @@ class StoredBox:
 
 
 def store_root() -> Path:
-    from devenv.state import data_dir
+    from devenv.core.state import data_dir
 
     return data_dir() / "boxes"
 
@@ -629,7 +629,7 @@ def disk_users(folder: Path) -> list[str]:
 
     Overlays keep pointing at the box's disk for their whole life: replacing or removing that
     file under them corrupts every machine built on it."""
-    from devenv.state import data_dir
+    from devenv.core.state import data_dir
 
     folder = folder.resolve()
     users = []

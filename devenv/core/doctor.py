@@ -82,8 +82,8 @@ def _libvirt_checks(machines: list) -> list[Check]:
 
 
 def run_checks(project=None) -> list[Check]:
-    from devenv.drivers.libvirt import hardware_virt_usable
-    from devenv.state import data_dir
+    from devenv.core.state import data_dir
+    from devenv.drivers.libvirt.driver import hardware_virt_usable
 
     machines = list(project.devfile.machines.values()) if project else []
     drivers = {m.driver for m in machines}

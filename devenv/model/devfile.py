@@ -18,8 +18,7 @@ from typing import Any
 
 from devenv import drivers, provisioners
 from devenv.errors import DevfileError
-from devenv.paths import ConfinementError, confine, read_regular, resolve
-from devenv.schema import (
+from devenv.model.schema import (
     MISSING,
     AnyOf,
     Bool,
@@ -37,7 +36,8 @@ from devenv.schema import (
     did_you_mean,
     format_path,
 )
-from devenv.tomlpos import key_lines, line_of, nesting_depth_exceeded
+from devenv.model.tomlpos import key_lines, line_of, nesting_depth_exceeded
+from devenv.paths import ConfinementError, confine, read_regular, resolve
 
 DEVFILE_NAMES = ("Devfile", "Devfile.toml")
 NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,40}"
@@ -686,7 +686,7 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
     for m in machines.values():
         # Drivers with host paths of their own (vagrant's dir) confine them against the real root.
         if m.driver == "vagrant":
-            from devenv.drivers.vagrant import VagrantDriver
+            from devenv.drivers.vagrant.driver import VagrantDriver
 
             for p in VagrantDriver().validate_paths(m, root):
                 problems.append(Problem(("machines", m.name, *p.path), p.message))
@@ -917,7 +917,7 @@ def _file_url_path(url: str) -> str | None:
 
 def _box_reach(where: str, box: str, root: Path) -> list[str]:
     """A ``box`` that is a host file (a path or a file: URL) outside the project."""
-    from devenv import boxes
+    from devenv.boxes import store as boxes
 
     if boxes.parse_ref(box).kind != "file":
         return []
@@ -954,7 +954,7 @@ def _recipe_for(box: str | None, root: Path) -> Any | None:
     Looked up as the drivers do, but quietly: an unknown or invalid recipe is reported elsewhere."""
     if not box:
         return None
-    from devenv import boxes
+    from devenv.boxes import store as boxes
     from devenv.errors import DevenvError
 
     ref = boxes.parse_ref(box)
@@ -1034,7 +1034,7 @@ def reach_notice(root: Path, items: list[str], subject: str) -> str | None:
         return None
     import json
 
-    from devenv.state import atomic_write, data_dir
+    from devenv.core.state import atomic_write, data_dir
 
     digest = hashlib.sha256("\n".join(items).encode()).hexdigest()
     marker = data_dir() / "notices" / (hashlib.sha256(str(root).encode()).hexdigest()[:32] + ".json")

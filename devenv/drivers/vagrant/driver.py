@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from devenv import ui
-from devenv.drivers import BoxArtifact, MachineState, Ownership, PortBinding, Target
+from devenv.contract import BoxArtifact, MachineState, Ownership, PortBinding, Target
 from devenv.errors import (
     BackendUnavailable,
     CommandFailed,
@@ -55,8 +55,8 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
-from devenv.schema import Bool, Field, Problem, Str, Table, did_you_mean
-from devenv.transport import SshTransport, ssh_word
+from devenv.model.schema import Bool, Field, Problem, Str, Table, did_you_mean
+from devenv.transports.ssh import SshTransport, ssh_word
 
 INSTALL_HINT = (
     "install it: `apt-get install --no-install-recommends vagrant` (Debian/Ubuntu), "
@@ -334,7 +334,7 @@ def vagrant_dir(root: Path, opts: dict, machine: str, *, kind: str = "dir") -> P
 
 
 def _marker_path(handle: str) -> Path:
-    from devenv.state import data_dir
+    from devenv.core.state import data_dir
 
     return data_dir() / "vagrant" / (hashlib.sha256(handle.encode()).hexdigest()[:32] + ".json")
 
@@ -357,7 +357,7 @@ def read_marker(handle: str) -> dict | None:
 
 def write_marker(handle: str, machine_id: str | None) -> None:
     """Record that devenv made (id None: is making) the Vagrant machine ``handle``."""
-    from devenv.state import atomic_write
+    from devenv.core.state import atomic_write
 
     path = _marker_path(handle)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -399,7 +399,7 @@ class PinnedSsh(SshTransport):
         self.alias = ssh_word(alias, what="host key alias")  # an -o value and an ssh_config line
 
     def _control_dir(self) -> Path:
-        from devenv.identity import MachineKeys
+        from devenv.drivers.vm.identity import MachineKeys
 
         base = super()._control_dir()
         pinned = MachineKeys(self.known_hosts.parent).read_known_hosts()  # never through a link
@@ -423,9 +423,9 @@ class PinnedSsh(SshTransport):
 
         Returns the key's fingerprint. Trust on first use: see the module docstring.
         """
-        from devenv.identity import MachineKeys
-        from devenv.state import read_bounded
-        from devenv.transport import ssh_path
+        from devenv.core.state import read_bounded
+        from devenv.drivers.vm.identity import MachineKeys
+        from devenv.transports.ssh import ssh_path
 
         keys = MachineKeys(self.known_hosts.parent)
         keys.forget_known_hosts()
@@ -664,7 +664,7 @@ class VagrantDriver:
 
     # -- the per-machine cache in .devenv/machines/NAME/ ---------------------------------------
     def _cache_dir(self, handle: str) -> Path:
-        from devenv.state import ProjectState
+        from devenv.core.state import ProjectState
 
         # In a project: .devenv/machines/NAME checked for planted links before any file in it is used.
         t = self._targets.get(handle)
@@ -681,8 +681,8 @@ class VagrantDriver:
     def _locate(self, handle: str) -> tuple[Path, str] | None:
         """The project (root, machine) whose state records this handle: searched upwards from
         the Vagrant folder and from the working directory."""
+        from devenv.core.state import STATE_DIR, ProjectState
         from devenv.errors import StateError
-        from devenv.state import STATE_DIR, ProjectState
 
         if handle in self._located:
             return self._located[handle]
@@ -708,7 +708,7 @@ class VagrantDriver:
         return None
 
     def _load_cache(self, handle: str) -> dict:
-        from devenv.state import MAX_STATE_BYTES, read_bounded
+        from devenv.core.state import MAX_STATE_BYTES, read_bounded
 
         try:
             # A link or a FIFO planted there is never followed or waited on: the cache is then empty.
@@ -719,7 +719,7 @@ class VagrantDriver:
         return data if isinstance(data, dict) and data.get("handle") == handle else {}
 
     def _save_cache(self, handle: str, data: dict) -> None:
-        from devenv.state import ProjectState, atomic_write
+        from devenv.core.state import ProjectState, atomic_write
 
         d = self._cache_dir(handle)
         t = self._targets.get(handle)
@@ -754,7 +754,7 @@ class VagrantDriver:
             "transport": self._transport_mode(handle, old),
             "refreshed": int(time.time()),
         }
-        from devenv.identity import MachineKeys
+        from devenv.drivers.vm.identity import MachineKeys
 
         if old.get("id") not in (None, mid) and MachineKeys(self._cache_dir(handle)).forget_known_hosts():
             ui.warn(f"{self._label(handle)}: Vagrant recreated the machine outside devenv: pinning its new host key")
@@ -819,7 +819,7 @@ class VagrantDriver:
                 "create it: devenv never provisions, halts or destroys a machine it did not make",
                 hint=f"`vagrant destroy {name}` in {folder} yourself if it may go, or point dir elsewhere",
             )
-        from devenv.identity import MachineKeys
+        from devenv.drivers.vm.identity import MachineKeys
 
         # A new machine has a new host key: forget any pin of an earlier one.
         MachineKeys(self._cache_dir(handle)).forget_known_hosts()
@@ -895,7 +895,7 @@ class VagrantDriver:
         marker = read_marker(handle)
         if marker is not None:
             return marker["id"] is None or (created is not None and marker["id"] == created[1])
-        from devenv.state import GlobalIndex
+        from devenv.core.state import GlobalIndex
 
         try:
             entries = GlobalIndex().entries()
@@ -1033,7 +1033,7 @@ class VagrantDriver:
         return self._ssh(handle, cache)
 
     def _docker_transport(self, handle: str, container_id: str):
-        from devenv.transport import DockerTransport
+        from devenv.transports.docker import DockerTransport
 
         driver = self._docker_driver()
         if driver is None or driver.state(container_id) is MachineState.NOT_CREATED:
@@ -1062,7 +1062,7 @@ class VagrantDriver:
             key=Path(key),
             known_hosts=known_hosts,
         )
-        from devenv.identity import MachineKeys
+        from devenv.drivers.vm.identity import MachineKeys
 
         # Read by descriptor: a link planted as known_hosts is a StateError, never read through.
         if not MachineKeys(known_hosts.parent).read_known_hosts().strip():

@@ -133,14 +133,14 @@ def _main(
 
 
 def _devfile():
-    from devenv import devfile
+    from devenv.model import devfile
 
     path = _options["file"]
     return devfile.load(path.absolute() if path else None)  # load() resolves links (a loop: an error)
 
 
 def _project():
-    from devenv.project import Project
+    from devenv.core.project import Project
 
     return Project(_devfile())
 
@@ -148,7 +148,7 @@ def _project():
 def _host_notice(df, box: str | None = None) -> None:
     """Once per project: what in the Devfile (and the box recipes it builds from, ``box`` = `up
     --box`) runs code on this host (ansible) or reads host files."""
-    from devenv.devfile import first_use_notice
+    from devenv.model.devfile import first_use_notice
 
     text = first_use_notice(df, extra_boxes=(box,) if box else ())
     if text:
@@ -189,7 +189,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing Devfile")] = False,
 ) -> None:
     """Write a starter Devfile in the current folder."""
-    from devenv.devfile import default_project_name
+    from devenv.model.devfile import default_project_name
     from devenv.paths import write_new_file
 
     path = Path(_options["file"] or "Devfile")
@@ -207,7 +207,7 @@ def init(
 @handle_errors
 def validate(json_out: Annotated[bool, typer.Option("--json", help="Problems as JSON")] = False) -> int:
     """Check the Devfile and report every problem at once."""
-    from devenv import devfile
+    from devenv.model import devfile
 
     path = _options["file"].absolute() if _options["file"] else devfile.find_devfile()
     df, problems = devfile.check_file(path)
@@ -229,7 +229,7 @@ def validate(json_out: Annotated[bool, typer.Option("--json", help="Problems as 
 @handle_errors
 def schema() -> None:
     """Print the JSON Schema of the Devfile (for editors)."""
-    from devenv.devfile import json_schema
+    from devenv.model.devfile import json_schema
 
     print(json.dumps(json_schema(), indent=2))
 
@@ -389,8 +389,9 @@ def global_status(
     prune: Annotated[bool, typer.Option("--prune", help="Forget machines whose project or machine is gone")] = False,
 ) -> None:
     """Every machine devenv made on this host, across projects."""
-    from devenv.drivers import MachineState, get_driver
-    from devenv.state import GlobalIndex
+    from devenv.contract import MachineState
+    from devenv.core.state import GlobalIndex
+    from devenv.drivers import get_driver
 
     index = GlobalIndex()
     rows = []
@@ -466,7 +467,8 @@ def package(
     result = project.package(machine, box_name, ver)
     ui.info(machine, f"packaged as box {box_name}@{ver} ({result['provider']}, {result['digest'][:19]})")
     if output:
-        from devenv import boxes, boxfile
+        from devenv.boxes import store as boxes
+        from devenv.boxes import vagrantbox as boxfile
 
         stored = boxes.find_stored(box_name, ver, "libvirt")
         if stored is None:
@@ -482,7 +484,7 @@ def package(
 @handle_errors
 def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> int:
     """Check what this machine has for the Devfile (engines, tools, disk, ports), with a fix for each miss."""
-    from devenv.doctor import run_checks
+    from devenv.core.doctor import run_checks
 
     try:
         project = _project()
@@ -565,7 +567,7 @@ def snapshot_list(name: MachineArg, json_out: Annotated[bool, typer.Option("--js
 
 
 def _project_root() -> Path | None:
-    from devenv import devfile
+    from devenv.model import devfile
 
     try:
         path = _options["file"].resolve() if _options["file"] else devfile.find_devfile()
@@ -586,9 +588,9 @@ def box_build(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even when the box exists")] = False,
 ) -> None:
     """Build a box's outputs from its recipe, tagged with its version."""
-    from devenv import boxes
-    from devenv.devfile import reach_notice, recipe_reach
+    from devenv.boxes import store as boxes
     from devenv.drivers import get_driver
+    from devenv.model.devfile import reach_notice, recipe_reach
 
     root = _project_root()
     recipe = boxes.find_recipe(boxes.parse_ref(name), root)
@@ -611,7 +613,7 @@ def box_build(
             img = driver.build_box(recipe, pull=pull)
             ui.info(None, f"built {recipe.docker_tag} ({img['Id'][:19]})")
     if "libvirt" in outputs:
-        from devenv import vmbox
+        from devenv.boxes import vmbuild as vmbox
 
         stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
         if stored and not force:
@@ -624,7 +626,8 @@ def box_build(
     if "vagrant" in outputs:
         import tempfile
 
-        from devenv import boxfile, vmbox
+        from devenv.boxes import vagrantbox as boxfile
+        from devenv.boxes import vmbuild as vmbox
 
         stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
         if stored is None:
@@ -669,7 +672,7 @@ def box_add(
     ] = False,
 ) -> None:
     """Add a box to the box store, verifying its checksum (a mismatch is refused)."""
-    from devenv import boxfile
+    from devenv.boxes import vagrantbox as boxfile
 
     stored = boxfile.add(source, name=name, version=version, checksum=checksum, insecure=insecure)
     if stored.meta.get("source", {}).get("insecure"):
@@ -681,16 +684,16 @@ def box_add(
 @handle_errors
 def box_prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go")] = False) -> None:
     """Remove old box versions: keeps the newest of each box and every version a lock file or machine uses."""
-    from devenv import boxes
+    from devenv.boxes import store as boxes
+    from devenv.boxes.lockfile import Lockfile
+    from devenv.core.state import GlobalIndex, ProjectState
     from devenv.drivers import get_driver
     from devenv.errors import StateError
-    from devenv.lockfile import Lockfile
-    from devenv.state import GlobalIndex, ProjectState
 
     keep: set[tuple[str, str]] = set()
 
     def keep_locked(root: Path) -> None:
-        from devenv.devfile import DEVFILE_NAMES
+        from devenv.model.devfile import DEVFILE_NAMES
 
         # Every name a Devfile may have has its own lock (Devfile.lock, Devfile.toml.lock).
         for name in DEVFILE_NAMES:
@@ -763,7 +766,7 @@ def box_update(names: NamesArg = None) -> None:
 @handle_errors
 def box_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List built boxes (every provider) and the recipes that can be built."""
-    from devenv import boxes
+    from devenv.boxes import store as boxes
     from devenv.drivers import get_driver
 
     built: list[dict] = []
@@ -815,7 +818,7 @@ def box_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
 @handle_errors
 def box_remove(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]) -> None:
     """Remove a built box (all its versions and providers unless a version is named)."""
-    from devenv import boxes
+    from devenv.boxes import store as boxes
     from devenv.drivers import get_driver
 
     ref = boxes.parse_ref(name)
@@ -836,7 +839,7 @@ def box_remove(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]
         ui.info(None, f"removed {tag}")
 
 
-from devenv import vagrant_import as _vagrant_import  # noqa: E402
+from devenv.cli import vagrant_import as _vagrant_import  # noqa: E402
 
 _vagrant_import.register(app)
 

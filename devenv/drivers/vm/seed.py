@@ -32,7 +32,7 @@ def user_data(
     host_key_public: str,
     mounts: list[tuple[str, str, str, str]] = (),
 ) -> str:
-    from devenv.identity import is_private_key, is_public_key
+    from devenv.drivers.vm.identity import is_private_key, is_public_key
 
     # The keys come from the machine's key folder (identity reads them by descriptor and checks
     # them); checked again here because they are spliced into YAML the guest parses: a key that is
