@@ -331,6 +331,10 @@ class Driver(Protocol):
 
     def state(self, handle: str) -> MachineState: ...
     def ports(self, handle: str) -> list[PortBinding]: ...
+    def sync_kind(self, handle: str) -> str | None:
+        """How the machine's sync folders reach it ("bind mount", "virtiofs", "rsync"...), for status."""
+        ...
+
     def transport(self, handle: str) -> Transport: ...
     def sweep(self, project_id: str, root: Path | None = None) -> list[str]:
         """Remove this project's machines the state no longer names; returns what went."""
@@ -369,10 +373,6 @@ class Package(Protocol):
 
 @runtime_checkable
 class CopySync(Protocol):
-    def sync_kind(self, handle: str) -> str:
-        """How this machine's sync folders reach it ("bind", "virtiofs", "9p", "rsync", ...)."""
-        ...
-
     def sync_plan(self, handle: str) -> list[dict]:
         """The sync folders as made: dicts with host, guest and kind ("rsync": the core pushes)."""
         ...

@@ -10,7 +10,7 @@ import errno
 import socket
 from pathlib import Path
 
-from devenv import ui
+from devenv.contract import QUIET, Reporter, Target
 from devenv.errors import DevfileError, MachineStateError, PortConflict
 
 # bind() errors that say "this host has no such address" (not "the port is taken").
@@ -80,7 +80,9 @@ def is_loopback(ip: str) -> bool:
     return ip.startswith("127.") or ip == "::1"
 
 
-def resolve_host_port(machine: str, ip: str, host: int | None, guest: int, proto: str, auto_correct: bool) -> int:
+def resolve_host_port(
+    machine: str, ip: str, host: int | None, guest: int, proto: str, auto_correct: bool, reporter: Reporter = QUIET
+) -> int:
     """The host port to forward: the Devfile's, a free one when none is given, or the next free
     one with auto_correct; a taken port is a PortConflict otherwise."""
     if host is None:
@@ -95,17 +97,19 @@ def resolve_host_port(machine: str, ip: str, host: int | None, guest: int, proto
     start = host
     while host < 65535 and not port_free(ip, host, proto):
         host += 1
-    ui.info(machine, f"host port {start} is in use: forwarding {host} -> {guest} instead")
+    reporter.info(machine, f"host port {start} is in use: forwarding {host} -> {guest} instead")
     return host
 
 
-def plan_forwards(target) -> list[dict]:
+def plan_forwards(target: Target, reporter: Reporter = QUIET) -> list[dict]:
     """Every Devfile port of a VM as {host_ip, host, guest, protocol}, host ports decided now."""
     out = []
     for p in target.machine.ports:
-        host = resolve_host_port(target.name, p.host_ip, p.host, p.guest, p.protocol, p.auto_correct)
+        host = resolve_host_port(target.name, p.host_ip, p.host, p.guest, p.protocol, p.auto_correct, reporter)
         if not is_loopback(p.host_ip):
-            ui.warn(f"{target.name}: port {p.guest}/{p.protocol} is reachable from other hosts (host_ip = {p.host_ip})")
+            reporter.warn(
+                f"{target.name}: port {p.guest}/{p.protocol} is reachable from other hosts (host_ip = {p.host_ip})"
+            )
         out.append({"host_ip": p.host_ip, "host": host, "guest": p.guest, "protocol": p.protocol})
     return out
 

@@ -19,10 +19,13 @@ from devenv.contract import (
     LABEL_MACHINE,
     LABEL_PROJECT,
     LABEL_ROOT,
+    QUIET,
     BoxArtifact,
+    Features,
     MachineState,
     Ownership,
     PortBinding,
+    Reporter,
     Target,
     safe_handle,
 )
@@ -73,6 +76,8 @@ BUILD_PREFIX = "devenv-build-"  # the temporary containers box builds bake in
 
 class DockerDriver:
     name: ClassVar[str] = "docker"
+    features: ClassVar[Features] = Features(suspend=True, package=True, box_images=True)
+    reporter: Reporter = QUIET  # set by the core before use
     options: ClassVar[Table] = _OPTIONS
 
     def __init__(self) -> None:
@@ -477,7 +482,9 @@ class DockerDriver:
         for p in target.machine.ports:
             host = p.host
             if host is not None and check_local:
-                host = resolve_host_port(target.name, p.host_ip, host, p.guest, p.protocol, p.auto_correct)
+                host = resolve_host_port(
+                    target.name, p.host_ip, host, p.guest, p.protocol, p.auto_correct, self.reporter
+                )
             if not is_loopback(p.host_ip):
                 # Allowed, but it exposes the machine beyond this host: say so every time.
                 ui.warn(

@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from devenv import ui
 from devenv.boxes import store as boxes
-from devenv.contract import BoxArtifact, MachineState, Ownership, Target, safe_handle
+from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, Reporter, Target, safe_handle
 from devenv.drivers.hostports import check_host_addresses, free_port, plan_forwards, port_free, ssh_banner
 from devenv.drivers.vm.common import VmMetadataMixin
 from devenv.errors import (
@@ -175,8 +175,11 @@ class LibvirtDriver(VmMetadataMixin):
     gone_message = "the domain is gone"
 
     name: ClassVar[str] = "libvirt"
+    features: ClassVar[Features] = Features(
+        snapshots=True, suspend=True, apply_settings=True, package=True, copy_sync=True, env_at_create=False
+    )
+    reporter: Reporter = QUIET  # set by the core before use
     options: ClassVar[Table] = _OPTIONS
-    env_at_create: ClassVar[bool] = False  # the project passes env with every command instead
 
     def __init__(self) -> None:
         self._conns: dict[str, Any] = {}
@@ -367,7 +370,7 @@ class LibvirtDriver(VmMetadataMixin):
         return "kvm" if local and hardware_virt_usable() else "qemu"
 
     def _forwards(self, target: Target) -> list[dict]:
-        return plan_forwards(target)
+        return plan_forwards(target, self.reporter)
 
     def _sync_plan(self, target: Target, box: BoxArtifact) -> list[dict]:
         plan = []

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from devenv import ui
-from devenv.contract import BoxArtifact, MachineState, Ownership, PortBinding, Target
+from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, PortBinding, Reporter, Target
 from devenv.errors import (
     BackendUnavailable,
     CommandFailed,
@@ -472,9 +472,10 @@ class PinnedSsh(SshTransport):
 
 class VagrantDriver:
     name: ClassVar[str] = "vagrant"
+    features: ClassVar[Features] = Features(suspend=True, apply_settings=True, env_at_create=False)
+    reporter: Reporter = QUIET  # set by the core before use
     needs_box: ClassVar[bool] = False  # the Vagrantfile names the box
     options: ClassVar[Table] = _OPTIONS
-    env_at_create: ClassVar[bool] = False  # env travels with every command (EnvTransport)
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
@@ -966,6 +967,9 @@ class VagrantDriver:
             )
         self.reload(handle)
         return True
+
+    def sync_kind(self, handle: str) -> str | None:
+        return None  # Vagrant's own synced folders: the Vagrantfile says how
 
     def state(self, handle: str) -> MachineState:
         folder, name = split_handle(handle)

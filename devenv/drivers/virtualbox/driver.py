@@ -32,7 +32,7 @@ from typing import ClassVar
 
 from devenv import ui
 from devenv.boxes import store as boxes
-from devenv.contract import BoxArtifact, MachineState, Ownership, Target, safe_handle
+from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, Reporter, Target, safe_handle
 from devenv.drivers.hostports import check_host_addresses, plan_forwards, ssh_banner
 from devenv.drivers.hostports import free_port as _free_port
 from devenv.drivers.hostports import port_free as _port_free
@@ -126,8 +126,11 @@ class VirtualBoxDriver(VmMetadataMixin):
     gone_message = "the VM is gone or half-made"
 
     name: ClassVar[str] = "virtualbox"
+    features: ClassVar[Features] = Features(
+        snapshots=True, suspend=True, apply_settings=True, copy_sync=True, env_at_create=False
+    )
+    reporter: Reporter = QUIET  # set by the core before use
     options: ClassVar[Table] = _OPTIONS
-    env_at_create: ClassVar[bool] = False  # the project passes env with every command instead
 
     def __init__(self) -> None:
         self._base_locks: dict[str, threading.Lock] = {}
@@ -416,7 +419,7 @@ class VirtualBoxDriver(VmMetadataMixin):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _forwards(self, target: Target) -> list[dict]:
-        return plan_forwards(target)
+        return plan_forwards(target, self.reporter)
 
     def _sync_plan(self, target: Target, box: BoxArtifact) -> list[dict]:
         plan = []
