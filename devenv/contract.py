@@ -16,7 +16,7 @@ state file never leaks one.
 
 **Optional roles** are declared, never probed: a driver's ``features`` record says which of the
 role protocols below (``Snapshots``, ``Suspend``, ``ApplySettings``, ``Package``, ``CopySync``,
-``BoxImages``) it implements, and the core asks ``features`` (``supports()``), not ``hasattr``.
+``BoxImages``, ``BoxSources``) it implements, and the core asks ``features`` (``supports()``), not ``hasattr``.
 
 **Registering**: a third-party driver is a class named in the ``devenv.drivers`` entry point
 group (a provisioner: ``devenv.provisioners``); the Devfile's ``driver = "NAME"`` then accepts it
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 # What an author needs from the rest of devenv, re-exported so this module is the one import:
 # option tables and problems (schema) and the errors a driver raises (each carries a hint).
@@ -65,12 +65,16 @@ __all__ = [
     "BoxArtifact",
     "BoxError",
     "BoxImages",
+    "BoxSources",
+    "BuildTarget",
     "CommandFailed",
     "Connection",
     "CopySync",
     "DevenvError",
     "Driver",
     "Event",
+    "EventKind",
+    "QUIET",
     "Features",
     "Field",
     "Int",
@@ -95,6 +99,7 @@ __all__ = [
     "Target",
     "Transport",
     "UnsupportedOperation",
+    "role",
     "safe_handle",
     "supports",
 ]
@@ -111,7 +116,7 @@ OutputFn = Callable[[str], None]
 # --------------------------------------------------------------------------------------------
 # Reporter: progress as events
 # --------------------------------------------------------------------------------------------
-EventKind = Literal["info", "phase", "output", "warning", "debug", "begin", "tick", "end"]
+EventKind = Literal["info", "phase", "output", "warning", "error", "debug", "begin", "tick", "end"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,10 @@ class Reporter:
 
     def warn(self, text: str, machine: str | None = None) -> None:
         self.emit(Event("warning", text, machine))
+
+    def error(self, text: str, hint: str | None = None, machine: str | None = None) -> None:
+        """A failure that does not end the command (the one that does is raised, not reported)."""
+        self.emit(Event("error", text, machine, data={"hint": hint} if hint else {}))
 
     def debug(self, text: str, machine: str | None = None) -> None:
         if self.debug_enabled:
@@ -245,6 +254,19 @@ class Target:
 
 
 @dataclass(frozen=True)
+class BuildTarget(Target):
+    """The machine a box build bakes in (devenv.boxes.builders): made, baked, packaged, destroyed.
+
+    It carries no labels: nothing of it may end up in the box (a Docker commit keeps the
+    container's labels, and every machine made from the box would carry them). A driver finds it
+    by its ``resource_name`` (``devenv-build-...``, unique per build), not by labels."""
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {}
+
+
+@dataclass(frozen=True)
 class BoxArtifact:
     """What a driver boots: resolved from a box reference by ``prepare_box`` before ``create``."""
 
@@ -276,6 +298,7 @@ class Features:
     package: bool = False  # Package: a machine becomes a box
     copy_sync: bool = False  # CopySync: some sync folders are copies the core pushes (rsync)
     box_images: bool = False  # BoxImages: boxes live in the engine (images), listed/removed there
+    box_sources: bool = False  # BoxSources: base images for box builds (pull one, import a root fs)
     # Whether ``create`` fixes the machine's env (a container's environment). When False the core
     # passes the env with every command the transport runs instead.
     env_at_create: bool = True
@@ -292,6 +315,11 @@ class Driver(Protocol):
         """Raise BackendUnavailable (with the fix as hint) when the engine is not reachable."""
         ...
 
+    def describe_engine(self, machine: Machine | None = None) -> str:
+        """One line for `devenv doctor` about the engine in use ("engine 24.0 at unix:///...");
+        called after check_available succeeded."""
+        ...
+
     def validate(self, machine: Machine) -> list[Problem]:
         """Problems with the machine's settings for this engine (its driver table among them)."""
         ...
@@ -301,8 +329,9 @@ class Driver(Protocol):
         here), run by `up`/`reload` before the project lock or any file is written."""
         ...
 
-    def prepare_box(self, target: Target, box: str) -> BoxArtifact:
-        """Resolve the machine's box reference to what this engine boots (may import a box)."""
+    def prepare_box(self, target: Target, box: str | None) -> BoxArtifact:
+        """Resolve the machine's box reference to what this engine boots (may import a box).
+        ``box`` is None only for drivers with ``needs_box = False`` (the engine's config names it)."""
         ...
 
     def create(self, target: Target, box: BoxArtifact, *, env: Mapping[str, str] | None = None) -> str:
@@ -365,9 +394,23 @@ class ApplySettings(Protocol):
 
 @runtime_checkable
 class Package(Protocol):
-    def package(self, handle: str, target: Target, name: str, version: str, baked: list[str]) -> dict:
+    def package(
+        self,
+        handle: str,
+        target: Target,
+        name: str,
+        version: str,
+        baked: list[str],
+        *,
+        record: Mapping[str, Any] | None = None,
+    ) -> dict:
         """Store the machine as box NAME@VERSION (``baked``: fingerprints of the steps it holds);
-        returns the stored box's record (provider, ref, digest)."""
+        returns the stored box's record (provider, ref, digest).
+
+        ``record`` is given by a box build (a stopped BuildTarget machine): what the box records
+        besides its name, version and steps (the recipe's origin, description, how it boots), as
+        image labels ``devenv.box.KEY`` or box.json keys; the box is then the build's, not a copy
+        of the machine's own box. None for `devenv package`."""
         ...
 
 
@@ -386,6 +429,25 @@ class BoxImages(Protocol):
     def remove_box(self, name: str, version: str | None) -> list[str]: ...
 
 
+@runtime_checkable
+class BoxSources(Protocol):
+    """Where a box build on an engine whose boxes are images (Docker) gets its base image; the
+    builder then bakes in a BuildTarget machine made from it and stores that with Package."""
+
+    def has_image(self, ref: str) -> bool: ...
+    def pull_image(self, ref: str, machine: str | None = None) -> None:
+        """Pull ``ref`` from its registry (a BoxError when it cannot be pulled)."""
+        ...
+
+    def import_rootfs(self, tar: Path, ref: str) -> None:
+        """Make the image ``ref`` (REPO:TAG) from a root file system tar (``./bin/...``)."""
+        ...
+
+    def remove_image(self, ref: str) -> None:
+        """Untag/remove ``ref``; one that is gone (or still used) is not an error."""
+        ...
+
+
 _ROLES: dict[str, type] = {
     "snapshots": Snapshots,
     "suspend": Suspend,
@@ -393,11 +455,13 @@ _ROLES: dict[str, type] = {
     "package": Package,
     "copy_sync": CopySync,
     "box_images": BoxImages,
+    "box_sources": BoxSources,
 }
+R = TypeVar("R")
 
 
 def supports(driver: object, role: str) -> bool:
-    """Whether ``driver`` declares ``role`` in its features (the one way the core asks).
+    """Whether ``driver`` declares ``role`` (a Features field naming a role protocol).
 
     A declaration without the methods is a driver bug, said at once rather than as an
     AttributeError in the middle of a command."""
@@ -408,6 +472,13 @@ def supports(driver: object, role: str) -> bool:
     if not isinstance(driver, proto):
         raise TypeError(f"driver {type(driver).__name__} declares '{role}' but does not implement {proto.__name__}")
     return True
+
+
+def role(driver: object, proto: type[R]) -> R | None:
+    """``driver`` as the role protocol ``proto`` when it declares that role, else None: the typed
+    form of :func:`supports` (``if (snap := role(driver, Snapshots)) is None: ...``)."""
+    name = next(k for k, v in _ROLES.items() if v is proto)
+    return cast(R, driver) if supports(driver, name) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,6 +505,9 @@ class Connection:
     known_hosts: Path | None = None
     ssh_options: tuple[str, ...] = ()
     control_path: str | None = None
+    # The machine's environment when it travels with every command (drivers whose machines keep
+    # none): Ansible hands it to plays as devenv_env. In memory only, never on a command line.
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class Transport(Protocol):
@@ -453,9 +527,14 @@ class Transport(Protocol):
         private file carries it)."""
         ...
 
-    def put(self, local: Path, remote: str, *, exclude: tuple[str, ...] = ()) -> None:
-        """Copy a file to the path ``remote``, or a folder's contents into the folder ``remote``
-        (names in ``exclude`` left out). Links are copied as links, never followed."""
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file to the path ``remote``, or a folder's contents into the folder ``remote``.
+        Links are copied as links, never followed."""
+        ...
+
+    def put_tree(self, local: Path, remote: str, *, exclude: tuple[str, ...] = ()) -> None:
+        """Bring the folder ``remote`` up to date with ``local`` (a copied sync folder), leaving out
+        paths matching the fnmatch patterns in ``exclude``; incremental where the transport can."""
         ...
 
     def get(self, remote: str, local: Path) -> None: ...

@@ -12,8 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from devenv import ui
 from devenv.errors import BoxError
+from devenv.masking import tail
 
 SECTOR = 512
 ALIGN = 2048  # sectors: 1 MiB alignment, as partitioning tools do
@@ -24,7 +24,7 @@ TOOLS = {"syslinux": "syslinux", "mcopy": "mtools", "mkfs.vfat": "dosfstools", "
 def _run(argv: list[str], what: str) -> None:
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
-        raise BoxError(f"{what} failed: {ui.tail((r.stderr or r.stdout).strip(), 500)}")
+        raise BoxError(f"{what} failed: {tail((r.stderr or r.stdout).strip(), 500)}")
 
 
 def check_tools() -> None:
@@ -69,7 +69,7 @@ def make_bios_disk(root_img: Path, kernel: Path, initrd: Path, cmdline: str, out
         ["sfdisk", "--no-reread", "--no-tell-kernel", str(out)], input=layout, capture_output=True, text=True
     )
     if r.returncode != 0:
-        raise BoxError(f"sfdisk failed: {ui.tail(r.stderr.strip(), 500)}")
+        raise BoxError(f"sfdisk failed: {tail(r.stderr.strip(), 500)}")
     mbr = next(Path(p) for p in MBR_CANDIDATES if Path(p).is_file()).read_bytes()[:440]
     with open(out, "r+b") as f:
         f.write(mbr)  # boot code only: the partition table sfdisk wrote starts at byte 446

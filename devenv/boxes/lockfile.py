@@ -11,8 +11,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from devenv.core.state import atomic_write, read_bounded
 from devenv.errors import StateError
+from devenv.state import atomic_write, read_bounded
 
 MAX_LOCK_BYTES = 1024 * 1024  # one entry per machine: a few hundred bytes each
 

@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from devenv import ui
 from devenv.errors import BoxError
+from devenv.masking import tail
 
 HOSTNAME = "devenv"
 OUTPUT_TAIL_LINES = 15
@@ -419,7 +419,7 @@ def make_tar(src: Path, out: Path) -> None:
     if result.returncode != 0:
         out_abs.unlink(missing_ok=True)
         raise BoxError(
-            f"tar of {src} failed (exit {result.returncode}): {ui.tail(result.stderr.strip(), 2000)}",
+            f"tar of {src} failed (exit {result.returncode}): {tail(result.stderr.strip(), 2000)}",
             hint="check free space where the tar file goes and that nothing changes the tree meanwhile",
         )
 

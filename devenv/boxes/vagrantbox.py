@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from devenv import ui
 from devenv.boxes import archive as boxarchive
 from devenv.boxes import diskcheck
 from devenv.boxes import store as boxes
+from devenv.contract import QUIET, Reporter
 from devenv.errors import BoxError
 from devenv.model.schema import USER_NAME_PATTERN
 
@@ -156,7 +156,7 @@ class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None) -> Path:
+def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None, reporter: Reporter = QUIET) -> Path:
     """A local path or a file:// / http(s):// URL, downloaded to a temp file first (no partial file).
 
     A download is capped at `max_bytes` (default: DEVENV_BOX_MAX_SIZE): a Content-Length over it is
@@ -179,7 +179,7 @@ def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None) -> Path
     tmp = dest.with_name(f".{dest.name}.part")
     opener = urllib.request.build_opener(_SameSchemeRedirects)
     try:
-        with ui.progress(None, f"downloading {url_or_path}"):
+        with reporter.progress(None, f"downloading {url_or_path}"):
             with opener.open(url_or_path, timeout=60) as r, open(tmp, "wb") as f:
                 length = (r.headers.get("Content-Length") or "").strip()
                 expected = int(length) if length.isdigit() else None
@@ -358,6 +358,7 @@ def add(
     version: str | None = None,
     checksum: str | None = None,
     insecure: bool = False,
+    reporter: Reporter = QUIET,
 ) -> boxes.StoredBox:
     """`devenv box add SOURCE`: a catalog (.json) or a .box file (a path or a URL).
 
@@ -374,7 +375,7 @@ def add(
                 "--checksum is for a .box file; a catalog carries the checksum of each of its boxes",
                 hint=f"run `devenv box add {source}` without --checksum",
             )
-        return add_from_catalog(source, version=version, name=name)
+        return add_from_catalog(source, version=version, name=name, reporter=reporter)
     parsed = parse_checksum(checksum)
     remote = _is_remote(source)
     if remote and parsed is None and not insecure:
@@ -394,7 +395,7 @@ def add(
     if remote and parsed is None:
         origin["insecure"] = True
     with tempfile.TemporaryDirectory(prefix="devenv-download-") as tmp:
-        path = fetch(source, Path(tmp) / "download.box")
+        path = fetch(source, Path(tmp) / "download.box", reporter=reporter)
         return add_box_file(Path(path), name=name or stem, version=version or "0", checksum=checksum, source=origin)
 
 
@@ -404,7 +405,9 @@ def _catalog_str(value: object, what: str) -> str:
     return str(value)
 
 
-def add_from_catalog(catalog_ref: str, *, version: str | None = None, name: str | None = None) -> boxes.StoredBox:
+def add_from_catalog(
+    catalog_ref: str, *, version: str | None = None, name: str | None = None, reporter: Reporter = QUIET
+) -> boxes.StoredBox:
     """Resolve a Vagrant catalog (JSON): the newest (or given) version with a libvirt provider.
 
     A remote catalog may point only at http(s) URLs (never file:, never the user's own disk); the
@@ -412,7 +415,7 @@ def add_from_catalog(catalog_ref: str, *, version: str | None = None, name: str 
     """
     remote = _is_remote(catalog_ref)
     with tempfile.TemporaryDirectory(prefix="devenv-catalog-") as d:
-        path = fetch(catalog_ref, Path(d) / "catalog.json", max_bytes=CATALOG_MAX)
+        path = fetch(catalog_ref, Path(d) / "catalog.json", max_bytes=CATALOG_MAX, reporter=reporter)
         try:
             cat = json.loads(Path(path).read_bytes().decode("utf-8"))
         except (ValueError, RecursionError) as exc:
@@ -451,7 +454,7 @@ def add_from_catalog(catalog_ref: str, *, version: str | None = None, name: str 
                 "point only at http:// or https:// URLs",
                 hint="nothing was read from this machine; tell the catalog's publisher",
             )
-        box_path = fetch(url, Path(d) / "download.box")
+        box_path = fetch(url, Path(d) / "download.box", reporter=reporter)
         source = {"url": url, "catalog": catalog_ref}
         return add_box_file(
             Path(box_path), name=box_name, version=ver, checksum=checksum, provider="libvirt", source=source

@@ -20,8 +20,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from devenv import __version__, ui
-from devenv.errors import BackendUnavailable, BoxError, DevenvError, DevfileError, UsageError
+from devenv import __version__
+from devenv.cli import ui
+from devenv.errors import DevenvError, DevfileError, UsageError
 
 app = typer.Typer(
     name="devenv",
@@ -33,9 +34,9 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-box_app = typer.Typer(
-    help="Build, list and remove boxes (machine images).", no_args_is_help=True, suggest_commands=False
-)
+# `devenv box ...` lives in devenv/cli/box.py (its box code loads only when a box command runs).
+from devenv.cli.box import box_app  # noqa: E402
+
 app.add_typer(box_app, name="box")
 snapshot_app = typer.Typer(
     help="Save and restore VM snapshots (libvirt).", no_args_is_help=True, suggest_commands=False
@@ -124,12 +125,23 @@ def _main(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and engine details")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only print results and errors")] = False,
+    progress: Annotated[
+        str,
+        typer.Option(
+            "--progress",
+            help="How progress is shown on stderr: text (==> lines) or json (one JSON event per line)",
+            metavar="text|json",
+        ),
+    ] = "text",
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version")
     ] = False,
 ) -> None:
     _options["file"] = file
-    ui.configure(quiet=quiet, debug=debug or bool(os.environ.get("DEVENV_DEBUG")))
+    if progress not in ("text", "json"):
+        ui.error(f"--progress {progress!r}: not one of text, json", "devenv --progress json up")
+        raise typer.Exit(2)
+    ui.configure(quiet=quiet, debug=debug or bool(os.environ.get("DEVENV_DEBUG")), json_lines=progress == "json")
 
 
 def _devfile():
@@ -140,15 +152,16 @@ def _devfile():
 
 
 def _project():
+    from devenv.cli.render import reporter
     from devenv.core.project import Project
 
-    return Project(_devfile())
+    return Project(_devfile(), reporter())
 
 
 def _host_notice(df, box: str | None = None) -> None:
     """Once per project: what in the Devfile (and the box recipes it builds from, ``box`` = `up
     --box`) runs code on this host (ansible) or reads host files."""
-    from devenv.model.devfile import first_use_notice
+    from devenv.state import first_use_notice
 
     text = first_use_notice(df, extra_boxes=(box,) if box else ())
     if text:
@@ -340,9 +353,11 @@ def status(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per machine, in an array")] = False,
 ) -> None:
     """Show each machine's state, provisioning drift and ports (asked live from the engine)."""
+    from devenv.cli.status import as_json, provision_text, settings_text
+
     rows = _project().status(names)
     if json_out:
-        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        print(json.dumps([as_json(r) for r in rows], indent=2))
         return
     width = max((len(r.name) for r in rows), default=4)
     for r in rows:
@@ -352,9 +367,9 @@ def status(
         if r.baked_steps:
             ui.say(f"{'':<{width}}  from the box: steps {', '.join(f'[{i}]' for i in r.baked_steps)}")
         if r.provision not in ("up to date", "no steps", "not created"):
-            ui.say(f"{'':<{width}}  provision: {r.provision}")
-        if r.settings != "up to date":
-            ui.say(f"{'':<{width}}  settings: {r.settings}")
+            ui.say(f"{'':<{width}}  provision: {provision_text(r)}")
+        if r.drift:
+            ui.say(f"{'':<{width}}  settings: {settings_text(r)}")
         for p in r.ports:
             ui.say(f"{'':<{width}}  port {p}")
 
@@ -389,11 +404,12 @@ def global_status(
     prune: Annotated[bool, typer.Option("--prune", help="Forget machines whose project or machine is gone")] = False,
 ) -> None:
     """Every machine devenv made on this host, across projects."""
+    from devenv.cli.render import reporter
     from devenv.contract import MachineState
-    from devenv.core.state import GlobalIndex
-    from devenv.drivers import get_driver
+    from devenv.plugins import get_driver
+    from devenv.state import GlobalIndex
 
-    index = GlobalIndex()
+    index = GlobalIndex(reporter=reporter())
     rows = []
     for e in index.entries():
         try:
@@ -427,7 +443,7 @@ def ssh(
 ) -> int:
     """Open a shell in a machine, or run one command with -c."""
     project = _project()
-    return project.ssh(project.only_machine(name, "ssh"), command)
+    return project.ssh(project.only_machine(name, "ssh"), command, out=ui.stdout_line, err=ui.stderr_line)
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})
@@ -444,7 +460,7 @@ def exec_(
         argv = argv[1:]
     if not argv:
         raise UsageError("no command given", hint=f"devenv exec {name} -- COMMAND [ARGS...]")
-    return _project().exec(name, argv, interactive=interactive)
+    return _project().exec(name, argv, interactive=interactive, out=ui.stdout_line, err=ui.stderr_line)
 
 
 @app.command()
@@ -563,288 +579,12 @@ def snapshot_list(name: MachineArg, json_out: Annotated[bool, typer.Option("--js
         ui.say("(no snapshots)")
 
 
-# -- boxes -------------------------------------------------------------------------------------
-
-
-def _project_root() -> Path | None:
-    from devenv.model import devfile
-
-    try:
-        path = _options["file"].resolve() if _options["file"] else devfile.find_devfile()
-        return path.parent
-    except DevenvError:
-        # No Devfile (yet): recipes in ./boxes still count, as when building boxes in a repo of boxes.
-        return Path.cwd()
-
-
-@box_app.command("build")
-@handle_errors
-def box_build(
-    name: Annotated[str, typer.Argument(help="Box recipe name (boxes/NAME.toml)")],
-    output: Annotated[
-        Optional[list[str]], typer.Option("--output", help="Only these outputs (docker, libvirt)")
-    ] = None,
-    pull: Annotated[bool, typer.Option("--pull", help="Allow pulling a base image from a registry")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even when the box exists")] = False,
-) -> None:
-    """Build a box's outputs from its recipe, tagged with its version."""
-    from devenv.boxes import store as boxes
-    from devenv.drivers import get_driver
-    from devenv.model.devfile import reach_notice, recipe_reach
-
-    root = _project_root()
-    recipe = boxes.find_recipe(boxes.parse_ref(name), root)
-    # Baking runs the recipe's steps: an ansible one runs on this host, as in a Devfile.
-    notice = reach_notice(root or Path.cwd(), recipe_reach(recipe), f"the box recipe {recipe.path}")
-    if notice:
-        ui.warn(notice)
-    outputs = list(output or recipe.outputs)
-    for out in outputs:
-        if out not in recipe.outputs:
-            raise UsageError(f"box {recipe.name} has no '{out}' output (it has: {', '.join(recipe.outputs)})")
-    label = f"{recipe.name}@{recipe.version}"
-    if "docker" in outputs:
-        driver = get_driver("docker")
-        driver.check_available()
-        existing = [b for b in driver.list_boxes() if b["tag"] == recipe.docker_tag]
-        if existing and not force:
-            ui.info(None, f"box {label} (docker) exists ({existing[0]['digest'][:19]}); --force rebuilds it")
-        else:
-            img = driver.build_box(recipe, pull=pull)
-            ui.info(None, f"built {recipe.docker_tag} ({img['Id'][:19]})")
-    if "libvirt" in outputs:
-        from devenv.boxes import vmbuild as vmbox
-
-        stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
-        if stored and not force:
-            ui.info(None, f"box {label} (libvirt) exists in {stored.folder}; --force rebuilds it")
-        else:
-            if stored:
-                boxes.ensure_unused(stored, "rebuild")  # before minutes of building, not after
-            stored = vmbox.build_libvirt_box(recipe)
-            ui.info(None, f"built {label} (libvirt) in {stored.folder} (disk sha256:{stored.digest()[:16]}...)")
-    if "vagrant" in outputs:
-        import tempfile
-
-        from devenv.boxes import vagrantbox as boxfile
-        from devenv.boxes import vmbuild as vmbox
-
-        stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
-        if stored is None:
-            stored = vmbox.build_libvirt_box(recipe)
-        existing = boxes.find_stored(recipe.name, recipe.version, "vagrant-libvirt")
-        if existing and not force and existing.meta.get("from_disk") == stored.digest():
-            ui.info(None, f"box {label} (.box) exists: {existing.file('box')}")
-        else:
-            with tempfile.TemporaryDirectory(dir=boxes.store_root()) as tmp, ui.progress(None, "packing the .box"):
-                out = boxfile.write_libvirt_box(stored, Path(tmp) / f"{recipe.name}-{recipe.version}-libvirt.box")
-                existing = boxes.store_box(
-                    recipe.name, recipe.version, "vagrant-libvirt", {"box": out}, {"from_disk": stored.digest()}
-                )
-            ui.info(None, f"built {label} (.box for Vagrant's libvirt provider): {existing.file('box')}")
-        existing = boxes.find_stored(recipe.name, recipe.version, "vagrant-virtualbox")
-        if existing and not force and existing.meta.get("from_disk") == stored.digest():
-            ui.info(None, f"box {label} (.box, virtualbox) exists: {existing.file('box')}")
-        else:
-            name = f"{recipe.name}-{recipe.version}-virtualbox.box"
-            with (
-                tempfile.TemporaryDirectory(dir=boxes.store_root()) as tmp,
-                ui.progress(None, "packing the .box for VirtualBox (BIOS-bootable disk, VMDK, OVF)"),
-            ):
-                out = boxfile.write_virtualbox_box(stored, Path(tmp) / name)
-                existing = boxes.store_box(
-                    recipe.name, recipe.version, "vagrant-virtualbox", {"box": out}, {"from_disk": stored.digest()}
-                )
-            ui.info(None, f"built {label} (.box for Vagrant's virtualbox provider): {existing.file('box')}")
-
-
-@box_app.command("add")
-@handle_errors
-def box_add(
-    source: Annotated[str, typer.Argument(help="A .box file (path or URL) or a Vagrant box catalog (JSON)")],
-    name: Annotated[Optional[str], typer.Option("--name", help="Box name (default: from the file name)")] = None,
-    version: Annotated[Optional[str], typer.Option("--version", help="Box version (catalog: default newest)")] = None,
-    checksum: Annotated[
-        Optional[str], typer.Option("--checksum", help="sha256:HEX or sha512:HEX the file must have")
-    ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Add a downloaded box without a checksum (recorded in its source)")
-    ] = False,
-) -> None:
-    """Add a box to the box store, verifying its checksum (a mismatch is refused)."""
-    from devenv.boxes import vagrantbox as boxfile
-
-    stored = boxfile.add(source, name=name, version=version, checksum=checksum, insecure=insecure)
-    if stored.meta.get("source", {}).get("insecure"):
-        ui.warn(f"{stored.name}@{stored.version} was added without a checksum: nothing proves it is the published box")
-    ui.info(None, f"added {stored.name}@{stored.version} ({stored.provider}) from {source}")
-
-
-@box_app.command("prune")
-@handle_errors
-def box_prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go")] = False) -> None:
-    """Remove old box versions: keeps the newest of each box and every version a lock file or machine uses."""
-    from devenv.boxes import store as boxes
-    from devenv.boxes.lockfile import Lockfile
-    from devenv.core.state import GlobalIndex, ProjectState
-    from devenv.drivers import get_driver
-    from devenv.errors import StateError
-
-    keep: set[tuple[str, str]] = set()
-
-    def keep_locked(root: Path) -> None:
-        from devenv.model.devfile import DEVFILE_NAMES
-
-        # Every name a Devfile may have has its own lock (Devfile.lock, Devfile.toml.lock).
-        for name in DEVFILE_NAMES:
-            try:
-                for m in Lockfile(root / name).entries.values():
-                    keep.add((m.box, m.version))
-            except StateError as exc:
-                ui.warn(f"{exc.message}; its boxes are kept")
-
-    for e in GlobalIndex().entries():
-        root = Path(e.get("root", ""))
-        try:  # state and lock files are read as every command reads them: no links, bounded, typed
-            st = ProjectState(root).load(str(e.get("machine")))
-        except StateError:
-            st = None
-        b = (st or {}).get("box") or {}
-        if isinstance(b, dict):
-            keep.add((b.get("name"), b.get("version")))
-        keep_locked(root)
-    project_root = _project_root()
-    if project_root:
-        keep_locked(project_root)
-    found: list[tuple[str, str, str]] = []  # name, version, provider
-    try:
-        driver = get_driver("docker")
-        driver.check_available()
-        found += [(b["name"], b["version"], "docker") for b in driver.list_boxes() if b["tag"]]
-    except BackendUnavailable as exc:
-        driver = None
-        ui.warn(f"docker boxes not checked: {exc.message}")
-    found += [(b.name, b.version, b.provider) for b in boxes.list_stored()]
-    newest: dict[str, str] = {}
-    for name, version, _ in found:
-        if name not in newest or boxes.version_key(version) > boxes.version_key(newest[name]):
-            newest[name] = version
-    gone = 0
-    for name, version, provider in sorted(set(found)):
-        if (name, version) in keep or newest.get(name) == version:
-            continue
-        stored = boxes.find_stored(name, version, provider) if provider != "docker" else None
-        users = boxes.disk_users(stored.folder) if stored else []
-        if users:
-            # A machine outside every known project (its folder moved, say) still boots from it.
-            ui.info(None, f"keeping {name}@{version} ({provider}): the disks of {', '.join(users)} are built on it")
-            continue
-        ui.info(None, f"{'would remove' if dry_run else 'removing'} {name}@{version} ({provider})")
-        gone += 1
-        if dry_run:
-            continue
-        if provider == "docker" and driver is not None:
-            driver.remove_box(name, version)
-        else:
-            boxes.remove_stored(name, version, provider)
-    if not gone:
-        ui.info(None, "nothing to prune")
-
-
-@box_app.command("update")
-@handle_errors
-def box_update(names: NamesArg = None) -> None:
-    """Move Devfile.lock to the newest box version available for each machine."""
-    changes = _project().box_update(names)
-    for machine, old, new in changes:
-        ui.info(machine, f"Devfile.lock: {old or '(none)'} -> {new}")
-    if not changes:
-        ui.info(None, "Devfile.lock is up to date")
-
-
-@box_app.command("list")
-@handle_errors
-def box_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List built boxes (every provider) and the recipes that can be built."""
-    from devenv.boxes import store as boxes
-    from devenv.drivers import get_driver
-
-    built: list[dict] = []
-    try:
-        driver = get_driver("docker")
-        driver.check_available()
-        built += driver.list_boxes()
-    except DevenvError as exc:
-        ui.warn(f"docker boxes not listed: {exc.message}")
-    for b in boxes.list_stored():
-        disk = b.file("disk")
-        built.append(
-            {
-                "name": b.name,
-                "version": b.version,
-                "provider": b.provider,
-                "tag": None,
-                "digest": "sha256:" + (b.digest() or ""),
-                "size": disk.stat().st_size if disk else None,
-                "path": str(b.folder),
-            }
-        )
-    recipes = boxes.list_recipes(_project_root())
-    if json_out:
-        rec = [
-            {
-                "name": r.name,
-                "version": r.version,
-                "description": r.description,
-                "outputs": list(r.outputs),
-                "path": str(r.path),
-            }
-            for r in recipes.values()
-        ]
-        print(json.dumps({"built": built, "recipes": rec}, indent=2))
-        return
-    ui.say("built:")
-    if not built:
-        ui.say("  (none)")
-    for b in built:
-        size = f"{(b['size'] or 0) / 1e6:.0f} MB"
-        ui.say(f"  {b['name']}@{b['version']:<12} {b['provider']:<8} {size:>8}  {b['digest'][:19]}")
-    ui.say("recipes:")
-    for r in recipes.values():
-        ui.say(f"  {r.name}@{r.version:<12} {','.join(r.outputs):<15} {r.description}")
-
-
-@box_app.command("remove")
-@handle_errors
-def box_remove(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]) -> None:
-    """Remove a built box (all its versions and providers unless a version is named)."""
-    from devenv.boxes import store as boxes
-    from devenv.drivers import get_driver
-
-    ref = boxes.parse_ref(name)
-    boxes.check_name(ref.name, "box name")  # before any engine or folder is touched
-    if ref.version is not None:
-        boxes.check_name(ref.version, "box version")
-    removed: list[str] = []
-    try:
-        driver = get_driver("docker")
-        driver.check_available()
-        removed += driver.remove_box(ref.name, ref.version)
-    except BackendUnavailable as exc:
-        ui.warn(f"docker boxes not checked: {exc.message}")
-    removed += boxes.remove_stored(ref.name, ref.version)
-    if not removed:
-        raise BoxError(f"no built box named {name}", hint="`devenv box list` shows the built boxes")
-    for tag in removed:
-        ui.info(None, f"removed {tag}")
-
-
 from devenv.cli import vagrant_import as _vagrant_import  # noqa: E402
 
 _vagrant_import.register(app)
 
 
-_GLOBAL_WITH_VALUE = {"-f", "--file"}
+_GLOBAL_WITH_VALUE = {"-f", "--file", "--progress"}
 
 
 def _command_word(argv: list[str]) -> str | None:

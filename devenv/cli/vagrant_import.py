@@ -74,10 +74,10 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Overwrite the -o file when it exists")] = False,
     ) -> None:
         """Print the Devfile machines that run an existing Vagrant project's machines (driver = "vagrant")."""
-        from devenv import ui
-        from devenv.drivers import get_driver
+        from devenv.cli import ui
         from devenv.drivers.vagrant.driver import find_vagrantfile
         from devenv.errors import UsageError
+        from devenv.plugins import get_driver
 
         folder = path.expanduser().resolve()
         if not folder.is_dir():

@@ -6,9 +6,13 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devenv.drivers.hostports import port_free
 from devenv.errors import DevenvError
+
+if TYPE_CHECKING:
+    from devenv.model.devfile import Machine
 
 
 @dataclass
@@ -25,21 +29,14 @@ class Check:
 
 def _engine(name: str, needed: bool, machine=None) -> Check:
     """The engine a driver uses (the one `machine` names, e.g. its own libvirt URI)."""
-    from devenv.drivers import get_driver
+    from devenv.plugins import get_driver
 
     try:
         driver = get_driver(name)
         driver.check_available(machine)
     except DevenvError as exc:
         return Check(name, "missing", exc.message, exc.hint or "", needed)
-    if name == "docker":
-        info = driver.engine.version()
-        return Check(name, "ok", f"engine {info.get('Version')} at {driver.endpoint()}", "", needed)
-    if name == "libvirt":
-        conn = driver.conn(driver._uri_for(machine) if machine is not None else None)
-        v = conn.getLibVersion()
-        return Check(name, "ok", f"libvirt {v // 1000000}.{v // 1000 % 1000} at {conn.getURI()}", "", needed)
-    return Check(name, "ok", "available", "", needed)
+    return Check(name, "ok", driver.describe_engine(machine), "", needed)
 
 
 def _tool(name: str, cmd: list[str], fix: str, needed: bool, what: str, path: str | None = None) -> Check:
@@ -68,7 +65,7 @@ def _ansible_playbook() -> str | None:
 
 def _libvirt_checks(machines: list) -> list[Check]:
     """One check per libvirt the Devfile's machines use (qemu:///session, a remote URI, ...)."""
-    per_uri = {}
+    per_uri: dict[str | None, Machine] = {}
     for m in machines:
         if m.driver == "libvirt":
             per_uri.setdefault(m.driver_options().get("uri"), m)
@@ -82,8 +79,8 @@ def _libvirt_checks(machines: list) -> list[Check]:
 
 
 def run_checks(project=None) -> list[Check]:
-    from devenv.core.state import data_dir
     from devenv.drivers.libvirt.driver import hardware_virt_usable
+    from devenv.state import data_dir
 
     machines = list(project.devfile.machines.values()) if project else []
     drivers = {m.driver for m in machines}

@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from devenv import ui
-from devenv.contract import Driver, MachineState, Ownership, Suspend, Target
-from devenv.core.state import GlobalIndex, ProjectState
-from devenv.drivers import get_driver
+from devenv.contract import (
+    QUIET,
+    ApplySettings,
+    BoxArtifact,
+    CopySync,
+    Driver,
+    MachineState,
+    OutputFn,
+    Ownership,
+    Package,
+    Reporter,
+    Snapshots,
+    Suspend,
+    Target,
+    role,
+)
+from devenv.core.status import FAILED, NO_STEPS, NOT_CREATED, STALE, UP_TO_DATE, MachineStatus, StaleStep
 from devenv.errors import (
     DevenvError,
     MachineStateError,
@@ -26,9 +38,27 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
+from devenv.masking import add_secret
 from devenv.model.devfile import Devfile, Machine, Secret, Step, check_sync_at_use
 from devenv.model.schema import did_you_mean
+from devenv.plugins import get_driver
 from devenv.provisioners import fingerprint, run_step
+from devenv.state import GlobalIndex, ProjectState
+
+
+@dataclass(frozen=True)
+class BoxChoice:
+    """How one `up` picks boxes: `--box REF` for the machines it names, and `--frozen`."""
+
+    override: str | None = None
+    names: frozenset[str] = frozenset()
+    frozen: bool = False
+
+    def box_for(self, name: str) -> str | None:
+        return self.override if self.override and name in self.names else None
+
+
+NO_CHOICE = BoxChoice()
 
 
 @dataclass
@@ -37,40 +67,6 @@ class StepPlan:
     fingerprint: str
     action: str  # "run" | "skip" | "never"
     reason: str
-
-
-@dataclass
-class MachineStatus:
-    name: str
-    driver: str
-    state: MachineState
-    box: str | None
-    provision: str
-    stale_step: int | None
-    settings: str
-    ports: list[str]
-    sync: str | None
-    handle: str | None
-    action: str | None = None  # "reload" or "recreate" when the Devfile drifted from the machine
-    box_digest: str | None = None
-    baked_steps: list[int] = field(default_factory=list)  # provision steps that came with the box
-
-    def as_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "driver": self.driver,
-            "state": str(self.state),
-            "box": self.box,
-            "provision": self.provision,
-            "stale_step": self.stale_step,
-            "settings": self.settings,
-            "ports": self.ports,
-            "sync": self.sync,
-            "handle": self.handle,
-            "action": self.action,
-            "box_digest": self.box_digest,
-            "baked_steps": self.baked_steps,
-        }
 
 
 def resolve_env(machine: Machine, root: Path) -> dict[str, str]:
@@ -89,7 +85,7 @@ def resolve_env(machine: Machine, root: Path) -> dict[str, str]:
                 raise UsageError(
                     f"machine '{machine.name}': env {k} comes from {v.from_file}, which cannot be read: {exc.strerror}"
                 ) from exc
-            ui.add_secret(value)
+            add_secret(value)
             out[k] = value
         else:
             out[k] = v
@@ -126,11 +122,12 @@ def boxes_differ(name: str, version: str | None, ref: str) -> bool:
 
 
 class Project:
-    def __init__(self, devfile: Devfile) -> None:
+    def __init__(self, devfile: Devfile, reporter: Reporter = QUIET) -> None:
         self.devfile = devfile
+        self.reporter = reporter  # every part this project uses reports through it; the CLI renders
         self.root = devfile.root
-        self.state = ProjectState(self.root)
-        self.index = GlobalIndex()
+        self.state = ProjectState(self.root, reporter)
+        self.index = GlobalIndex(reporter=reporter)
         self._box_locks: dict[str, threading.Lock] = {}
         self._box_locks_guard = threading.Lock()
         self._created_now: dict[str, str] = {}  # machines this command created: name -> handle
@@ -141,9 +138,6 @@ class Project:
 
         self.lock = Lockfile(devfile.path)
         self._mask_secrets()
-        self.frozen = False
-        self.box_override: str | None = None
-        self._override_names: set[str] = set()
 
     def _mask_secrets(self) -> None:
         """Know every secret value up front, so no command prints one (the machine's output included)."""
@@ -151,7 +145,7 @@ class Project:
             for v in m.env.values():
                 if isinstance(v, Secret):
                     try:
-                        ui.add_secret(v.read(self.root))
+                        add_secret(v.read(self.root))
                     except (KeyError, OSError):
                         pass  # reported by the command that needs the value
 
@@ -185,16 +179,19 @@ class Project:
         self.names([name])
         return self.devfile.machines[name]
 
-    def target(self, name: str) -> Target:
+    def target(self, name: str, box: str | None = None) -> Target:
+        """The machine as its driver sees it; ``box`` replaces the Devfile's (`up --box`)."""
         m = self.devfile.machines[name]
-        if self.box_override and name in self._override_names:
+        if box:
             import dataclasses
 
-            m = dataclasses.replace(m, box=self.box_override)
+            m = dataclasses.replace(m, box=box)
         return Target(self.devfile.project_id, self.root, m)
 
     def driver(self, name: str) -> Driver:
-        return get_driver(self.devfile.machines[name].driver)
+        driver = get_driver(self.devfile.machines[name].driver)
+        driver.reporter = self.reporter
+        return driver
 
     def handle(self, name: str, *, tolerant: bool = False) -> str | None:
         """The machine's engine handle: from state when the engine confirms it, else by its labels.
@@ -213,7 +210,7 @@ class Project:
                 return recorded
             if owner is Ownership.FOREIGN and name not in self._distrusted:
                 self._distrusted.add(name)
-                ui.warn(
+                self.reporter.warn(
                     f"{name}: {self.state.machine_file(name)} names {json.dumps(recorded[:100])}, which is not this "
                     f"project's machine '{name}' (it lacks this project's labels): ignoring it and finding "
                     "the machine by its labels"
@@ -258,7 +255,8 @@ class Project:
             if errors:
                 for e in errors[1:]:
                     if isinstance(e, DevenvError):
-                        ui.error(e.message, e.hint)
+                        # The first error is raised; the others would be lost: report them as well.
+                        self.reporter.error(e.message, e.hint)
                 raise errors[0]
 
     def _box_lock(self, box: str) -> threading.Lock:
@@ -270,15 +268,14 @@ class Project:
         self, names: list[str] | None = None, *, provision: bool = True, box: str | None = None, frozen: bool = False
     ) -> None:
         wanted = self.names(names)
-        self.frozen = frozen
-        if box:
-            # `up --box REF`: boot exactly this artifact (e.g. the production box) for these machines.
-            self.box_override = box
-            self._override_names = set(wanted)
+        # `up --box REF`: boot exactly this artifact (e.g. the production box) for these machines.
+        choice = BoxChoice(box, frozenset(wanted) if box else frozenset(), frozen)
         self._preflight(self.devfile.levels(wanted))
         with self.state.lock("up"):
             try:
-                self._run_levels(self.devfile.levels(wanted), lambda n: self._up_one(n, provision=provision))
+                self._run_levels(
+                    self.devfile.levels(wanted), lambda n: self._up_one(n, provision=provision, choice=choice)
+                )
             except KeyboardInterrupt:
                 self._undo_created()
                 raise
@@ -295,58 +292,62 @@ class Project:
         with self._created_guard:
             created = dict(self._created_now)
         for name, handle in created.items():
-            ui.info(name, "interrupted: removing the machine being created")
+            self.reporter.info(name, "interrupted: removing the machine being created")
             try:
                 self.driver(name).destroy(handle)
             finally:
                 self.state.remove(name)
                 self.index.forget(self.devfile.project_id, name)
 
-    def _up_one(self, name: str, *, provision: bool) -> None:
+    def _up_one(self, name: str, *, provision: bool, choice: BoxChoice = NO_CHOICE) -> None:
         driver = self.driver(name)
         driver.check_available(self.devfile.machines[name])
-        target = self.target(name)
+        override = choice.box_for(name)
+        target = self.target(name, override)
         check_sync_at_use(target.machine, self.root)  # the engine follows links when it mounts at start
         st = self.state.load(name) or {}
         handle = self.handle(name)
         live = driver.state(handle) if handle else MachineState.NOT_CREATED
-        if self.box_override and name in self._override_names and live is not MachineState.NOT_CREATED:
+        if override and live is not MachineState.NOT_CREATED:
             made_from = (st.get("box") or {}).get("name")
-            if made_from and boxes_differ(made_from, (st.get("box") or {}).get("version"), self.box_override):
+            if made_from and boxes_differ(made_from, (st.get("box") or {}).get("version"), override):
                 raise MachineStateError(
                     f"machine '{name}' already exists (from box {made_from}); --box applies when a machine is made",
-                    hint=f"`devenv destroy {name}` first, then `devenv up {name} --box {self.box_override}`",
+                    hint=f"`devenv destroy {name}` first, then `devenv up {name} --box {override}`",
                 )
         if live is MachineState.NOT_CREATED:
             if st.get("handle") and name not in self._distrusted:
-                ui.info(name, "the machine is gone from the engine: creating it again")
+                self.reporter.info(name, "the machine is gone from the engine: creating it again")
                 st = {}
-            handle = self._create(name, target, driver)
+            handle = self._create(name, target, driver, choice)
             st = self.state.load(name) or {}
+        elif handle is None:  # not reached: a live state other than NOT_CREATED comes with a handle
+            raise MachineStateError(f"machine '{name}' has no handle")
         elif live is MachineState.STOPPED:
-            ui.info(name, "starting")
+            self.reporter.phase(name, "start", "starting")
             driver.start(handle)
+            self.reporter.phase(name, "started", "")
         elif live is MachineState.SUSPENDED:
-            if not isinstance(driver, Suspend):
+            if (sus := role(driver, Suspend)) is None:
                 raise UnsupportedOperation(f"machine '{name}' is suspended and {driver.name} cannot resume it")
-            ui.info(name, "resuming")
-            driver.resume(handle)
+            self.reporter.info(name, "resuming")
+            sus.resume(handle)
         else:
-            ui.info(name, "already running")
+            self.reporter.info(name, "already running")
         if st.get("handle") != handle:
             # Another machine than the one the state describes (found by its labels after a crash
             # or a lost .devenv/): nothing recorded about the old one holds for it, so every step runs.
             if st.get("handle"):
-                ui.info(name, "state described another machine: provisioning this one from the start")
+                self.reporter.info(name, "state described another machine: provisioning this one from the start")
             st = {"driver": driver.name, "handle": handle, "steps": []}
             self.state.save(name, st)
         if self.drift(name, st):
-            ui.warn(
+            self.reporter.warn(
                 f"{name}: the Devfile's settings changed since the machine was created; "
                 f"run `devenv reload {name}` to apply them"
             )
         for b in driver.ports(handle):
-            ui.info(name, f"port {b}")
+            self.reporter.info(name, f"port {b}")
         if live is not MachineState.RUNNING:
             self._push_sync(name, handle)
         try:
@@ -360,61 +361,74 @@ class Project:
         # Made and provisioned: from now on an interruption elsewhere does not remove it.
         with self._created_guard:
             self._created_now.pop(name, None)
+        self.reporter.phase(name, "ready", "")
 
-    def _resolve_box(self, name: str, target: Target, driver: Driver):
-        """Prepare the machine's box, pinned by Devfile.lock; record it there (unless --frozen)."""
+    def _resolve_box(self, name: str, target: Target, driver: Driver, choice: BoxChoice) -> BoxArtifact:
+        """Prepare the machine's box, pinned by Devfile.lock; record it there (unless --frozen).
+
+        A box the engine or the store lacks is built from its recipe first (the box subsystem's
+        ensure_built); the driver's prepare_box then only looks it up."""
+        from devenv.boxes.builders import ensure_built
         from devenv.boxes.lockfile import LockEntry
-        from devenv.boxes.store import parse_ref
+        from devenv.model.recipe import parse_ref
 
         m = target.machine
-        if self.box_override and name in self._override_names:
-            ui.info(name, f"using box {self.box_override} (--box; Devfile.lock is not changed)")
-            with self._box_lock(self.box_override):
-                return driver.prepare_box(target, self.box_override)
+        override = choice.box_for(name)
+        if override:
+            self.reporter.info(name, f"using box {override} (--box; Devfile.lock is not changed)")
+            with self._box_lock(override):
+                ensure_built(override, driver, target, self.reporter)
+                return driver.prepare_box(target, override)
         ref = parse_ref(m.box or "")
         entry = self.lock.get(name)
         wanted = m.box or ""
-        locked = entry is not None and entry.box == ref.name and entry.provider == driver.name
-        if locked and ref.kind == "recipe" and not ref.version and entry.version:
-            wanted = f"{ref.name}@{entry.version}"
-        elif self.frozen and not locked:
+        # The lock entry that pins this machine's box, if it is for this box and driver.
+        locked = entry if entry is not None and entry.box == ref.name and entry.provider == driver.name else None
+        if locked and ref.kind == "recipe" and not ref.version and locked.version:
+            wanted = f"{ref.name}@{locked.version}"
+        elif choice.frozen and not locked:
             raise UsageError(
                 f"--frozen: Devfile.lock has no {driver.name} box for machine '{name}' ({m.box})",
                 hint="run `devenv up` without --frozen (or `devenv box update`) and commit Devfile.lock",
             )
         with self._box_lock(wanted):
             try:
+                ensure_built(wanted, driver, target, self.reporter)
                 box = driver.prepare_box(target, wanted)
             except DevenvError as exc:
                 if locked and wanted != (m.box or ""):
                     raise type(exc)(
-                        f"{exc.message} (Devfile.lock pins {entry.describe()})",
+                        f"{exc.message} (Devfile.lock pins {locked.describe()})",
                         hint="`devenv box update` moves the lock to the version available here",
                     ) from exc
                 raise
         new = LockEntry(box.name, box.version, driver.name, box.digest)
-        if locked and entry.digest and box.digest != entry.digest:
-            msg = f"{name}: box {box.name}@{box.version} here has digest {box.digest}, Devfile.lock says {entry.digest}"
-            if self.frozen:
+        if locked and locked.digest and box.digest != locked.digest:
+            here = f"{name}: box {box.name}@{box.version} here has digest {box.digest}"
+            msg = f"{here}, Devfile.lock says {locked.digest}"
+            if choice.frozen:
                 raise UsageError(
                     f"--frozen: {msg}",
                     hint="get the locked artifact (`devenv box add`), or accept this one with `devenv box update`",
                 )
-            ui.warn(msg + " (a local build differs from the locked one; the lock is unchanged)")
+            self.reporter.warn(msg + " (a local build differs from the locked one; the lock is unchanged)")
         elif entry != new and not locked:
             self.lock.set(name, new)
         return box
 
-    def _create(self, name: str, target: Target, driver: Driver) -> str:
+    def _create(self, name: str, target: Target, driver: Driver, choice: BoxChoice) -> str:
         m = target.machine
-        box = self._resolve_box(name, target, driver)
+        box = self._resolve_box(name, target, driver, choice)
         env = resolve_env(m, self.root)
-        ui.info(name, f"creating from {box.name}{'@' + box.version if box.version else ''}")
+        self.reporter.phase(
+            name, "create", f"creating from {box.name}{'@' + box.version if box.version else ''}", box=box.name
+        )
         handle = None
         try:
             self._check_cancel()
             check_sync_at_use(m, self.root)  # again now: a link may have been swapped in since load
             handle = driver.create(target, box, env=env)
+            self.reporter.phase(name, "created", "", driver=driver.name)
             with self._created_guard:
                 self._created_now[name] = handle
             self._check_cancel()
@@ -437,18 +451,19 @@ class Project:
                     "created": int(time.time()),
                 },
             )
-            ui.info(name, "starting")
+            self.reporter.phase(name, "start", "starting")
             driver.start(handle)
+            self.reporter.phase(name, "started", "")
             self._check_cancel()
         except BaseException:
             # Nothing half-created is left behind: remove what this call made, by handle or by label.
             leftover = handle or driver.find(target)
             if leftover:
-                ui.info(name, "removing the machine that failed to come up")
+                self.reporter.info(name, "removing the machine that failed to come up")
                 try:
                     driver.destroy(leftover)
                 except Exception as exc:  # noqa: BLE001 - report the original failure, not the cleanup's
-                    ui.warn(f"{name}: cleanup failed too: {exc}")
+                    self.reporter.warn(f"{name}: cleanup failed too: {exc}")
             self.state.remove(name)
             with self._created_guard:
                 self._created_now.pop(name, None)
@@ -515,7 +530,7 @@ class Project:
         recorded = {i for i, a in enumerate(st.get("steps", [])) if isinstance(a, dict) and a.get("from_box")}
         if from_box and {p.step.index for p in from_box} != recorded:
             for p in from_box:
-                ui.info(name, f"provision {p.step.label}: {p.reason}, skipped")
+                self.reporter.info(name, f"provision {p.step.label}: {p.reason}, skipped")
             steps = list(st.get("steps", []))
             for p in from_box:
                 while len(steps) <= p.step.index:
@@ -523,9 +538,14 @@ class Project:
                 steps[p.step.index] = {"fingerprint": p.fingerprint, "label": p.step.label, "from_box": True}
             st = {**st, "steps": steps}
             self.state.save(name, st)
+        for p in plans:
+            if p.action == "skip":
+                self.reporter.phase(
+                    name, "step-skipped", "", index=p.step.index, step=p.step.label, fingerprint=p.fingerprint
+                )
         if not todo:
             if plans:
-                ui.info(name, "provisioning is up to date")
+                self.reporter.info(name, "provisioning is up to date")
             return
         transport = self._transport(name, handle)
         applied: list = list(st.get("steps", []))
@@ -539,12 +559,15 @@ class Project:
                 continue
             step = p.step
             self._check_cancel()
-            ui.info(name, f"provision {step.label} ({p.reason})")
+            info = {"index": step.index, "step": step.label, "fingerprint": p.fingerprint}
+            self.reporter.phase(name, "step", f"provision {step.label} ({p.reason})", **info, reason=p.reason)
             try:
-                run_step(step, name, self.root, transport)
+                run_step(step, name, self.root, transport, self.reporter)
             except ProvisionError as exc:
                 self.state.save(name, {**st, "steps": applied, "failed_step": step.index})
+                self.reporter.phase(name, "step-failed", "", **info)
                 raise ProvisionError(f"{name}: step {step.label} failed: {exc.message}", hint=exc.hint) from exc
+            self.reporter.phase(name, "step-done", "", **info)
             while len(applied) <= step.index:
                 applied.append(None)
             applied[step.index] = {"fingerprint": p.fingerprint, "label": step.label, "at": int(time.time())}
@@ -567,13 +590,14 @@ class Project:
                 self.driver(n).check_available(self.devfile.machines[n])
                 h, st = self.live_state(n)
                 if st is MachineState.NOT_CREATED:
-                    ui.info(n, "not created")
+                    self.reporter.info(n, "not created")
                 elif st is MachineState.STOPPED:
-                    ui.info(n, "already stopped")
+                    self.reporter.info(n, "already stopped")
                 else:
-                    ui.info(n, "stopping" + (" (forced)" if force else ""))
-                    if st is MachineState.SUSPENDED and isinstance(self.driver(n), Suspend):
-                        self.driver(n).resume(h)
+                    self.reporter.phase(n, "stop", "stopping" + (" (forced)" if force else ""))
+                    assert h is not None  # created: it has a handle
+                    if st is MachineState.SUSPENDED and (sus := role(self.driver(n), Suspend)) is not None:
+                        sus.resume(h)
                     self.driver(n).stop(h, force=force)
 
     def _tolerant_lock(self, command: str):
@@ -586,7 +610,7 @@ class Project:
         try:
             stack.enter_context(self.state.lock(command))
         except StateError as exc:
-            ui.warn(f"{exc.message}; carrying on without the project lock")
+            self.reporter.warn(f"{exc.message}; carrying on without the project lock")
         return stack
 
     def destroy(self, names: list[str] | None = None) -> None:
@@ -597,9 +621,9 @@ class Project:
                 driver.check_available(self.devfile.machines[n])
                 h = self.handle(n, tolerant=True)
                 if h is None:
-                    ui.info(n, "not created")
+                    self.reporter.info(n, "not created")
                 else:
-                    ui.info(n, "destroying")
+                    self.reporter.phase(n, "destroy", "destroying")
                     driver.destroy(h)
                 self.state.remove(n)
                 self.index.forget(self.devfile.project_id, n)
@@ -608,7 +632,7 @@ class Project:
                 for dname in sorted({m.driver for m in self.devfile.machines.values()}):
                     # The root too: the short id alone can collide with another folder's.
                     for gone in get_driver(dname).sweep(self.devfile.project_id, self.devfile.root):
-                        ui.info(None, f"removed leftover {dname} machine {gone}")
+                        self.reporter.info(None, f"removed leftover {dname} machine {gone}")
                 for n in self.state.names():
                     self.state.remove(n)
                 self.index.forget(self.devfile.project_id)
@@ -627,6 +651,9 @@ class Project:
                 driver.check_available(self.devfile.machines[n])
                 old = self.lock.get(n)
                 with self._box_lock(m.box):
+                    from devenv.boxes.builders import ensure_built
+
+                    ensure_built(m.box, driver, self.target(n), self.reporter)
                     box = driver.prepare_box(self.target(n), m.box)
                 new = LockEntry(box.name, box.version, driver.name, box.digest)
                 if old != new:
@@ -638,7 +665,7 @@ class Project:
         """Turn a machine into a box (Vagrant's `package`); its applied steps become the box's baked prefix."""
         self.machine(name)
         driver = self.driver(name)
-        if not hasattr(driver, "package"):
+        if (packer := role(driver, Package)) is None:
             raise UnsupportedOperation(f"the {driver.name} driver cannot package machines yet")
         driver.check_available(self.devfile.machines[name])
         h, live = self.live_state(name)
@@ -650,9 +677,10 @@ class Project:
             if p.action not in ("skip", "box") or p.step.run != "once":
                 break
             baked.append(p.fingerprint)
+        assert h is not None  # created: it has a handle
         with self.state.lock("package"):
-            ui.info(name, f"packaging as box {box_name}@{version}")
-            return driver.package(h, self.target(name), box_name, version, baked)
+            self.reporter.info(name, f"packaging as box {box_name}@{version}")
+            return packer.package(h, self.target(name), box_name, version, baked)
 
     def drift(self, name: str, st: dict | None) -> str | None:
         """'recreate' when the box or driver changed, 'reload' when settings changed, else None."""
@@ -673,6 +701,8 @@ class Project:
                 driver = self.driver(n)
                 driver.check_available(self.devfile.machines[n])
                 h, live = self.live_state(n)
+                if h is None:
+                    continue  # not created: `up` below makes it with the new settings
                 st = self.state.load(n) or {}
                 drift = self.drift(n, st) if live is not MachineState.NOT_CREATED else None
                 if drift == "recreate" or (recreate and live is not MachineState.NOT_CREATED):
@@ -681,46 +711,51 @@ class Project:
                             f"machine '{n}' was made from another box or driver than the Devfile now names",
                             hint=f"`devenv reload {n} --recreate` replaces it (its disk and changes are lost)",
                         )
-                    ui.info(n, "recreating the machine")
+                    self.reporter.info(n, "recreating the machine")
                     driver.destroy(h)
                     self.state.remove(n)
                 elif drift == "reload":
                     target = self.target(n)
-                    apply = getattr(driver, "apply_settings", None)
-                    if apply is not None:
-                        ui.info(n, "applying changed settings (the disk is kept)")
+                    applier = role(driver, ApplySettings)
+                    if applier is not None:
+                        self.reporter.info(n, "applying changed settings (the disk is kept)")
                         with self._box_lock(target.machine.box or ""):
+                            if target.machine.box:
+                                from devenv.boxes.builders import ensure_built
+
+                                ensure_built(target.machine.box, driver, target, self.reporter)
                             box = driver.prepare_box(target, target.machine.box)
                         check_sync_at_use(target.machine, self.root)
-                        apply(h, target, box)
+                        applier.apply_settings(h, target, box)
                         self.state.save(n, {**st, "settings": settings_hash(target.machine)})
                     else:
-                        ui.info(n, "settings changed: recreating the machine")
+                        self.reporter.info(n, "settings changed: recreating the machine")
                         driver.destroy(h)
                         self.state.remove(n)
                 elif live is MachineState.RUNNING:
-                    ui.info(n, "stopping")
+                    self.reporter.info(n, "stopping")
                     driver.stop(h)
             self._run_levels(self.devfile.levels(wanted), lambda n: self._up_one(n, provision=provision))
 
     def suspend(self, names: list[str] | None = None) -> None:
         for n in self.names(names):
             driver = self.driver(n)
-            if not isinstance(driver, Suspend):
+            if (sus := role(driver, Suspend)) is None:
                 raise UnsupportedOperation(f"the {driver.name} driver cannot suspend machines")
-            ui.info(n, "suspending")
-            driver.suspend(self.require_running(n))
+            self.reporter.info(n, "suspending")
+            sus.suspend(self.require_running(n))
 
     def resume(self, names: list[str] | None = None) -> None:
         for n in self.names(names):
             driver = self.driver(n)
             h, st = self.live_state(n)
             if st is not MachineState.SUSPENDED:
-                ui.info(n, f"not suspended ({st})")
+                self.reporter.info(n, f"not suspended ({st})")
                 continue
-            assert isinstance(driver, Suspend)
-            ui.info(n, "resuming")
-            driver.resume(h)
+            sus = role(driver, Suspend)
+            assert sus is not None and h is not None  # a machine is suspended only by a driver that can
+            self.reporter.info(n, "resuming")
+            sus.resume(h)
 
     def status(self, names: list[str] | None = None) -> list[MachineStatus]:
         out = []
@@ -747,17 +782,10 @@ class Project:
             # One plan per machine: it hashes every file the steps read.
             plans = self.plan(n, st) if live is not MachineState.NOT_CREATED and m.provision else []
             provision, stale = self._provision_summary(n, st, live, plans)
-            settings = "up to date"
             drift = self.drift(n, st) if live is not MachineState.NOT_CREATED else None
-            if drift == "recreate":
-                settings = f"box or driver changed: run `devenv reload {n} --recreate` (the machine is replaced)"
-            elif drift == "reload":
-                settings = f"changed since creation: run `devenv reload {n}`"
             ports = [str(b) for b in driver.ports(h)] if h and live is MachineState.RUNNING else []
-            sync = None
-            if m.sync and hasattr(driver, "sync_kind") and h:
-                sync = driver.sync_kind(h)
-            row = MachineStatus(n, m.driver, live, box or m.box, provision, stale, settings, ports, sync, h, drift)
+            sync = driver.sync_kind(h) if m.sync and h else None
+            row = MachineStatus(n, m.driver, live, box or m.box, provision, stale, ports, sync, h, drift)
             if st and live is not MachineState.NOT_CREATED:
                 row.box_digest = (st.get("box") or {}).get("digest")
                 row.baked_steps = [p.step.index for p in plans if p.action == "box"]
@@ -766,27 +794,26 @@ class Project:
 
     def _provision_summary(
         self, name: str, st: dict | None, live: MachineState, plans: list[StepPlan]
-    ) -> tuple[str, int | None]:
+    ) -> tuple[str, StaleStep | None]:
         m = self.devfile.machines[name]
         if not m.provision:
-            return "no steps", None
+            return NO_STEPS, None
         if live is MachineState.NOT_CREATED:
-            return "not created", None
+            return NOT_CREATED, None
         if st and st.get("failed_step") is not None:
             i = st["failed_step"]
             label = m.provision[i].label if i < len(m.provision) else f"[{i}]"
-            return f"failed at step {label}: fix it, then run `devenv provision {name}`", i
+            return FAILED, StaleStep(i, label, changed=False)
         for p in plans:
             if p.action == "run" and p.step.run != "always":
-                what = "changed" if p.reason.startswith("changed") else "not applied yet"
-                return f"stale: step {p.step.label} {what} -> run `devenv provision {name}`", p.step.index
-        return "up to date", None
+                return STALE, StaleStep(p.step.index, p.step.label, changed=p.reason.startswith("changed"))
+        return UP_TO_DATE, None
 
     def _transport(self, name: str, handle: str):
         driver = self.driver(name)
         transport = driver.transport(handle)
         m = self.devfile.machines[name]
-        if not getattr(driver, "env_at_create", True) and m.env:
+        if not driver.features.env_at_create and m.env:
             from devenv.transports.env import EnvTransport
 
             transport = EnvTransport(transport, resolve_env(m, self.root))
@@ -802,7 +829,8 @@ class Project:
     def _push_sync(self, name: str, handle: str, *, only_copies: bool = True) -> int:
         driver = self.driver(name)
         check_sync_at_use(self.devfile.machines[name], self.root)  # a copy must not follow a new link out
-        plan = driver.sync_plan(handle) if hasattr(driver, "sync_plan") else []
+        copies = role(driver, CopySync)
+        plan = copies.sync_plan(handle) if copies is not None else []
         todo = [s for s in plan if s.get("kind") == "rsync" or not only_copies]
         if not todo:
             return 0
@@ -811,12 +839,8 @@ class Project:
         excludes = {str(f.host): f.exclude for f in machine.sync}
         for s in todo:
             exclude = (".devenv", *excludes.get(s["host"], ()))
-            ui.info(name, f"sync {s['host']} -> {s['guest']} (copy)")
-            put = getattr(transport, "put_tree", None)
-            if put is not None:
-                put(Path(s["host"]), s["guest"], exclude=exclude)
-            else:
-                transport.put(Path(s["host"]), s["guest"])
+            self.reporter.info(name, f"sync {s['host']} -> {s['guest']} (copy)")
+            transport.put_tree(Path(s["host"]), s["guest"], exclude=exclude)
         return len(todo)
 
     def rsync(self, names: list[str] | None = None) -> None:
@@ -824,23 +848,22 @@ class Project:
             self.driver(n).check_available(self.devfile.machines[n])
             h = self.require_running(n)
             if not self._push_sync(n, h):
-                ui.info(n, "no copied sync folders (shared folders need no push)")
+                self.reporter.info(n, "no copied sync folders (shared folders need no push)")
 
     # -- snapshots -----------------------------------------------------------------------------
     def _snapshots(self, name: str):
-        from devenv.contract import Snapshots
-
         self.machine(name)
         driver = self.driver(name)
-        if not isinstance(driver, Snapshots):
+        snaps = role(driver, Snapshots)
+        if snaps is None:
             raise UnsupportedOperation(
                 f"the {driver.name} driver has no snapshots", hint="snapshots need a VM driver (libvirt)"
             )
         driver.check_available(self.devfile.machines[name])
         h, st = self.live_state(name)
-        if st is MachineState.NOT_CREATED:
+        if st is MachineState.NOT_CREATED or h is None:
             raise MachineStateError(f"machine '{name}' is not created", hint=f"run `devenv up {name}`")
-        return driver, h
+        return snaps, h
 
     def snapshot(self, action: str, name: str, snap: str | None = None) -> list[str]:
         driver, h = self._snapshots(name)
@@ -849,13 +872,13 @@ class Project:
         assert snap is not None
         with self.state.lock(f"snapshot {action}"):
             if action == "save":
-                ui.info(name, f"saving snapshot {snap}")
+                self.reporter.info(name, f"saving snapshot {snap}")
                 driver.snapshot_save(h, snap)
             elif action == "restore":
-                ui.info(name, f"restoring snapshot {snap}")
+                self.reporter.info(name, f"restoring snapshot {snap}")
                 driver.snapshot_restore(h, snap)
             elif action == "delete":
-                ui.info(name, f"deleting snapshot {snap}")
+                self.reporter.info(name, f"deleting snapshot {snap}")
                 driver.snapshot_delete(h, snap)
         return []
 
@@ -867,38 +890,29 @@ class Project:
             h, st = self.live_state(n)
             if st is MachineState.NOT_CREATED:
                 continue
-            t = driver.transport(h)
-            if not hasattr(t, "ssh_config"):
+            assert h is not None
+            block = driver.transport(h).ssh_config(f"{self.devfile.project_name}-{n}")
+            if block is None:
                 raise UnsupportedOperation(
                     f"machine '{n}' ({driver.name}) is not reached over SSH", hint=f"use `devenv ssh {n}`"
                 )
-            blocks.append(t.ssh_config(f"{self.devfile.project_name}-{n}"))
+            blocks.append(block)
         if not blocks:
             raise MachineStateError("no created machine to describe", hint="run `devenv up` first")
         return "\n".join(blocks)
 
-    def ssh(self, name: str, command: str | None) -> int:
+    def ssh(self, name: str, command: str | None, *, out: OutputFn, err: OutputFn) -> int:
+        """A login shell (command None) or ``sh -c command``; output lines go to ``out``/``err``."""
         transport = self.transport_for(name)
         if command is None:
             return transport.interactive(None)
-        return self._run_streaming(transport, ["/bin/sh", "-c", command])
+        return transport.run(["/bin/sh", "-c", command], on_output=out, on_stderr=err)
 
-    def exec(self, name: str, argv: list[str], *, interactive: bool = False) -> int:
+    def exec(self, name: str, argv: list[str], *, out: OutputFn, err: OutputFn, interactive: bool = False) -> int:
         transport = self.transport_for(name)
         if interactive:
             return transport.interactive(argv)
-        return self._run_streaming(transport, argv)
-
-    @staticmethod
-    def _run_streaming(transport, argv: list[str]) -> int:
-        def sink(stream):
-            def write(line: str) -> None:
-                stream.write(ui.mask(line) + "\n")
-                stream.flush()
-
-            return write
-
-        return transport.run(argv, on_output=sink(sys.stdout), on_stderr=sink(sys.stderr))
+        return transport.run(argv, on_output=out, on_stderr=err)
 
     def ports(self, name: str):
         self.machine(name)
@@ -907,4 +921,5 @@ class Project:
         h, live = self.live_state(name)
         if live is MachineState.NOT_CREATED:
             raise MachineStateError(f"machine '{name}' is not created", hint=f"run `devenv up {name}`")
+        assert h is not None
         return driver.ports(h)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devenv import drivers, provisioners
+from devenv import plugins
 from devenv.errors import DevfileError
 from devenv.model.schema import (
     MISSING,
@@ -132,7 +132,7 @@ class Step:
 
     @property
     def label(self) -> str:
-        prov = provisioners.get_provisioner(self.type)
+        prov = plugins.get_provisioner(self.type)
         return f"[{self.index}] {self.name or prov.describe(self.config)}"
 
 
@@ -362,21 +362,26 @@ def _step(value: Any, path: tuple, problems: list) -> Any:
         return MISSING
     t = value.get("type")
     if t is None:
-        problems.append(
-            Problem(path + ("type",), f"is required (one of: {', '.join(provisioners.provisioner_types())})")
-        )
+        problems.append(Problem(path + ("type",), f"is required (one of: {', '.join(plugins.provisioner_types())})"))
         return MISSING
-    if t not in provisioners.BUILTIN:
+    if Str().check(t, path + ("type",), problems) is MISSING:
+        return MISSING
+    if t not in plugins.PROVISIONER_TYPES:  # a built-in type is answered without scanning for plugins
+        known = plugins.provisioner_types()
         problems.append(
             Problem(
                 path + ("type",),
-                f"unknown provisioner type '{t}' (known: {', '.join(provisioners.provisioner_types())})"
-                + did_you_mean(str(t), provisioners.BUILTIN),
+                f"unknown provisioner type '{t}' (known: {', '.join(known)})" + did_you_mean(t, known),
             )
         )
         return MISSING
+    try:
+        options = plugins.get_provisioner(t).options
+    except DevfileError as exc:  # a plugin that fails to load: reported where its type is named
+        problems.append(Problem(path + ("type",), exc.message))
+        return MISSING
     before = len(problems)
-    out = provisioners.get_provisioner(t).options.check(value, path, problems)
+    out = options.check(value, path, problems)
     if out is MISSING or len(problems) > before:
         return MISSING
     return out
@@ -394,22 +399,36 @@ class _LazySchemaCustom(Custom):
 
 
 def _step_schema() -> dict:
-    return {"anyOf": [provisioners.get_provisioner(t).options.json_schema() for t in provisioners.provisioner_types()]}
+    return {"anyOf": [plugins.get_provisioner(t).options.json_schema() for t in plugins.provisioner_types()]}
 
 
 def _driver_tables(value: dict, path: tuple, problems: list) -> dict[str, Any]:
-    return {
-        name: drivers.driver_class(name).options.check(value[name], path + (name,), problems)
-        for name in drivers.driver_names()
-        if name in value
-    }
+    """The [machines.X.NAME] tables of drivers, each checked against its driver's options.
+
+    A machine key (box, env, ...) is never a driver table, even if a plugin took that name; the
+    other keys are looked up as driver names (a built-in one without scanning for plugins)."""
+    out: dict[str, Any] = {}
+    for name in value:
+        if name in _MACHINE_KEYS or name not in plugins.DRIVER_NAMES:
+            continue
+        try:
+            options = plugins.driver_class(name).options
+        except DevfileError as exc:  # a plugin that fails to load: reported at its table
+            problems.append(Problem(path + (name,), exc.message))
+            out[name] = MISSING
+            continue
+        out[name] = options.check(value[name], path + (name,), problems)
+    return out
 
 
 def machine_table(required: bool) -> Table:
     """The schema of a [machines.NAME] table; [defaults] uses it with nothing required."""
     return Table(
         {
-            "driver": Field(Str(choices=tuple(drivers.driver_names()), description="docker (more drivers follow)")),
+            "driver": Field(
+                # A live view: a built-in name validates without the plugin scan; a plugin's is found.
+                Str(choices=plugins.DRIVER_NAMES, description="docker, libvirt, virtualbox, vagrant or a plugin's")
+            ),
             "box": Field(
                 Str(
                     pattern=BOX_PATTERN,
@@ -430,9 +449,13 @@ def machine_table(required: bool) -> Table:
         },
         description="A machine",
         extra_keys=_driver_tables,
-        extra_names=tuple(drivers.driver_names()),
-        extra_schema=lambda: {n: drivers.driver_class(n).options.json_schema() for n in drivers.driver_names()},
+        extra_names=plugins.DRIVER_NAMES,
+        extra_schema=lambda: {n: plugins.driver_class(n).options.json_schema() for n in plugins.driver_names()},
     )
+
+
+# The keys of a machine table itself: every other key in it is a driver's table.
+_MACHINE_KEYS = frozenset(machine_table(False).fields)
 
 
 _PROJECT = Table(
@@ -686,9 +709,8 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
     for m in machines.values():
         # Drivers with host paths of their own (vagrant's dir) confine them against the real root.
         if m.driver == "vagrant":
-            from devenv.drivers.vagrant.driver import VagrantDriver
-
-            for p in VagrantDriver().validate_paths(m, root):
+            vagrant: Any = plugins.get_driver("vagrant")  # by the registry: the model imports no driver
+            for p in vagrant.validate_paths(m, root):
                 problems.append(Problem(("machines", m.name, *p.path), p.message))
     return Devfile(path=path, root=root, project_name=name, machines=machines)
 
@@ -724,7 +746,7 @@ def _make_machine(
 
     driver = d.get("driver", "docker")
     # An invalid box is reported where it is written; some drivers take the box from their own config.
-    if not d.get("box") and not box_written and drivers.needs_box(driver):
+    if not d.get("box") and not box_written and plugins.needs_box(driver):
         problems.append(
             Problem(("machines", name, "box"), 'is required, e.g. box = "debian-12" or box = "docker:IMAGE"')
         )
@@ -760,7 +782,7 @@ def _make_machine(
     for i, s in enumerate(d.get("provision", [])):
         if s is MISSING:
             continue
-        prov = provisioners.get_provisioner(s["type"])
+        prov = plugins.get_provisioner(s["type"])
         for p in prov.check(s, root, at("provision", i)):
             problems.append(p)
         steps.append(Step(index=i, type=s["type"], config=s, run=s.get("run", "once"), name=s.get("name")))
@@ -775,7 +797,7 @@ def _make_machine(
         for p in d.get("ports", [])
         if p and "guest" in p
     )
-    options = {k: d[k] for k in drivers.driver_names() if k in d}
+    options = {k: v for k, v in d.items() if k not in _MACHINE_KEYS and k in plugins.DRIVER_NAMES}
     return Machine(
         name=name,
         driver=driver,
@@ -874,7 +896,7 @@ def _cross_check(
 
     for m in machines.values():
         try:
-            driver = drivers.get_driver(m.driver)
+            driver = plugins.get_driver(m.driver)
         except DevfileError as exc:
             problems.append(Problem(at(m.name, "driver"), exc.message))
             continue
@@ -917,7 +939,7 @@ def _file_url_path(url: str) -> str | None:
 
 def _box_reach(where: str, box: str, root: Path) -> list[str]:
     """A ``box`` that is a host file (a path or a file: URL) outside the project."""
-    from devenv.boxes import store as boxes
+    from devenv.model import recipe as boxes
 
     if boxes.parse_ref(box).kind != "file":
         return []
@@ -954,8 +976,8 @@ def _recipe_for(box: str | None, root: Path) -> Any | None:
     Looked up as the drivers do, but quietly: an unknown or invalid recipe is reported elsewhere."""
     if not box:
         return None
-    from devenv.boxes import store as boxes
     from devenv.errors import DevenvError
+    from devenv.model import recipe as boxes
 
     ref = boxes.parse_ref(box)
     if ref.kind != "recipe" or not boxes.valid_name(ref.name):
@@ -1017,46 +1039,6 @@ def host_reach(df: Devfile, *, extra_boxes: tuple[str, ...] = ()) -> list[str]:
     for recipe in recipes.values():
         items += recipe_reach(recipe)
     return items
-
-
-def first_use_notice(df: Devfile, *, extra_boxes: tuple[str, ...] = ()) -> str | None:
-    """The text to show once per project (and again when the list changes), or None."""
-    return reach_notice(df.root, host_reach(df, extra_boxes=extra_boxes), "this Devfile")
-
-
-def reach_notice(root: Path, items: list[str], subject: str) -> str | None:
-    """``items`` (see host_reach) as a notice, unless already shown for ``root`` with this list.
-
-    Remembered in devenv's own data folder keyed by the project's real path, never in the
-    project's .devenv/: a repository could commit a marker there to hide the notice.
-    """
-    if not items:
-        return None
-    import json
-
-    from devenv.core.state import atomic_write, data_dir
-
-    digest = hashlib.sha256("\n".join(items).encode()).hexdigest()
-    marker = data_dir() / "notices" / (hashlib.sha256(str(root).encode()).hexdigest()[:32] + ".json")
-    try:
-        seen = json.loads(read_regular(marker, 1 << 20, what="it").decode()).get("shown", [])
-        if not isinstance(seen, list):
-            seen = []
-    except (OSError, ValueError, AttributeError):
-        seen = []
-    if digest in seen:
-        return None
-    try:
-        atomic_write(marker, json.dumps({"root": str(root), "shown": [*seen, digest][-20:]}) + "\n")
-    except OSError:
-        pass  # it cannot be remembered: shown again next time, which is the safe side
-    lines = "\n".join(f"  {i}" for i in items)
-    return (
-        f"{subject} reaches this host, not only its machines:\n"
-        f"{lines}\n"
-        f"  if you did not write {subject}, read what these do before you go on "
-        "(devenv says this once for this project, and again when the list changes)"
-    )
 
 
 def step_path(machine: str, index: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +95,9 @@ class Str(Node):
     description: str = ""
     pattern: str | None = None
     pattern_help: str = ""
-    choices: tuple[str, ...] = ()
+    # Any collection: the driver names are a live view (devenv.plugins.Names) that lists plugins
+    # only when iterated (a problem's choices, the JSON Schema), never for a membership check.
+    choices: Collection[str] = ()
     nonempty: bool = True
 
     def check(self, value, path, problems):
@@ -344,7 +346,7 @@ class Table(Node):
     extra_keys: Callable[[dict, tuple, list], dict[str, Any]] | None = None
     # Names of the keys extra_keys handles (for "did you mean"), and their JSON Schema, built only
     # when a schema is exported: building it imports every driver, which `devenv status` must not pay.
-    extra_names: tuple[str, ...] = ()
+    extra_names: Collection[str] = ()
     extra_schema: Callable[[], dict] | None = None
     check_fn: Callable[[dict, tuple, list], None] | None = None
 

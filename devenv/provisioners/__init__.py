@@ -9,31 +9,21 @@ written (relative), so a box recipe and a Devfile using the same step agree on i
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING
 
-from devenv.errors import DevfileError
+from devenv import plugins
+from devenv.contract import QUIET, Provisioner, Reporter, RunContext  # noqa: F401 - Provisioner/RunContext re-exported
 
 if TYPE_CHECKING:
     from devenv.contract import Transport
     from devenv.model.devfile import Step
-    from devenv.model.schema import Problem, Table
+    from devenv.model.schema import Problem
 
 # Keys that describe how or when a step runs, not what it does: changing them reruns nothing.
 NON_CONTENT_KEYS = frozenset({"name", "run", "allow_outside_project"})
-
-
-@dataclass
-class RunContext:
-    machine: str
-    root: Path  # where the step's relative paths start (project root or recipe root)
-    transport: Transport
-    on_output: Callable[[str], None]
 
 
 def step_fields(step_type: str) -> dict:
@@ -47,48 +37,10 @@ def step_fields(step_type: str) -> dict:
     }
 
 
-def run_step(step, label: str, root: Path, transport: Transport) -> None:
-    """Run one provision step in a machine (or box build), its output shown under `label`."""
-    from devenv import ui
-
-    ctx = RunContext(machine=label, root=root, transport=transport, on_output=lambda line: ui.detail(label, line))
-    get_provisioner(step.type).run(step.config, ctx)
-
-
-class Provisioner(Protocol):
-    type: ClassVar[str]
-    options: ClassVar[Table]
-
-    def files(self, config: dict, root: Path) -> list[Path]:
-        """Files and folders the step reads on the host (for fingerprints and validation)."""
-        ...
-
-    def check(self, config: dict, root: Path, path: tuple) -> list[Problem]: ...
-    def describe(self, config: dict) -> str: ...
-    def run(self, config: dict, ctx: RunContext) -> None: ...
-
-
-BUILTIN: dict[str, str] = {
-    "shell": "devenv.provisioners.shell:ShellProvisioner",
-    "file": "devenv.provisioners.file:FileProvisioner",
-    "ansible": "devenv.provisioners.ansible:AnsibleProvisioner",
-}
-
-_instances: dict[str, Provisioner] = {}
-
-
-def provisioner_types() -> list[str]:
-    return sorted(BUILTIN)
-
-
-def get_provisioner(type_name: str) -> Provisioner:
-    if type_name not in _instances:
-        spec = BUILTIN.get(type_name)
-        if spec is None:
-            raise DevfileError(f"unknown provisioner type '{type_name}'")
-        module, _, attr = spec.partition(":")
-        _instances[type_name] = getattr(importlib.import_module(module), attr)()
-    return _instances[type_name]
+def run_step(step: Step, label: str, root: Path, transport: Transport, reporter: Reporter = QUIET) -> None:
+    """Run one provision step in a machine (or box build), its output reported under `label`."""
+    ctx = RunContext(machine=label, root=root, transport=transport, reporter=reporter)
+    plugins.get_provisioner(step.type).run(step.config, ctx)
 
 
 def host_path_problems(config: dict, key: str, root: Path, path: tuple, *, want_file: bool) -> list[Problem]:
@@ -210,7 +162,7 @@ def _hash_file(h, path: Path, label: str) -> None:
 
 def fingerprint(step: Step, root: Path) -> str:
     """sha256 over type + normalised config + the content of every file the step reads."""
-    prov = get_provisioner(step.type)
+    prov = plugins.get_provisioner(step.type)
     config = {k: v for k, v in step.config.items() if k not in NON_CONTENT_KEYS}
     h = hashlib.sha256()
     h.update(json.dumps({"type": step.type, "config": config}, sort_keys=True).encode())

@@ -32,7 +32,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from devenv import ui
+from devenv.contract import Connection
 from devenv.errors import ProvisionError
 from devenv.model.schema import MISSING, Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
 from devenv.provisioners import RunContext, host_path_problems, step_fields
@@ -186,11 +186,12 @@ class AnsibleProvisioner:
         if why:
             raise ProvisionError(f"ansible step: {config['playbook']}: {why}")
         exe = find_ansible_playbook()
-        env_values = dict(ctx.transport.env) if _inner(ctx.transport) is not None else {}
+        conn = ctx.transport.connection()
+        env_values = dict(conn.env)
         watch = _Watch(ctx.on_output)
         with tempfile.TemporaryDirectory(prefix="devenv-ansible-") as tmp_name:
             tmp = Path(tmp_name)
-            inv = inventory(ctx.machine, ctx.transport, config.get("inventory_vars", {}), env_keys=sorted(env_values))
+            inv = inventory(ctx.machine, conn, config.get("inventory_vars", {}), env_keys=sorted(env_values))
             (tmp / "inventory.yml").write_text(inventory_text(inv))
             argv = [exe, "-i", str(tmp / "inventory.yml")]
             if config.get("extra_vars"):
@@ -202,20 +203,13 @@ class AnsibleProvisioner:
                 argv += ["--tags", ",".join(config["tags"])]
             if config.get("skip_tags"):
                 argv += ["--skip-tags", ",".join(config["skip_tags"])]
-            if ui.debug_enabled():
+            if ctx.reporter.debug_enabled:
                 argv.append("-vv")
             argv.append(str(playbook))
-            env = ansible_environ(tmp, ctx.transport, env_values, playbook.parent)
+            env = ansible_environ(tmp, conn, env_values, playbook.parent)
             code = _stream(argv, env, playbook.parent, watch.feed)
         if code != 0:
             raise _failure(code, config["playbook"], watch, ctx.machine)
-
-
-def _inner(transport: Any) -> Any:
-    """The transport under an EnvTransport (None when there is no wrapper)."""
-    from devenv.transports.env import EnvTransport
-
-    return transport.inner if isinstance(transport, EnvTransport) else None
 
 
 def find_ansible_playbook() -> str:
@@ -232,22 +226,6 @@ def find_ansible_playbook() -> str:
     return found
 
 
-def docker_endpoint(transport: Any) -> str | None:
-    """The engine the container lives on: DOCKER_HOST, else a non-default docker context, else None."""
-    if getattr(transport, "docker_host", None):
-        return transport.docker_host
-    try:
-        from docker.context import ContextAPI
-
-        name = os.environ.get("DOCKER_CONTEXT")
-        ctx = ContextAPI.get_context(name) if name else ContextAPI.get_current_context()
-    except Exception:  # noqa: BLE001 - no or broken context config: the default socket
-        return None
-    if ctx is None or ctx.name == "default" or not ctx.Host:
-        return None
-    return ctx.Host
-
-
 def _docker_connection(endpoint: str | None) -> str:
     tls = bool(os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_TLS"))
     if endpoint and (endpoint.startswith("ssh://") or (endpoint.startswith("tcp://") and tls)):
@@ -255,52 +233,32 @@ def _docker_connection(endpoint: str | None) -> str:
     return DOCKER_API
 
 
-def inventory(machine: str, transport: Any, inventory_vars: dict, *, env_keys: list[str] = ()) -> dict:
-    """The one-host inventory for the machine, from its transport."""
-    from devenv.transports.docker import DockerTransport
-    from devenv.transports.ssh import SshTransport
-
-    t = _inner(transport) or transport
-    if isinstance(t, DockerTransport):
+def inventory(machine: str, conn: Connection, inventory_vars: dict, *, env_keys: list[str] = ()) -> dict:
+    """The one-host inventory for the machine, from how its transport says it is reached."""
+    if conn.kind == "docker":
         host: dict[str, Any] = {
-            "ansible_connection": _docker_connection(docker_endpoint(t)),
-            "ansible_host": t.container_id,
+            "ansible_connection": _docker_connection(conn.docker_host),
+            "ansible_host": conn.container,
             # As shell steps: root, whatever user the container's main process runs as.
             "ansible_user": "root",
         }
-    elif isinstance(t, SshTransport):
-        from devenv.transports.ssh import ssh_path
-
-        # Paths as OpenSSH reads them back (quoted, % doubled): a project path with a space or a
-        # % would otherwise split or expand. The key goes here too, not in
+    elif conn.kind == "ssh":
+        # Exactly the options devenv connects with (pinned host key, StrictHostKeyChecking=yes),
+        # paths as OpenSSH reads them back (quoted, % doubled). The key goes here too, not in
         # ansible_ssh_private_key_file, which Ansible quotes without escaping.
-        common = [
-            "-F", "/dev/null",
-            "-o", f"UserKnownHostsFile={ssh_path(t.known_hosts, what='known_hosts file')}",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "IdentitiesOnly=yes",
-            "-o", f"IdentityFile={ssh_path(t.key, what='SSH key')}",
-            "-o", "PasswordAuthentication=no",
-            "-o", "BatchMode=yes",
-        ]  # fmt: skip
-        control = [
-            "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={t.control_path()}",
-            "-o", "ControlPersist=120",
-        ]  # fmt: skip
+        control = ["-o", "ControlMaster=auto", "-o", f"ControlPath={conn.control_path}", "-o", "ControlPersist=120"]
         host = {
             "ansible_connection": "ssh",
-            "ansible_host": t.host,
-            "ansible_port": t.port,
-            "ansible_user": t.user,
-            "ansible_ssh_common_args": shlex.join(common),
+            "ansible_host": conn.host,
+            "ansible_port": conn.port,
+            "ansible_user": conn.user,
+            "ansible_ssh_common_args": shlex.join(conn.ssh_options),
             # devenv's own connection master, already open after boot: no second handshake per task.
             "ansible_ssh_args": shlex.join(control),
         }
     else:
         raise ProvisionError(
-            f"ansible step: machine '{machine}' has a {type(t).__name__}, "
+            f"ansible step: machine '{machine}' is reached through {conn.kind!r}, "
             "but Ansible can reach only Docker containers and SSH machines"
         )
     host["ansible_python_interpreter"] = "auto_silent"
@@ -329,10 +287,8 @@ def ansible_cfg(cwd: Path | None) -> Path | None:
     return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 
-def ansible_environ(tmp: Path, transport: Any, env_values: dict[str, str], cwd: Path | None = None) -> dict[str, str]:
+def ansible_environ(tmp: Path, conn: Connection, env_values: dict[str, str], cwd: Path | None = None) -> dict[str, str]:
     """The ansible-playbook process environment: private state under tmp, host keys checked."""
-    from devenv.transports.docker import DockerTransport
-
     env = dict(os.environ)
     home = Path.home()
     env.update(
@@ -351,11 +307,8 @@ def ansible_environ(tmp: Path, transport: Any, env_values: dict[str, str], cwd: 
         env.setdefault("ANSIBLE_ROLES_PATH", f"{home}/.ansible/roles:/usr/share/ansible/roles:/etc/ansible/roles")
     if os.environ.get("NO_COLOR") is not None:
         env["ANSIBLE_NOCOLOR"] = "1"
-    t = _inner(transport) or transport
-    if isinstance(t, DockerTransport):
-        endpoint = docker_endpoint(t)
-        if endpoint:
-            env["DOCKER_HOST"] = endpoint
+    if conn.kind == "docker" and conn.docker_host:
+        env["DOCKER_HOST"] = conn.docker_host
     for k, v in env_values.items():
         env[ENV_PREFIX + k] = v
     return env

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from devenv.contract import LineSplitter
+from devenv.contract import Connection, LineSplitter
 from devenv.errors import BackendUnavailable, CommandFailed, MachineStateError, UsageError
 from devenv.transports.env import LOGIN_SHELL, check_env
 from devenv.transports.files import extract_from_machine, tar_for_put
@@ -95,6 +95,24 @@ class DockerTransport:
             self._call(self.engine.put_archive, self.container_id, at, data)
         except EngineError as exc:
             raise CommandFailed(f"cannot copy {local} to {self.machine}:{remote}: {exc.message}") from exc
+
+    def put_tree(self, local: Path, remote: str, *, exclude: tuple[str, ...] = ()) -> None:
+        from devenv.transports.dockerapi import EngineError
+
+        data, at = tar_for_put(local, remote, exclude)
+        try:
+            self._call(self.engine.put_archive, self.container_id, at, data)
+        except EngineError as exc:
+            raise CommandFailed(f"cannot copy {local} to {self.machine}:{remote}: {exc.message}") from exc
+
+    def connection(self) -> Connection:
+        from devenv.transports.dockerapi import context_host
+
+        # The engine the container lives on: DOCKER_HOST, else a non-default docker context.
+        return Connection(kind="docker", container=self.container_id, docker_host=self.docker_host or context_host())
+
+    def ssh_config(self, alias: str) -> str | None:
+        return None  # reached through the engine, not over SSH
 
     def get(self, remote: str, local: Path) -> None:
         from devenv.transports.dockerapi import EngineError

@@ -14,10 +14,12 @@ anyway.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 API_VERSION = "v1.41"  # Docker 20.10; newer engines answer it too
@@ -396,3 +398,25 @@ class SdkEngine:
                 raise
             raise new from exc
         return self._do(self.api.exec_inspect, ex["Id"]).get("ExitCode")
+
+
+def context_host() -> str | None:
+    """The engine address of the current non-default `docker context` (DOCKER_CONTEXT or the CLI's
+    config.json), read from the CLI's own files without importing the SDK; None for the default."""
+    import hashlib
+    import json
+
+    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    name = os.environ.get("DOCKER_CONTEXT")
+    if not name:
+        try:
+            name = json.loads((config / "config.json").read_text()).get("currentContext")
+        except (OSError, ValueError, AttributeError):
+            return None
+    if not name or name == "default":
+        return None
+    meta = config / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    try:
+        return json.loads(meta.read_text())["Endpoints"]["docker"]["Host"] or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

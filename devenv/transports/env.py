@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from devenv.contract import Transport
+from devenv.contract import Connection, Transport
 from devenv.errors import UsageError
 
 # Interactive login shell that prefers bash but works on busybox and distroless-with-sh images.
@@ -64,11 +65,17 @@ class EnvTransport:
     def put(self, local: Path, remote: str) -> None:
         self.inner.put(local, remote)
 
+    def put_tree(self, local: Path, remote: str, *, exclude: tuple[str, ...] = ()) -> None:
+        self.inner.put_tree(local, remote, exclude=exclude)
+
     def get(self, remote: str, local: Path) -> None:
         self.inner.get(remote, local)
 
     def interactive(self, argv, *, env=None, user=None, workdir=None) -> int:
         return self.inner.interactive(argv, env={**self.env, **(env or {})}, user=user, workdir=workdir)
 
-    def __getattr__(self, item):
-        return getattr(self.inner, item)
+    def connection(self) -> Connection:
+        return dataclasses.replace(self.inner.connection(), env=dict(self.env))
+
+    def ssh_config(self, alias: str) -> str | None:
+        return self.inner.ssh_config(alias)

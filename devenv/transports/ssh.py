@@ -10,7 +10,7 @@ import stat
 import subprocess
 from pathlib import Path, PurePosixPath
 
-from devenv.contract import LineSplitter
+from devenv.contract import Connection, LineSplitter
 from devenv.errors import CommandFailed, UsageError
 from devenv.transports.env import LOGIN_SHELL, check_env, env_script
 from devenv.transports.files import extract_from_machine, tar_for_put
@@ -86,7 +86,7 @@ def control_dir() -> Path:
     ``ssh/`` in devenv's data folder; else (that path too long for a socket address) a private
     mkdtemp folder under the temp folder, whose name is kept in the data folder for later commands.
     """
-    from devenv.core.state import data_dir
+    from devenv.state import data_dir
 
     key = (os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("DEVENV_HOME"), os.environ.get("TMPDIR"), os.getuid())
     cached = _control_cache.get(key)
@@ -161,7 +161,7 @@ def ssh_path(path: Path | str, *, what: str = "path") -> str:
     """
     text = os.fsdecode(path)
     if _SSH_BAD.search(text) or "${" in text:
-        from devenv.ui import escape
+        from devenv.masking import escape
 
         shown = escape(text).replace("\n", "\\n")
         raise UsageError(
@@ -186,7 +186,7 @@ def ssh_word(value: object, *, what: str, host: bool = False) -> str:
     """``value`` when OpenSSH reads it as exactly one plain value (see _SSH_WORD), else UsageError."""
     if isinstance(value, str) and (_SSH_WORD.fullmatch(value) or (host and _SSH_V6.fullmatch(value))):
         return value
-    from devenv.ui import escape
+    from devenv.masking import escape
 
     shown = escape(repr(value))
     raise UsageError(
@@ -233,43 +233,35 @@ class SshTransport:
         """The ControlPath option value: a socket per connection (%C) in devenv's private folder."""
         return ssh_path(self._control_dir(), what="connection-sharing folder") + "/%C"
 
-    def options(self) -> list[str]:
+    def pinning_options(self) -> list[str]:
+        """Who the machine is and how devenv proves it is talking to it: the pinned host key
+        (StrictHostKeyChecking=yes against devenv's known_hosts, never off), this machine's own
+        key only, no passwords, no prompts. Tools devenv hands the machine to (Ansible) get these."""
         return [
-            "-F",
-            "/dev/null",
-            "-o",
-            f"UserKnownHostsFile={ssh_path(self.known_hosts, what='known_hosts file')}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            f"IdentityFile={ssh_path(self.key, what='SSH key')}",
-            "-o",
-            "PasswordAuthentication=no",
-            "-o",
-            "KbdInteractiveAuthentication=no",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            f"ConnectTimeout={self.connect_timeout}",
-            "-o",
-            "ServerAliveInterval=15",
-            "-o",
-            "ControlMaster=auto",
-            "-o",
-            f"ControlPath={self.control_path()}",
-            "-o",
-            "ControlPersist=120",
-            "-o",
-            "LogLevel=ERROR",
-            "-p",
-            str(self.port),
-            "-l",
-            self.user,
-        ]
+            "-F", "/dev/null",
+            "-o", f"UserKnownHostsFile={ssh_path(self.known_hosts, what='known_hosts file')}",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "IdentitiesOnly=yes",
+            "-o", f"IdentityFile={ssh_path(self.key, what='SSH key')}",
+            "-o", "PasswordAuthentication=no",
+            "-o", "BatchMode=yes",
+        ]  # fmt: skip
+
+    def options(self) -> list[str]:
+        """Every option devenv's own ssh runs with: the pinning above, timeouts, the shared connection."""
+        return [
+            *self.pinning_options(),
+            "-o", "KbdInteractiveAuthentication=no",
+            "-o", f"ConnectTimeout={self.connect_timeout}",
+            "-o", "ServerAliveInterval=15",
+            "-o", "ControlMaster=auto",
+            "-o", f"ControlPath={self.control_path()}",
+            "-o", "ControlPersist=120",
+            "-o", "LogLevel=ERROR",
+            "-p", str(self.port),
+            "-l", self.user,
+        ]  # fmt: skip
 
     def _as_user(self, sh_args: str, user: str | None) -> str:
         """The remote command line running ``/bin/sh SH_ARGS`` as ``user`` (default: the login user)."""
@@ -407,7 +399,7 @@ class SshTransport:
             )
             r = subprocess.run(argv, capture_output=True, text=True)
             if r.returncode != 0:
-                from devenv.ui import tail
+                from devenv.masking import tail
 
                 raise CommandFailed(f"rsync to {self.machine}:{remote} failed: {tail(r.stderr.strip(), 500)}")
             return
@@ -451,6 +443,18 @@ class SshTransport:
                     self._pipe(self._as_user(f"-c {shlex.quote('rm -f -- ' + shlex.quote(uploaded))}", user))
                 except CommandFailed:
                     pass
+
+    def connection(self) -> Connection:
+        return Connection(
+            kind="ssh",
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            key=self.key,
+            known_hosts=self.known_hosts,
+            ssh_options=tuple(self.pinning_options()),
+            control_path=self.control_path(),
+        )
 
     def ssh_config(self, alias: str) -> str:
         """A Host block for `ssh -F` and VS Code Remote-SSH, with the same pinning.

@@ -241,7 +241,7 @@ def container(proj):
         box = "busybox"
     """)
     proj.run("up", check=True)
-    from devenv.drivers import get_driver
+    from devenv.plugins import get_driver
 
     driver = get_driver("docker")
     cid = proj.client.containers.list(filters={"label": f"devenv.project={proj.project_id}"})[0].id
@@ -294,7 +294,7 @@ def test_docker_cli_session_carries_env_without_argv(container, tmp_path):
     (bindir / "docker").chmod(0o755)
     code = f"""\
 import json, os, sys
-from devenv.drivers import get_driver
+from devenv.plugins import get_driver
 from devenv.transports.docker import DockerTransport
 cfg = json.loads(os.environ.pop("TEST_ENV"))
 t = DockerTransport(get_driver("docker").engine, {cid!r}, "s")

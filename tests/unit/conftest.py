@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from devenv import ui
+from devenv import masking
+from devenv.cli import ui
 from tests.unit.fakes import FakeDriver, install
 
 
@@ -32,10 +33,11 @@ class ProjectDir:
         return self.write("Devfile", text)
 
     def project(self):
+        from devenv.cli.render import reporter
         from devenv.core.project import Project
         from devenv.model import devfile
 
-        return Project(devfile.load(self.root / "Devfile"))
+        return Project(devfile.load(self.root / "Devfile"), reporter())
 
     def cli(self, *args: str, input: str | None = None):
         from devenv.cli.app import app_for
@@ -72,9 +74,9 @@ def proj(tmp_path, fake) -> ProjectDir:
 @pytest.fixture
 def private_secrets(monkeypatch):
     """Each test registers its own secrets; none leaks into the next test's output."""
-    monkeypatch.setattr(ui, "_secrets", set())
-    monkeypatch.setattr(ui, "_short", set(), raising=False)
-    monkeypatch.setattr(ui, "_pattern", None, raising=False)
+    monkeypatch.setattr(masking, "_secrets", set())
+    monkeypatch.setattr(masking, "_short", set())
+    monkeypatch.setattr(masking, "_pattern", None)
     ui.configure()
     yield
     ui.configure()

@@ -30,12 +30,15 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from devenv import drivers
+from devenv import plugins
 from devenv.contract import (
     LABEL_MACHINE,
     LABEL_PROJECT,
     LABEL_ROOT,
+    QUIET,
     BoxArtifact,
+    Connection,
+    Features,
     MachineState,
     Ownership,
     PortBinding,
@@ -54,6 +57,8 @@ def _empty() -> dict:
 
 class FakeDriver:
     name = "fake"
+    features = Features()
+    reporter = QUIET
     options = Table({"note": Field(Str(description="Ignored"))}, description="The fake test driver")
 
     def __init__(self, state_path: str | os.PathLike | None = None) -> None:
@@ -143,6 +148,9 @@ class FakeDriver:
         return m
 
     # -- the Driver protocol ---------------------------------------------------------------------
+    def describe_engine(self, machine=None) -> str:
+        return "the fake engine"
+
     def check_available(self, machine=None) -> None:
         pass
 
@@ -176,6 +184,8 @@ class FakeDriver:
 
     def find(self, target: Target) -> str | None:
         with self._tx() as data:
+            if not target.labels:  # a box build's machine (BuildTarget): found by its name, as Docker does
+                return next((h for h, m in data["machines"].items() if m["name"] == target.resource_name), None)
             for h, m in data["machines"].items():
                 labels = m["labels"]
                 if labels.get(LABEL_PROJECT) == target.project_id and labels.get(LABEL_MACHINE) == target.name:
@@ -203,14 +213,14 @@ class FakeDriver:
     def start(self, handle: str) -> None:
         with self._tx() as data:
             m = self._get(data, handle)
-            data["log"].append(["start", m["labels"][LABEL_MACHINE]])
+            data["log"].append(["start", _machine(m)])
             self._maybe_fail(data, "start")
             m["state"] = str(MachineState.RUNNING)
 
     def stop(self, handle: str, *, force: bool = False) -> None:
         with self._tx() as data:
             m = self._get(data, handle)
-            data["log"].append(["stop", m["labels"][LABEL_MACHINE]])
+            data["log"].append(["stop", _machine(m)])
             self._maybe_fail(data, "stop")
             m["state"] = str(MachineState.STOPPED)
 
@@ -218,7 +228,7 @@ class FakeDriver:
         with self._tx() as data:
             m = data["machines"].pop(handle, None)
             if m is not None:
-                data["log"].append(["destroy", m["labels"][LABEL_MACHINE]])
+                data["log"].append(["destroy", _machine(m)])
 
     def state(self, handle: str) -> MachineState:
         with self._tx() as data:
@@ -231,6 +241,9 @@ class FakeDriver:
             if not m or m["state"] != str(MachineState.RUNNING):
                 return []
             return [PortBinding(p["host_ip"], p["host"], p["guest"], p["protocol"]) for p in m["ports"]]
+
+    def sync_kind(self, handle: str) -> str | None:
+        return None
 
     def transport(self, handle: str) -> FakeTransport:
         return FakeTransport(self, handle)
@@ -246,7 +259,7 @@ class FakeDriver:
             names = []
             for h in gone:
                 m = data["machines"].pop(h)
-                data["log"].append(["destroy", m["labels"][LABEL_MACHINE]])
+                data["log"].append(["destroy", _machine(m)])
                 names.append(m["name"])
             return names
 
@@ -270,7 +283,7 @@ class FakeTransport:
         with self.driver._tx() as data:
             m = self._running(data)
             m["runs"].append(shlex.join(argv))
-            data["log"].append(["run", m["labels"][LABEL_MACHINE], shlex.join(argv)])
+            data["log"].append(["run", _machine(m), shlex.join(argv)])
             if len(argv) >= 3 and argv[0] in SHELLS and argv[1] == "-c":
                 return _interpret(argv[2], m["files"], out)
             if len(argv) >= 2 and argv[0] in SHELLS:
@@ -301,8 +314,22 @@ class FakeTransport:
                 raise CommandFailed(f"not found in the fake machine: {remote}")
             local.write_text(m["files"][remote])
 
+    def put_tree(self, local: Path, remote: str, *, exclude: tuple[str, ...] = ()) -> None:
+        self.put(local, remote)
+
     def interactive(self, argv, *, env=None, user=None, workdir=None) -> int:
         return self.run(argv) if argv else 0
+
+    def connection(self) -> Connection:
+        return Connection(kind="fake")  # type: ignore[arg-type] - reached by neither docker nor ssh
+
+    def ssh_config(self, alias: str) -> str | None:
+        return None
+
+
+def _machine(m: dict) -> str:
+    """The machine name a fake machine is logged under: its label (a build machine has none: its name)."""
+    return m["labels"].get(LABEL_MACHINE) or m["name"]
 
 
 def _interpret(script: str, files: dict[str, str], out) -> int:
@@ -337,7 +364,7 @@ def _interpret(script: str, files: dict[str, str], out) -> int:
 def install(monkeypatch, state_file: Path) -> FakeDriver:
     """Register FakeDriver as the driver named "fake" for this test; returns the instance in use."""
     monkeypatch.setenv(STATE_ENV, str(state_file))
-    monkeypatch.setitem(drivers.BUILTIN, "fake", f"{FakeDriver.__module__}:FakeDriver")
+    monkeypatch.setitem(plugins.BUILTIN_DRIVERS, "fake", f"{FakeDriver.__module__}:FakeDriver")
     driver = FakeDriver()
-    monkeypatch.setitem(drivers._instances, "fake", driver)
+    monkeypatch.setitem(plugins._drivers, "fake", driver)
     return driver

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
+from devenv.boxes import disks
 from devenv.boxes import store as boxes
 from devenv.cli.app import app
 from devenv.errors import BoxError
@@ -35,7 +36,7 @@ def store(tmp_path, monkeypatch):
 
 
 def overlay_for(machine: str, box: boxes.StoredBox):
-    from devenv.core.state import data_dir
+    from devenv.state import data_dir
 
     folder = data_dir() / "libvirt" / machine
     folder.mkdir(parents=True)
@@ -50,18 +51,18 @@ def overlay_for(machine: str, box: boxes.StoredBox):
 def test_backing_file_is_read_from_the_header(store, tmp_path):
     box = store("1")
     overlay = overlay_for("devenv-p1-web", box)
-    assert boxes.qcow2_backing(overlay) == str(box.file("disk"))
-    assert boxes.qcow2_backing(box.file("disk")) is None  # a base image has none
+    assert disks.qcow2_backing(overlay) == str(box.file("disk"))
+    assert disks.qcow2_backing(box.file("disk")) is None  # a base image has none
     (tmp_path / "not-qcow2").write_bytes(b"\0" * 64)
-    assert boxes.qcow2_backing(tmp_path / "not-qcow2") is None
-    assert boxes.qcow2_backing(tmp_path / "missing") is None
+    assert disks.qcow2_backing(tmp_path / "not-qcow2") is None
+    assert disks.qcow2_backing(tmp_path / "missing") is None
 
 
 def test_in_use_box_is_neither_removed_nor_replaced(store):
     box = store("1")
     other = store("2")
     overlay = overlay_for("devenv-p1-web", box)
-    assert boxes.disk_users(box.folder) == ["devenv-p1-web"] and boxes.disk_users(other.folder) == []
+    assert disks.disk_users(box.folder) == ["devenv-p1-web"] and disks.disk_users(other.folder) == []
 
     with pytest.raises(BoxError, match=r"cannot remove box tbox@1 \(libvirt\): the disks of devenv-p1-web"):
         boxes.remove_stored("tbox", None)

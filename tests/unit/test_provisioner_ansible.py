@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from devenv.contract import Connection, Reporter
 from devenv.errors import ProvisionError
 from devenv.model.devfile import Step, check_file
-from devenv.provisioners import RunContext, fingerprint, get_provisioner
+from devenv.plugins import get_provisioner
+from devenv.provisioners import RunContext, fingerprint
 from devenv.provisioners import ansible as ans
 from devenv.transports.docker import DockerTransport
 from devenv.transports.env import EnvTransport
@@ -182,7 +184,7 @@ def test_ssh_inventory_pins_the_host_key(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     (tmp_path / "run").mkdir(mode=0o700)  # a runtime folder is private (else devenv does not use it)
     t = ssh_transport(tmp_path)
-    text = ans.inventory_text(ans.inventory("vm1", t, {"colour": "blue"}))
+    text = ans.inventory_text(ans.inventory("vm1", t.connection(), {"colour": "blue"}))
     keys = tmp_path / "my keys"
     assert text == textwrap.dedent(f"""\
         {{
@@ -208,9 +210,9 @@ def test_ssh_inventory_pins_the_host_key(tmp_path, monkeypatch):
 
 def test_docker_inventory(monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    monkeypatch.setattr(ans, "docker_endpoint", lambda t: None)
+    monkeypatch.setattr("devenv.transports.dockerapi.context_host", lambda: None)
     t = DockerTransport(object(), "c0ffee" * 4, "web")
-    text = ans.inventory_text(ans.inventory("web", t, {"n": 1, "list": [1, "a"]}))
+    text = ans.inventory_text(ans.inventory("web", t.connection(), {"n": 1, "list": [1, "a"]}))
     assert text == textwrap.dedent("""\
         {
           "all": {
@@ -249,36 +251,37 @@ def test_docker_connection_follows_the_engine(monkeypatch, tmp_path, endpoint, t
         monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
     else:
         monkeypatch.delenv("DOCKER_TLS_VERIFY", raising=False)
-    monkeypatch.setattr(ans, "docker_endpoint", lambda t: endpoint)
+    monkeypatch.setattr("devenv.transports.dockerapi.context_host", lambda: None)
     t = DockerTransport(object(), "abc", "web", docker_host=endpoint)
-    assert ans.inventory("web", t, {})["all"]["hosts"]["web"]["ansible_connection"] == connection
+    assert ans.inventory("web", t.connection(), {})["all"]["hosts"]["web"]["ansible_connection"] == connection
     if endpoint:
-        assert ans.ansible_environ(tmp_path, t, {})["DOCKER_HOST"] == endpoint
+        assert ans.ansible_environ(tmp_path, t.connection(), {})["DOCKER_HOST"] == endpoint
 
 
-def test_env_transport_is_unwrapped_and_its_env_stays_off_disk(tmp_path, monkeypatch):
+def test_env_transport_passes_its_env_and_it_stays_off_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     t = EnvTransport(ssh_transport(tmp_path), {"API_TOKEN": "s3cret", "MODE": "dev"})
-    host = ans.inventory("vm1", t, {}, env_keys=["API_TOKEN", "MODE"])["all"]["hosts"]["vm1"]
+    host = ans.inventory("vm1", t.connection(), {}, env_keys=["API_TOKEN", "MODE"])["all"]["hosts"]["vm1"]
     assert host["ansible_connection"] == "ssh" and host["ansible_port"] == 2201
     assert host["devenv_env"] == {
         "API_TOKEN": "{{ lookup('ansible.builtin.env', 'DEVENV_ENV_API_TOKEN') }}",
         "MODE": "{{ lookup('ansible.builtin.env', 'DEVENV_ENV_MODE') }}",
     }
     assert "s3cret" not in ans.inventory_text({"h": host})
-    env = ans.ansible_environ(tmp_path, t, {"API_TOKEN": "s3cret", "MODE": "dev"})
+    env = ans.ansible_environ(tmp_path, t.connection(), {"API_TOKEN": "s3cret", "MODE": "dev"})
     assert env["DEVENV_ENV_API_TOKEN"] == "s3cret" and env["DEVENV_ENV_MODE"] == "dev"
 
 
 def test_box_build_label_is_a_valid_host_name(monkeypatch):
-    monkeypatch.setattr(ans, "docker_endpoint", lambda t: None)
-    inv = ans.inventory("box debian-12", DockerTransport(object(), "abc", "box debian-12"), {})
+    monkeypatch.setattr("devenv.transports.dockerapi.context_host", lambda: None)
+    inv = ans.inventory("box debian-12", DockerTransport(object(), "abc", "box debian-12").connection(), {})
     assert list(inv["all"]["hosts"]) == ["box-debian-12"]
 
 
 def test_other_transports_are_refused():
+    other = Connection(kind="serial")  # type: ignore[arg-type] - a plugin transport of another kind
     with pytest.raises(ProvisionError, match="Ansible can reach only Docker containers and SSH machines"):
-        ans.inventory("m", object(), {})
+        ans.inventory("m", other, {})
 
 
 def test_ansible_environment(tmp_path, monkeypatch):
@@ -286,7 +289,7 @@ def test_ansible_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for var in ("ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_ROLES_PATH", "ANSIBLE_CONFIG"):
         monkeypatch.delenv(var, raising=False)
-    env = ans.ansible_environ(tmp_path, ssh_transport(tmp_path), {})
+    env = ans.ansible_environ(tmp_path, ssh_transport(tmp_path).connection(), {})
     assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True"
     assert env["ANSIBLE_RETRY_FILES_ENABLED"] == "False"
     assert env["ANSIBLE_NOCOLOR"] == "1"
@@ -296,13 +299,13 @@ def test_ansible_environment(tmp_path, monkeypatch):
         assert env["ANSIBLE_COLLECTIONS_PATH"] == f"{tmp_path}/home/.ansible/collections:/usr/share/ansible/collections"
     monkeypatch.delenv("NO_COLOR")
     monkeypatch.setenv("ANSIBLE_COLLECTIONS_PATH", "/mine")
-    env = ans.ansible_environ(tmp_path, ssh_transport(tmp_path), {})
+    env = ans.ansible_environ(tmp_path, ssh_transport(tmp_path).connection(), {})
     assert "ANSIBLE_NOCOLOR" not in env and env["ANSIBLE_COLLECTIONS_PATH"] == "/mine"
     # A project's ansible.cfg keeps its own roles_path/collections_path (env would override them).
     monkeypatch.delenv("ANSIBLE_COLLECTIONS_PATH")
     (tmp_path / "pb").mkdir()
     (tmp_path / "pb" / "ansible.cfg").write_text("[defaults]\nroles_path = ./my-roles\n")
-    env = ans.ansible_environ(tmp_path, ssh_transport(tmp_path), {}, tmp_path / "pb")
+    env = ans.ansible_environ(tmp_path, ssh_transport(tmp_path).connection(), {}, tmp_path / "pb")
     assert "ANSIBLE_ROLES_PATH" not in env and "ANSIBLE_COLLECTIONS_PATH" not in env
     assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True"
 
@@ -350,7 +353,12 @@ def fake_ansible(tmp_path, monkeypatch):
 
 def run_step(project, tmp_path, config) -> list[str]:
     lines: list[str] = []
-    ctx = RunContext(machine="vm1", root=project, transport=ssh_transport(tmp_path), on_output=lines.append)
+    ctx = RunContext(
+        machine="vm1",
+        root=project,
+        transport=ssh_transport(tmp_path),
+        reporter=Reporter(lambda e: lines.append(e.text)),
+    )
     get_provisioner("ansible").run({"type": "ansible", **config}, ctx)
     return lines
 
@@ -448,8 +456,11 @@ def test_the_real_ansible_playbook_understands_the_inventory(tmp_path, monkeypat
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     t = EnvTransport(ssh_transport(tmp_path), {"MODE": "dev"})
     inv = tmp_path / "inventory.yml"
-    inv.write_text(ans.inventory_text(ans.inventory("vm1", t, {"colour": "blue"}, env_keys=["MODE"])))
-    env = {**ans.ansible_environ(tmp_path, t, {"MODE": "dev"}), "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True"}
+    inv.write_text(ans.inventory_text(ans.inventory("vm1", t.connection(), {"colour": "blue"}, env_keys=["MODE"])))
+    env = {
+        **ans.ansible_environ(tmp_path, t.connection(), {"MODE": "dev"}),
+        "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
+    }
     r = subprocess.run([str(exe), "-i", str(inv), "--host", "vm1"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     host = json.loads(r.stdout)

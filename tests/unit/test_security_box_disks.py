@@ -26,6 +26,7 @@ from devenv.boxes import vagrantbox as boxfile
 from devenv.cli.app import app
 from devenv.contract import BoxArtifact
 from devenv.errors import BoxError
+from devenv.model import recipe as recipes
 from tests.support import require_module, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -229,7 +230,7 @@ def test_a_good_qcow2_box_is_added(tmp_path):
 
 def test_a_recipe_cloud_image_with_a_backing_file_is_refused_before_qemu_img_reads_it(tmp_path, victim):
     """A recipe's cloud-image source is converted by qemu-img: checked first, read with -f given."""
-    from devenv.boxes import vmbuild as vmbox
+    from devenv.boxes.builders import libvirt as vmbox
 
     img = qcow2(tmp_path / "cloud.qcow2", "-b", str(victim), "-F", "raw")
     (tmp_path / "boxes").mkdir()
@@ -238,14 +239,14 @@ def test_a_recipe_cloud_image_with_a_backing_file_is_refused_before_qemu_img_rea
         f'[[sources]]\ntype = "cloud-image"\npath = "cloud.qcow2"\nsha256 = "{digest(img)}"\n'
     )
     (tmp_path / "Devfile").write_text('[machines.a]\nbox = "cloud"\n')
-    recipe = boxes.find_recipe(boxes.parse_ref("cloud"), tmp_path)
+    recipe = recipes.find_recipe(recipes.parse_ref("cloud"), tmp_path)
     with pytest.raises(BoxError, match="backing file"):
         vmbox.build_libvirt_box(recipe)
     assert boxes.list_stored() == []
 
 
 def test_a_recipe_box_source_with_a_data_file_is_refused(tmp_path, victim):
-    from devenv.boxes import vmbuild as vmbox
+    from devenv.boxes.builders import libvirt as vmbox
 
     img = qcow2(tmp_path / "d.img", "-o", f"data_file={victim},data_file_raw=on")
     box = libvirt_box(tmp_path / "src.box", img.read_bytes())
@@ -255,7 +256,7 @@ def test_a_recipe_box_source_with_a_data_file_is_refused(tmp_path, victim):
         f'[[sources]]\ntype = "box"\npath = "src.box"\nsha256 = "{digest(box)}"\n'
     )
     (tmp_path / "Devfile").write_text('[machines.a]\nbox = "fromb"\n')
-    recipe = boxes.find_recipe(boxes.parse_ref("fromb"), tmp_path)
+    recipe = recipes.find_recipe(recipes.parse_ref("fromb"), tmp_path)
     with pytest.raises(BoxError, match="external data file"):
         vmbox.build_libvirt_box(recipe)
     assert boxes.list_stored() == []

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 
 from devenv.boxes import store as boxes
+from devenv.boxes.builders import ensure_built
 from devenv.contract import Target
 from devenv.errors import BoxError
 from devenv.model import devfile
+from devenv.model import recipe as recipes
 from tests.support import require_module
 
-BUNDLED_VERSION = boxes.load_recipe(boxes.BUNDLED / "debian-12.toml").version
+BUNDLED_VERSION = recipes.load_recipe(recipes.BUNDLED / "debian-12.toml").version
 
 
 def _project(root: Path, text: str) -> Target:
@@ -36,16 +38,16 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _evil_recipe(root: Path, version: str) -> boxes.Recipe:
+def _evil_recipe(root: Path, version: str) -> recipes.Recipe:
     (root / "boxes").mkdir(parents=True, exist_ok=True)
     p = root / "boxes" / "debian-12.toml"
     p.write_text(
         f'name = "debian-12"\nversion = "{version}"\noutputs = ["docker", "libvirt"]\n[[sources]]\ntype = "busybox"\n'
     )
-    return boxes.load_recipe(p)
+    return recipes.load_recipe(p)
 
 
-def _store_libvirt(tmp: Path, recipe: boxes.Recipe) -> boxes.StoredBox:
+def _store_libvirt(tmp: Path, recipe: recipes.Recipe) -> boxes.StoredBox:
     work = Path(boxes.ensure_store_root()) / f".w-{recipe.version}"
     work.mkdir()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / "disk.qcow2"), "16M"], check=True)
@@ -67,12 +69,15 @@ def test_a_higher_version_from_another_projects_recipe_is_not_the_newest_for_the
     victim = _project(store / "victim", VICTIM)
     built = []
     monkeypatch.setattr(
-        "devenv.boxes.vmbuild.build_libvirt_box", lambda recipe, machine=None: built.append(recipe) or 1 / 0
+        "devenv.boxes.builders.libvirt.build_libvirt_box", lambda recipe, **kw: built.append(recipe) or 1 / 0
     )
     with pytest.raises(ZeroDivisionError):  # it builds devenv's own recipe instead of taking 9999
-        LibvirtDriver().prepare_box(victim, "debian-12")
+        ensure_built("debian-12", LibvirtDriver(), victim)
     assert [r.version for r in built] == [BUNDLED_VERSION]
-    assert built[0].path.resolve() == (boxes.BUNDLED / "debian-12.toml").resolve()
+    assert built[0].path.resolve() == (recipes.BUNDLED / "debian-12.toml").resolve()
+    # Nor does the driver alone take it: prepare_box only looks up, and the recipe's version is not built.
+    with pytest.raises(BoxError, match="not built"):
+        LibvirtDriver().prepare_box(victim, "debian-12")
 
 
 def test_the_same_version_built_by_another_projects_recipe_is_refused(store):
@@ -102,13 +107,13 @@ def test_a_docker_image_another_projects_recipe_built_under_devenvs_tag_is_refus
     evil = _evil_recipe(store / "evil", BUNDLED_VERSION)
     victim = _project(store / "victim", '[machines.app]\nbox = "debian-12"\n')
     d = DockerDriver()
-    labels = {boxes.LABEL_BOX: "debian-12", boxes.LABEL_VERSION: BUNDLED_VERSION}
-    monkeypatch.setattr(d, "_image", lambda tag: _image({**labels, boxes.LABEL_ORIGIN: evil.origin}))
+    labels = {recipes.LABEL_BOX: "debian-12", recipes.LABEL_VERSION: BUNDLED_VERSION}
+    monkeypatch.setattr(d, "_image", lambda tag: _image({**labels, recipes.LABEL_ORIGIN: evil.origin}))
     with pytest.raises(BoxError, match="built from another recipe"):
         d.prepare_box(victim, box)
     # Built by devenv's own recipe, or by an older devenv (no record): used.
-    own = boxes.load_recipe(boxes.BUNDLED / "debian-12.toml")
-    for recorded in ({boxes.LABEL_ORIGIN: own.origin}, {}):
+    own = recipes.load_recipe(recipes.BUNDLED / "debian-12.toml")
+    for recorded in ({recipes.LABEL_ORIGIN: own.origin}, {}):
         monkeypatch.setattr(d, "_image", lambda tag, r=recorded: _image({**labels, **r}))
         assert d.prepare_box(victim, box).version == BUNDLED_VERSION
 
@@ -117,6 +122,6 @@ def test_a_checkouts_boxes_link_to_the_bundled_recipes_is_the_same_origin() -> N
     repo = Path(__file__).resolve().parents[2]
     assert (repo / "boxes").is_symlink(), "a checkout's boxes/ is a link to the package data"
     assert (
-        boxes.load_recipe(repo / "boxes" / "debian-12.toml").origin
-        == boxes.load_recipe(boxes.BUNDLED / "debian-12.toml").origin
+        recipes.load_recipe(repo / "boxes" / "debian-12.toml").origin
+        == recipes.load_recipe(recipes.BUNDLED / "debian-12.toml").origin
     )

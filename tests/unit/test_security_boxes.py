@@ -723,7 +723,7 @@ def test_store_folders_and_files_have_explicit_modes_under_umask_0(tmp_path, mon
 
 
 def _recipe_with_box(tmp_path: Path, box: Path):
-    from devenv.boxes import store as boxes_mod
+    from devenv.model import recipe as boxes_mod
 
     root = tmp_path / "proj"
     (root / "boxes").mkdir(parents=True, exist_ok=True)
@@ -750,7 +750,7 @@ def _recipe_with_box(tmp_path: Path, box: Path):
     ],
 )
 def test_a_recipe_box_source_is_extracted_with_the_same_checks(tmp_path, victim, bad):
-    from devenv.boxes import vmbuild as vmbox
+    from devenv.boxes.builders import libvirt as vmbox
 
     before = tree(victim)
     recipe = _recipe_with_box(tmp_path, libvirt_box(tmp_path / "src.box", bad))
@@ -760,7 +760,7 @@ def test_a_recipe_box_source_is_extracted_with_the_same_checks(tmp_path, victim,
 
 
 def test_a_recipe_box_source_must_be_a_libvirt_box(tmp_path):
-    from devenv.boxes import vmbuild as vmbox
+    from devenv.boxes.builders import libvirt as vmbox
 
     recipe = _recipe_with_box(tmp_path, vbox_box(tmp_path / "vb.box", "box-disk001.vmdk"))
     with pytest.raises(BoxError, match="virtualbox box, but a libvirt box was asked for"):
@@ -774,10 +774,11 @@ def test_a_recipe_box_source_must_be_a_libvirt_box(tmp_path):
 
 def test_a_recipe_name_or_version_too_long_for_the_store_is_a_devfile_error(tmp_path):
     from devenv.errors import DevfileError
+    from devenv.model import recipe as recipes
 
     (tmp_path / "boxes").mkdir()
     p = tmp_path / "boxes" / "long.toml"
     p.write_text(f'name = "{"n" * 129}"\nversion = "1"\nsources = [{{ type = "busybox" }}]\n')
     with pytest.raises(DevfileError) as exc:
-        boxes.load_recipe(p)
+        recipes.load_recipe(p)
     assert "longer than 128" in str(exc.value.problems)

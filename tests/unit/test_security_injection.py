@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from devenv import ui
+from devenv.cli import ui
 from devenv.errors import UsageError
 from devenv.transports.ssh import SshTransport
 from tests.support import missing
@@ -146,8 +146,8 @@ def test_a_login_name_is_accepted(tmp_path, home, user):
 
 @pytest.mark.parametrize("user", BAD_USERS)
 def test_a_recipe_cloud_image_ssh_user_is_checked_with_the_same_pattern(tmp_path, home, user):
-    from devenv.boxes import store as boxes
     from devenv.errors import DevfileError
+    from devenv.model import recipe as boxes
 
     (tmp_path / "boxes").mkdir()
     recipe = tmp_path / "boxes" / "cloud.toml"
@@ -163,10 +163,10 @@ def test_a_recipe_cloud_image_ssh_user_is_checked_with_the_same_pattern(tmp_path
 
 def test_one_user_pattern_for_devfile_options_recipes_and_box_metadata():
     """The box's devenv.json check, the recipe source and the option tables use the same rule."""
-    from devenv.boxes import store as boxes
     from devenv.boxes import vagrantbox as boxfile
     from devenv.drivers.libvirt import driver as libvirt
     from devenv.drivers.virtualbox import driver as virtualbox
+    from devenv.model import recipe as boxes
     from devenv.model.schema import USER_NAME_PATTERN
 
     assert boxfile._USER_RE.pattern == USER_NAME_PATTERN
@@ -447,7 +447,7 @@ def test_a_recipe_step_reading_outside_the_project_is_in_the_notice(tmp_path, ho
 
 
 def test_a_bundled_recipe_with_an_ansible_step_is_in_the_notice(tmp_path, home, monkeypatch):
-    from devenv.boxes import store as boxes
+    from devenv.model import recipe as boxes
 
     bundled = tmp_path / "bundled" / "boxes"
     bundled.mkdir(parents=True)

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from devenv.contract import BoxArtifact, Target
-from devenv.core.state import ProjectState
 from devenv.drivers.vm import identity, seed
 from devenv.errors import StateError
+from devenv.state import ProjectState
 from tests.support import missing, require_module
 from tests.unit.test_virtualbox import make_box, vbox, web  # noqa: F401 - the stand-in's fixture
 
@@ -386,7 +386,7 @@ def test_virtualbox_up_refuses_planted_key_entries(proj, vbox, tmp_path, name, k
 
 
 def test_virtualbox_new_ssh_port_pin_refuses_a_planted_known_hosts(proj, vbox, tmp_path):  # noqa: F811
-    from devenv.drivers import get_driver
+    from devenv.plugins import get_driver
 
     victim = Victim(tmp_path / "v")
     make_box(tmp_path)

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devenv import ui
+from devenv.cli import ui
 from devenv.contract import LineSplitter
 
 # Lower-case hex only: the filler below never contains a piece of it by chance.
@@ -160,7 +160,7 @@ def test_head_and_tail_never_show_a_piece_of_a_secret(before, after, limit):
 @pytest.mark.parametrize("pad", [0, 5, 17, 31])
 def test_a_host_tools_stderr_cut_to_its_tail_is_masked_before_the_cut(pad):
     """vmbox/biosdisk/rootfs/rsync errors keep the last N characters of the tool's stderr."""
-    from devenv.boxes import vmbuild as vmbox
+    from devenv.boxes.builders import libvirt as vmbox
     from devenv.errors import BoxError
 
     ui.add_secret(SECRET)
@@ -193,7 +193,7 @@ def test_the_libvirt_console_tail_drops_the_line_its_byte_cut_falls_in(tmp_path,
 
 
 def test_a_corrupt_state_value_quoted_in_an_error_is_masked_before_its_60_character_cut():
-    from devenv.core.state import check_machine_state
+    from devenv.state import check_machine_state
 
     ui.add_secret(SECRET)
     for lead in range(20, 60):

@@ -1,7 +1,7 @@
 """What reaches the terminal (issue #10 items 10 and 14): secrets masked in every form and on every
 path out (errors, problems, progress, the --debug traceback), terminal controls escaped.
 
-Each case writes its own crafted input and goes through the real renderer (devenv.ui via the
+Each case writes its own crafted input and goes through the real renderer (devenv.cli.ui via the
 real CLI or its error handler), never a re-implementation of it.
 """
 
@@ -15,8 +15,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from devenv import ui
 from devenv.cli import app as cli
+from devenv.cli import ui
 from devenv.errors import CommandFailed, ProvisionError
 
 # Characters that act on a terminal and must never be printed raw.

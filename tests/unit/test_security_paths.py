@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devenv import provisioners
+from devenv import plugins, provisioners
 from devenv.errors import DevfileError, ProvisionError
 from devenv.model import devfile
 from devenv.model.devfile import Secret, Step, check_file
@@ -353,8 +353,8 @@ def test_ansible_link_swapped_in_after_validation_stops_the_run(tree) -> None:
     (pb / "site.yml").write_text("- hosts: all\n  tasks: []\n")
     df = devfile.load(write_devfile(root, 'provision = [{ type = "ansible", playbook = "ansible/site.yml" }]\n'))
     os.symlink(outside, pb / "vars")
-    prov = provisioners.get_provisioner("ansible")
-    ctx = RunContext(machine="a", root=root, transport=_Recorder(), on_output=lambda line: None)
+    prov = plugins.get_provisioner("ansible")
+    ctx = RunContext(machine="a", root=root, transport=_Recorder())
     with pytest.raises(ProvisionError, match="symbolic link"):
         prov.run(df.machines["a"].provision[0].config, ctx)
 

@@ -196,7 +196,7 @@ def test_a_shell_script_is_read_as_a_regular_file_only(tmp_path: Path) -> None:
     host = tmp_path / "host-script"
     host.write_bytes(b"#!/bin/sh\n" + SECRET)
     t = _SwappingTransport(script, host)
-    ctx = RunContext(machine="web", root=root, transport=t, on_output=lambda _l: None)
+    ctx = RunContext(machine="web", root=root, transport=t)
     with pytest.raises(ProvisionError) as err:
         ShellProvisioner().run({"type": "shell", "script": "setup.sh"}, ctx)
     assert "setup.sh" in err.value.message

@@ -37,7 +37,7 @@ def test_a_hostile_lock_file_is_a_state_error_not_a_hang_or_crash(proj, plant) -
 
 
 def test_box_prune_reads_no_state_through_a_link(proj, tmp_path) -> None:
-    from devenv.core.state import GlobalIndex
+    from devenv.state import GlobalIndex
 
     proj.devfile(LOCKED_DEVFILE)
     assert proj.cli("up").exit_code == 0

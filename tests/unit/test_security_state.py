@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from devenv.contract import LABEL_MACHINE, LABEL_PROJECT, BoxArtifact, MachineState, Target
-from devenv.core.state import GlobalIndex, ProjectState
 from devenv.errors import DevfileError, MachineStateError, StateError
 from devenv.model import devfile
+from devenv.state import GlobalIndex, ProjectState
 from tests.support import require_engine
 
 ONE = """\
@@ -611,6 +611,7 @@ def test_host_port_helpers_turn_a_foreign_address_into_a_devfile_error():
 
 
 def test_docker_options_that_expose_the_host_warn_naming_what(tmp_path, capsys):
+    from devenv.cli.render import reporter
     from devenv.drivers.docker.driver import DockerDriver
 
     text = textwrap.dedent("""\
@@ -623,6 +624,7 @@ def test_docker_options_that_expose_the_host_warn_naming_what(tmp_path, capsys):
     """)
     target = _target_named("p-1", "web", tmp_path, text)
     d = DockerDriver()
+    d.reporter = reporter()  # the driver reports its warnings; the CLI's reporter prints them
     d._engine = type("E", (), {"local": True, "base_url": "http+docker://localhost"})()
     config = d.container_config(target, BoxArtifact("busybox", None, "busybox", extra={"arch": "x86_64"}))
     err = capsys.readouterr().err

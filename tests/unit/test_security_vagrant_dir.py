@@ -200,8 +200,8 @@ def test_a_machine_devenv_recorded_making_is_destroyed(tmp_path, env):
 def test_machine_of_an_older_devenv_is_adopted_only_via_the_global_index(tmp_path, monkeypatch):
     """No marker (made before markers existed): ours when devenv's global index recorded this
     handle for this project's machine; a repository cannot write that index."""
-    from devenv.core.state import GlobalIndex
     from devenv.drivers.vagrant.driver import VagrantDriver, read_marker
+    from devenv.state import GlobalIndex
 
     monkeypatch.setenv("DEVENV_HOME", str(tmp_path / "h"))
     repo = tmp_path / "repo"
@@ -265,7 +265,7 @@ def test_the_notice_names_a_box_file_outside_the_project(tmp_path, kind):
     ],
 )
 def test_the_notice_names_a_recipe_reading_host_files_by_url(tmp_path, source, outside):
-    from devenv.boxes import store as boxes
+    from devenv.model import recipe as boxes
 
     (tmp_path / "boxes").mkdir()
     recipe = tmp_path / "boxes" / "r.toml"

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from devenv import ui
-from devenv.core.state import GlobalIndex, ProjectState, atomic_write
+from devenv.cli import ui
+from devenv.contract import Event, Reporter
 from devenv.errors import LockTimeout, StateError
+from devenv.state import GlobalIndex, ProjectState, atomic_write
 
 HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from devenv.core.state import ProjectState
+    from devenv.state import ProjectState
 
     with ProjectState(Path(sys.argv[1])).lock("up"):
         print("locked", flush=True)
@@ -69,20 +70,21 @@ def _hold_lock(root: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
-def test_project_lock_waits_for_another_process_and_says_so(tmp_path, capsys):
+def test_project_lock_waits_for_another_process_and_says_so(tmp_path):
+    events: list[Event] = []
     ui.configure()
     proc = _hold_lock(tmp_path, 1.0)
     try:
         start = time.monotonic()
-        with ProjectState(tmp_path).lock("provision"):
+        with ProjectState(tmp_path, Reporter(events.append)).lock("provision"):
             waited = time.monotonic() - start
             holder = (tmp_path / ".devenv" / "lock").read_text()
             assert holder == f"`devenv provision` (pid {os.getpid()})"
     finally:
         proc.wait(timeout=10)
     assert waited > 0.5  # the holder keeps the lock for 1 s after saying so
-    err = capsys.readouterr().err
-    assert f"waiting for `devenv up` (pid {proc.pid}) to finish" in err
+    waits = [e.text for e in events if e.kind == "info"]
+    assert any(f"waiting for `devenv up` (pid {proc.pid}) to finish" in t for t in waits), waits
 
 
 def test_project_lock_times_out(tmp_path):
@@ -158,10 +160,11 @@ def test_global_index_uses_devenv_home(tmp_path, monkeypatch):
     assert (tmp_path / "home" / "index.json").is_file()
 
 
-def test_corrupt_global_index_is_replaced(tmp_path, capsys):
+def test_corrupt_global_index_is_replaced(tmp_path):
     (tmp_path / "index.json").write_text("garbage")
-    index = GlobalIndex(tmp_path)
+    events: list[Event] = []
+    index = GlobalIndex(tmp_path, Reporter(events.append))
     assert index.entries() == []
-    assert "global index" in capsys.readouterr().err
+    assert [e.kind for e in events] == ["warning"] and "global index" in events[0].text
     index.record(_entry("a", "web"))
     assert len(index.entries()) == 1

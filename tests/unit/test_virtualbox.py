@@ -29,10 +29,10 @@ from typer.testing import CliRunner
 from devenv.boxes import store as boxes
 from devenv.cli.app import app
 from devenv.contract import MachineState, Target
-from devenv.drivers import get_driver
 from devenv.drivers.virtualbox import driver as vb
 from devenv.drivers.virtualbox.driver import VirtualBoxDriver
 from devenv.errors import BackendUnavailable, MachineStateError
+from devenv.plugins import get_driver
 
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "VBoxManage"
 REAL_WAIT_SSH = VirtualBoxDriver.wait_ssh

@@ -2,19 +2,23 @@
 
 Machine lifecycle and exec go through `dockerapi`: its own HTTP client on the local socket
 (no SDK import on the hot path), the docker SDK's low-level client for DOCKER_HOST=ssh://,
-tcp:// and docker contexts. Image work (building boxes, pulling, committing) uses the SDK.
+tcp:// and docker contexts. Image work (pulling, importing, committing) uses the SDK.
+
+The driver never builds a box: devenv.boxes.builders does, through the contract (BoxSources for
+base images, a BuildTarget container to bake in, Package to commit it); prepare_box only looks
+the box's image up.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from devenv import ui
-from devenv.boxes import store as boxes
 from devenv.contract import (
     LABEL_MACHINE,
     LABEL_PROJECT,
@@ -32,6 +36,17 @@ from devenv.contract import (
 from devenv.drivers.docker import keepalive
 from devenv.drivers.hostports import check_host_addresses, is_loopback, resolve_host_port
 from devenv.errors import BackendUnavailable, BoxError, MachineStateError, PortConflict, UsageError
+from devenv.model.recipe import (
+    IMAGE_REPO,
+    LABEL_BAKED,
+    LABEL_BOX,
+    LABEL_KEEPALIVE,
+    LABEL_ORIGIN,
+    LABEL_VERSION,
+    check_origin,
+    find_recipe,
+    parse_ref,
+)
 from devenv.model.schema import Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
 
 
@@ -71,12 +86,17 @@ _OPTIONS = Table(
 # keep-alive as its entrypoint. In a commit, `ENTRYPOINT []` keeps the container's entrypoint;
 # [""] is the engine's "none" (it ignores it when running, as `docker run --entrypoint ""`).
 _NO_ENTRYPOINT = 'ENTRYPOINT [""]'
-BUILD_PREFIX = "devenv-build-"  # the temporary containers box builds bake in
+# Images made from a root file system have no environment: a box gets the usual PATH.
+_PATH = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def image_name_ok(name: str) -> bool:
+    return re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]*", name) is not None
 
 
 class DockerDriver:
     name: ClassVar[str] = "docker"
-    features: ClassVar[Features] = Features(suspend=True, package=True, box_images=True)
+    features: ClassVar[Features] = Features(suspend=True, package=True, box_images=True, box_sources=True)
     reporter: Reporter = QUIET  # set by the core before use
     options: ClassVar[Table] = _OPTIONS
 
@@ -181,6 +201,10 @@ class DockerDriver:
         except Exception as exc:  # noqa: BLE001 - refused, missing socket, engine error: all "unavailable"
             raise self._unavailable(self.endpoint(), exc) from exc
 
+    def describe_engine(self, machine=None) -> str:
+        info = self._eng(self.engine.version)
+        return f"engine {info.get('Version')} at {self.endpoint()}"
+
     def _call(self, what: str, fn, *args, **kwargs):
         """Call the SDK, turning a connection lost mid-command into BackendUnavailable."""
         import requests
@@ -205,9 +229,9 @@ class DockerDriver:
     @staticmethod
     def _artifact(name: str, version: str | None, ref: str, img: dict) -> BoxArtifact:
         labels = (img.get("Config") or {}).get("Labels") or {}
-        baked = [b for b in labels.get(boxes.LABEL_BAKED, "").split(",") if b]
+        baked = [b for b in labels.get(LABEL_BAKED, "").split(",") if b]
         # Boxes devenv built carry its keep-alive already: `up` need not copy it in (~40 ms).
-        has_keepalive = labels.get(boxes.LABEL_KEEPALIVE) == keepalive.digest()
+        has_keepalive = labels.get(LABEL_KEEPALIVE) == keepalive.digest()
         extra = {"baked": baked, "arch": img.get("Architecture", ""), "keepalive": has_keepalive}
         return BoxArtifact(name=name, version=version, ref=ref, digest=img["Id"], extra=extra)
 
@@ -215,14 +239,14 @@ class DockerDriver:
     def validate(self, machine) -> list[Problem]:
         problems: list[Problem] = []
         if machine.box:
-            ref = boxes.parse_ref(machine.box)
+            ref = parse_ref(machine.box)
             if ref.kind == "file":
                 problems.append(
                     Problem(
                         ("box",), 'the docker driver cannot boot a .box file; use a box recipe name or "docker:IMAGE"'
                     )
                 )
-            elif ref.kind == "image" and not boxes.image_name_ok(ref.name):
+            elif ref.kind == "image" and not image_name_ok(ref.name):
                 problems.append(Problem(("box",), f"'{ref.name}' is not a valid image reference"))
         for i, s in enumerate(machine.sync):
             if s.type not in ("auto", "bind"):
@@ -247,8 +271,10 @@ class DockerDriver:
             check_host_addresses(target)
 
     # -- boxes ---------------------------------------------------------------------------------
-    def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
-        ref = boxes.parse_ref(box)
+    def prepare_box(self, target: Target, box: str) -> BoxArtifact:
+        """The image the box names. An engine image is pulled when missing; a recipe's box must
+        be built already (devenv.boxes.builders.ensure_built, which `up` runs first)."""
+        ref = parse_ref(box)
         if ref.kind == "image":
             img = self._image(ref.name) or self._pull(ref.name, target.name)
             art = self._artifact(str(ref), None, ref.name, img)
@@ -257,25 +283,27 @@ class DockerDriver:
         if ref.version:
             # A pinned version (Devfile or lock) that is already built: the recipe is read only to
             # check that this project's recipe (when it has one) is what built the image.
-            tag = f"{boxes.IMAGE_REPO}/{ref.name}:{ref.version}"
+            tag = f"{IMAGE_REPO}/{ref.name}:{ref.version}"
             img = self._image(tag)
             if img is not None:
-                origin = ((img.get("Config") or {}).get("Labels") or {}).get(boxes.LABEL_ORIGIN)
+                origin = ((img.get("Config") or {}).get("Labels") or {}).get(LABEL_ORIGIN)
                 if origin:
                     try:
-                        mine = boxes.find_recipe(ref, target.project_root)
+                        mine = find_recipe(ref, target.project_root)
                     except BoxError:
                         mine = None  # no recipe for it here: a box from elsewhere, used as it is
                     if mine is not None:
-                        boxes.check_origin(origin, mine, f"the image {tag}")
+                        check_origin(origin, mine, f"the image {tag}")
                 return self._artifact(ref.name, ref.version, tag, img)
         try:
-            recipe = boxes.find_recipe(ref, target.project_root)
+            recipe = find_recipe(ref, target.project_root, warn=self.reporter.warn)
         except BoxError:
             # No recipe: a box made by `devenv package` or added by hand, newest version first.
+            from devenv.boxes.store import version_key
+
             built = sorted(
                 (b for b in self.list_boxes() if b["name"] == ref.name and b["tag"]),
-                key=lambda b: boxes.version_key(b["version"] or ""),
+                key=lambda b: version_key(b["version"] or ""),
                 reverse=True,
             )
             if not built:
@@ -283,11 +311,13 @@ class DockerDriver:
             b = built[0]
             return self._artifact(ref.name, b["version"], b["tag"], self._image(b["tag"]) or {"Id": b["digest"]})
         img = self._image(recipe.docker_tag)
-        if img is not None:
-            origin = ((img.get("Config") or {}).get("Labels") or {}).get(boxes.LABEL_ORIGIN)
-            boxes.check_origin(origin, recipe, f"the image {recipe.docker_tag}")
-        else:
-            img = self.build_box(recipe, machine=target.name, pull=pull)
+        if img is None:
+            raise BoxError(
+                f"box {recipe.name}@{recipe.version} is not built on this Docker engine (no image {recipe.docker_tag})",
+                hint=f"build it: `devenv box build {recipe.name}` (`devenv up` builds a missing box itself)",
+            )
+        origin = ((img.get("Config") or {}).get("Labels") or {}).get(LABEL_ORIGIN)
+        check_origin(origin, recipe, f"the image {recipe.docker_tag}")
         return self._artifact(recipe.name, recipe.version, recipe.docker_tag, img)
 
     def _pull(self, image: str, machine: str | None) -> dict:
@@ -295,7 +325,7 @@ class DockerDriver:
         errors = self._errors()
         repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
         try:
-            with ui.progress(machine, f"pulling image {image}"):
+            with self.reporter.progress(machine, f"pulling image {image}"):
                 for ev in self.client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
                     if "error" in ev:
                         raise errors.APIError(ev["error"])
@@ -309,128 +339,41 @@ class DockerDriver:
                 hint="load or build it first (`docker load`, `docker import`, `docker build`), or use a box recipe",
             ) from exc
 
-    def build_box(self, recipe: boxes.Recipe, *, machine: str | None = None, pull: bool = False) -> dict:
-        """Make the recipe's image: base from the first source that works, then the baked steps.
+    # -- BoxSources: base images for box builds (devenv.boxes.builders.docker) --------------------
+    def has_image(self, ref: str) -> bool:
+        return self._image(ref) is not None
 
-        Returns the image's inspect data. The result is committed as devenv-box/NAME:VERSION only
-        when every step succeeded; the temporary build container and base tag are removed whatever
-        happens.
-        """
+    def pull_image(self, ref: str, machine: str | None = None) -> None:
+        self._pull(ref, machine)
+
+    def import_rootfs(self, tar: Path, ref: str) -> None:
+        """`docker import` of a root file system tar as the image ``ref`` (REPO:TAG)."""
         errors = self._errors()
-        failures: list[str] = []
-        base: str | None = None
-        temp_base = f"{boxes.IMAGE_REPO}/{recipe.name}:{recipe.version}-base"
-        for src in recipe.sources:
-            kind = src["type"]
-            try:
-                if kind == "image":
-                    if self._image(src["image"]) is None:
-                        if not pull:
-                            failures.append(f"image {src['image']}: not on the engine (pull with --pull)")
-                            continue
-                        self._pull(src["image"], machine)
-                    base = src["image"]
-                elif kind in ("cloud-image", "box"):
-                    failures.append(f"{kind}: a disk image source makes VM outputs only")
-                    continue
-                else:
-                    self._build_from_rootfs(recipe, src, machine, temp_base)
-                    base = temp_base
-                break
-            except BoxError as exc:
-                failures.append(f"{kind}: {exc.message}")
-                if exc.hint:
-                    failures.append(f"  ({exc.hint})")
-        if base is None:
-            raise BoxError(
-                f"box {recipe.name}@{recipe.version} could not be built from any of its sources:\n  "
-                + "\n  ".join(failures),
-                hint=f"fix the first source in {recipe.path} or make the image yourself and tag it {recipe.docker_tag}",
-            )
+        repo, _, version = ref.rpartition(":")
         try:
-            return self._finalize(recipe, base, machine)
-        finally:
-            if base == temp_base:
-                try:
-                    self.client.images.remove(temp_base, noprune=False)
-                except errors.APIError:
-                    pass
+            self._call("import", self.client.api.import_image_from_file, str(tar), repository=repo, tag=version)
+        except errors.APIError as exc:
+            why = exc.explanation or exc
+            raise BoxError(f"the engine does not import the root file system as {ref}: {why}") from exc
+        if self._image(ref) is None:
+            raise BoxError(f"importing the root file system left no image {ref} on the engine")
 
-    def _finalize(self, recipe: boxes.Recipe, base: str, machine: str | None) -> dict:
-        """Run the baked steps in a temporary container and commit it with devenv's labels."""
-        import uuid
-
-        from devenv.transports.docker import DockerTransport
-
-        label = machine or f"box {recipe.name}"
-        baked = recipe.baked_fingerprints()
-        container = self.client.containers.create(
-            base,
-            entrypoint=[keepalive.PATH_IN_CONTAINER],
-            command=[],
-            init=True,
-            detach=True,
-            # Found by its name prefix, not a label: a commit keeps the container's labels, and
-            # every machine made from the box would carry a build label.
-            name=f"{BUILD_PREFIX}{recipe.name}-{uuid.uuid4().hex[:8]}",
-        )
+    def remove_image(self, ref: str) -> None:
+        errors = self._errors()
         try:
-            self.client.api.put_archive(container.id, "/", keepalive.tar_archive())
-            container.start()
-            transport = DockerTransport(self.engine, container.id, label, docker_host=os.environ.get("DOCKER_HOST"))
-            recipe.bake(transport, label)
-            container.stop(timeout=5)
-            changes = [
-                _NO_ENTRYPOINT,
-                'CMD ["/bin/sh"]',
-                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                f"LABEL {boxes.LABEL_BOX}={recipe.name} {boxes.LABEL_VERSION}={recipe.version} "
-                f"{boxes.LABEL_BAKED}={','.join(baked)} {boxes.LABEL_KEEPALIVE}={keepalive.digest()} "
-                f"{boxes.LABEL_ORIGIN}={recipe.origin}",
-            ]
-            container.commit(repository=f"{boxes.IMAGE_REPO}/{recipe.name}", tag=recipe.version, changes=changes)
-        finally:
-            container.remove(force=True, v=True)
-        img = self._image(recipe.docker_tag)
-        if img is None:
-            raise BoxError(f"committing box {recipe.docker_tag} left no image on the engine")
-        return img
-
-    def _build_from_rootfs(self, recipe: boxes.Recipe, src: dict, machine: str | None, tag: str) -> None:
-        import tempfile
-
-        from devenv.boxes import rootfs
-
-        with tempfile.TemporaryDirectory(prefix="devenv-box-") as tmp:
-            root = Path(tmp) / "rootfs"
-            root.mkdir()
-            label = f"building box {recipe.name}@{recipe.version} ({src['type']})"
-            with ui.progress(machine, label):
-                if src["type"] == "busybox":
-                    rootfs.build_busybox_rootfs(root)
-                else:
-                    rootfs.build_debootstrap_rootfs(
-                        root,
-                        suite=src["suite"],
-                        variant=src.get("variant", "minbase"),
-                        include=list(src.get("include", [])),
-                        mirror=src.get("mirror"),
-                        on_output=lambda line: ui.detail(machine, line) if ui.debug_enabled() else None,
-                    )
-                tar = Path(tmp) / "rootfs.tar"
-                rootfs.make_tar(root, tar)
-                repo, _, version = tag.rpartition(":")
-                self.client.api.import_image_from_file(str(tar), repository=repo, tag=version)
+            self._call("remove image", self.client.images.remove, ref, noprune=False)
+        except errors.APIError:
+            pass  # gone already, or still the parent of a committed box: untagged is enough
 
     def list_boxes(self) -> list[dict]:
         out = []
-        for img in self._call("list images", self.client.images.list, filters={"label": boxes.LABEL_BOX}):
+        for img in self._call("list images", self.client.images.list, filters={"label": LABEL_BOX}):
             for tag in img.tags or [None]:
                 out.append(
                     {
-                        "baked": [b for b in img.labels.get(boxes.LABEL_BAKED, "").split(",") if b],
-                        "name": img.labels.get(boxes.LABEL_BOX),
-                        "version": img.labels.get(boxes.LABEL_VERSION),
+                        "baked": [b for b in img.labels.get(LABEL_BAKED, "").split(",") if b],
+                        "name": img.labels.get(LABEL_BOX),
+                        "version": img.labels.get(LABEL_VERSION),
                         "tag": tag,
                         "digest": img.id,
                         "size": img.attrs.get("Size"),
@@ -487,7 +430,7 @@ class DockerDriver:
                 )
             if not is_loopback(p.host_ip):
                 # Allowed, but it exposes the machine beyond this host: say so every time.
-                ui.warn(
+                self.reporter.warn(
                     f"{target.name}: port {p.guest}/{p.protocol} is reachable from other hosts (host_ip = {p.host_ip})"
                 )
             bindings.setdefault(f"{p.guest}/{p.protocol}", []).append(
@@ -526,7 +469,7 @@ class DockerDriver:
         m = target.machine
         opts = m.driver_options()
         for warning in self.exposure_warnings(target):
-            ui.warn(warning)
+            self.reporter.warn(warning)
         ports = self._port_bindings(target)
         host: dict[str, Any] = {
             "Mounts": [
@@ -593,6 +536,10 @@ class DockerDriver:
         return cid
 
     def find(self, target: Target) -> str | None:
+        if not target.labels:
+            # A box build's machine (contract.BuildTarget) carries no labels: its unique name finds it.
+            info = self._inspect(target.resource_name)
+            return info["Id"] if info else None
         found = self._eng(
             self.engine.containers, [f"{LABEL_PROJECT}={target.project_id}", f"{LABEL_MACHINE}={target.name}"]
         )
@@ -712,8 +659,10 @@ class DockerDriver:
     def transport(self, handle: str):
         from devenv.transports.docker import DockerTransport
 
-        info = self._inspect(handle)
-        name = (info or {}).get("Config", {}).get("Labels", {}).get(LABEL_MACHINE, handle[:12])
+        info = self._inspect(handle) or {}
+        # A box build's container has no labels: its name (devenv-build-...) is what output shows.
+        name = (info.get("Config", {}).get("Labels") or {}).get(LABEL_MACHINE) or info.get("Name", "").lstrip("/")
+        name = name or handle[:12]
         return DockerTransport(self.engine, handle, name, docker_host=os.environ.get("DOCKER_HOST"))
 
     def sweep(self, project_id: str, root: Path | None = None) -> list[str]:
@@ -728,21 +677,36 @@ class DockerDriver:
             removed.append((c.get("Names") or ["/" + c["Id"][:12]])[0].lstrip("/"))
         return removed
 
-    def package(self, handle: str, target: Target, name: str, version: str, baked: list[str]) -> dict:
-        """Commit the machine's container as box NAME@VERSION (devenv-box/NAME:VERSION)."""
-        label = f"LABEL {boxes.LABEL_BOX}={name} {boxes.LABEL_VERSION}={version} {boxes.LABEL_BAKED}={','.join(baked)}"
+    def package(
+        self,
+        handle: str,
+        target: Target,
+        name: str,
+        version: str,
+        baked: list[str],
+        *,
+        record: Mapping[str, Any] | None = None,
+    ) -> dict:
+        """Commit the machine's container as box NAME@VERSION (devenv-box/NAME:VERSION).
+
+        ``record`` (a box build): more labels, devenv.box.KEY=VALUE, and the usual PATH."""
+        label = f"LABEL {LABEL_BOX}={name} {LABEL_VERSION}={version} {LABEL_BAKED}={','.join(baked)}"
         info = self._inspect(handle) or {}
         if (info.get("Config", {}).get("Entrypoint") or [None])[0] == keepalive.PATH_IN_CONTAINER:
-            label += f" {boxes.LABEL_KEEPALIVE}={keepalive.digest()}"  # the committed files include it
+            label += f" {LABEL_KEEPALIVE}={keepalive.digest()}"  # the committed files include it
+        for key, value in (record or {}).items():
+            label += f" {LABEL_BOX}.{_label_word(key)}={_label_word(str(value))}"
         changes = [_NO_ENTRYPOINT, 'CMD ["/bin/sh"]', label]
+        if record is not None:
+            changes.insert(2, _PATH)
         img = self._call(
             "commit",
             self.client.containers.get(handle).commit,
-            repository=f"{boxes.IMAGE_REPO}/{name}",
+            repository=f"{IMAGE_REPO}/{name}",
             tag=version,
             changes=changes,
         )
-        return {"provider": "docker", "ref": f"{boxes.IMAGE_REPO}/{name}:{version}", "digest": img.id}
+        return {"provider": "docker", "ref": f"{IMAGE_REPO}/{name}:{version}", "digest": img.id}
 
     # -- optional roles ------------------------------------------------------------------------
     def suspend(self, handle: str) -> None:
@@ -750,6 +714,13 @@ class DockerDriver:
 
     def resume(self, handle: str) -> None:
         self._eng(self.engine.unpause, handle)
+
+
+def _label_word(text: str) -> str:
+    """A key or value of a commit's LABEL line: as is when plain, else a quoted string."""
+    import json
+
+    return text if re.fullmatch(r"[A-Za-z0-9._,:/@+-]+", text) else json.dumps(text)
 
 
 def context_host() -> str | None:

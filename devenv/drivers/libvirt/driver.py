@@ -8,6 +8,9 @@ devenv and delivered by a NoCloud seed, and SSH runs with that host key pinned.
 Networking is QEMU user mode with host forwards bound to 127.0.0.1 (ENGINES.md: passt is not
 available in Debian 12's libvirt). Domain type is `kvm` only when the CPU really offers
 vmx/svm and /dev/kvm exists — libvirt's own capability report is not trusted for this.
+
+The driver never builds a box: devenv.boxes.builders does (a build VM is a contract.BuildTarget
+machine on a fresh disk, stored with ``package``); prepare_box only looks a box up in the store.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 from xml.sax.saxutils import escape, quoteattr
 
-from devenv import ui
 from devenv.boxes import store as boxes
+from devenv.boxes.disks import qcow2_backing
 from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, Reporter, Target, safe_handle
 from devenv.drivers.hostports import check_host_addresses, free_port, plan_forwards, port_free, ssh_banner
 from devenv.drivers.vm.common import VmMetadataMixin
@@ -36,6 +40,7 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
+from devenv.model.recipe import check_origin, find_recipe, parse_ref
 from devenv.model.schema import USER_NAME_HELP, USER_NAME_PATTERN, Bool, Custom, Field, Int, Problem, Str, Table
 
 DEFAULT_URI = "qemu:///system"
@@ -240,6 +245,11 @@ class LibvirtDriver(VmMetadataMixin):
         """The libvirt the machine names (`uri`, e.g. qemu:///session), else the default one."""
         self.conn(self._uri_for(machine) if machine is not None else None)
 
+    def describe_engine(self, machine=None) -> str:
+        conn = self.conn(self._uri_for(machine) if machine is not None else None)
+        v = conn.getLibVersion()
+        return f"libvirt {v // 1000000}.{v // 1000 % 1000} at {conn.getURI()}"
+
     def _uri_for(self, machine) -> str:
         return machine.driver_options().get("uri") or self.default_uri()
 
@@ -273,7 +283,7 @@ class LibvirtDriver(VmMetadataMixin):
     def validate(self, machine) -> list[Problem]:
         problems: list[Problem] = []
         if machine.box:
-            ref = boxes.parse_ref(machine.box)
+            ref = parse_ref(machine.box)
             if ref.kind == "image":
                 problems.append(Problem(("box",), "the libvirt driver boots VM boxes, not Docker images"))
         for i, s in enumerate(machine.sync):
@@ -301,15 +311,17 @@ class LibvirtDriver(VmMetadataMixin):
         check_host_addresses(target)  # QEMU's forwards bind on this host
 
     # -- boxes ---------------------------------------------------------------------------------
-    def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
-        ref = boxes.parse_ref(box)
+    def prepare_box(self, target: Target, box: str) -> BoxArtifact:
+        """The stored libvirt box the machine names; a recipe's box must be built already
+        (devenv.boxes.builders.ensure_built, which `up` runs first)."""
+        ref = parse_ref(box)
         if ref.kind != "recipe":
             raise BoxError(
                 f"the libvirt driver cannot use box '{box}' yet",
                 hint="use a box from the box store (`devenv box list`) or a recipe with a libvirt output",
             )
         try:
-            recipe = boxes.find_recipe(ref, target.project_root)
+            recipe = find_recipe(ref, target.project_root, warn=self.reporter.warn)
         except BoxError:
             recipe = None  # no recipe here (a box added or packaged): the store's newest, as named
         # With a recipe, its own version (never whatever version is newest in the shared store: a
@@ -317,7 +329,7 @@ class LibvirtDriver(VmMetadataMixin):
         version = ref.version or (recipe.version if recipe is not None else None)
         stored = boxes.find_stored(ref.name, version, "libvirt")
         if stored is not None and recipe is not None:
-            boxes.check_origin(stored.meta.get("origin"), recipe, f"box {stored.name}@{stored.version} (libvirt)")
+            check_origin(stored.meta.get("origin"), recipe, f"box {stored.name}@{stored.version} (libvirt)")
         if stored is None:
             if recipe is None or "libvirt" not in recipe.outputs:
                 raise BoxError(
@@ -325,9 +337,12 @@ class LibvirtDriver(VmMetadataMixin):
                     hint="build it with `devenv box build NAME` from a recipe with a libvirt output, "
                     "or add one with `devenv box add`",
                 )
-            from devenv.boxes import vmbuild as vmbox
-
-            stored = vmbox.build_libvirt_box(recipe, machine=target.name)
+            raise BoxError(
+                f"box {recipe.name}@{recipe.version} (libvirt) is not built: it is not in the box store "
+                f"({boxes.store_root()})",
+                hint=f"build it: `devenv box build {recipe.name} --output libvirt` "
+                "(`devenv up` builds a missing box itself)",
+            )
         disk = stored.file("disk")
         if disk is None or not disk.is_file():
             raise BoxError(
@@ -357,7 +372,7 @@ class LibvirtDriver(VmMetadataMixin):
 
     # -- storage -------------------------------------------------------------------------------
     def storage_dir(self, domain: str) -> Path:
-        from devenv.core.state import data_dir
+        from devenv.state import data_dir
 
         return data_dir() / "libvirt" / domain
 
@@ -441,8 +456,8 @@ class LibvirtDriver(VmMetadataMixin):
         self, target: Target, box: BoxArtifact, handle: str, *, ssh_port: int, new_machine: bool = False
     ) -> None:
         """Write the seed and (re)define the domain; the disk and the machine's keys are kept."""
-        from devenv.core.state import ProjectState
         from devenv.drivers.vm import identity, seed
+        from devenv.state import ProjectState
 
         m = target.machine
         uri, name = split_handle(handle)
@@ -518,7 +533,7 @@ class LibvirtDriver(VmMetadataMixin):
         image headers; the empty <backingStore/> ends it, so QEMU opens no file the box disk's
         header might name. The backing is the one the overlay records (devenv wrote it), else the box's.
         """
-        backing = boxes.qcow2_backing(folder / "disk.qcow2") or box.ref
+        backing = qcow2_backing(folder / "disk.qcow2") or box.ref
         return (
             f"<backingStore type='file'><format type='qcow2'/><source file={quoteattr(backing)}/>"
             "<backingStore/></backingStore>"
@@ -791,7 +806,7 @@ class LibvirtDriver(VmMetadataMixin):
                     return
             if wait(0):
                 return
-            ui.warn(f"{split_handle(handle)[1]}: no clean shutdown after {timeout:.0f}s: powering off")
+            self.reporter.warn(f"{split_handle(handle)[1]}: no clean shutdown after {timeout:.0f}s: powering off")
         try:
             dom.destroy()
         except lib.libvirtError:
@@ -849,11 +864,22 @@ class LibvirtDriver(VmMetadataMixin):
                 removed.append(dom.name())
         return removed
 
-    def package(self, handle: str, target: Target, name: str, version: str, baked: list[str]) -> dict:
+    def package(
+        self,
+        handle: str,
+        target: Target,
+        name: str,
+        version: str,
+        baked: list[str],
+        *,
+        record: Mapping[str, Any] | None = None,
+    ) -> dict:
         """Flatten the machine's disk (overlay + box) into a new box NAME@VERSION in the box store.
 
         The machine must be stopped: a running guest's disk is not consistent. Its SSH host key
         and authorized key stay in the image until the next machine's seed replaces them at boot.
+        With ``record`` (a box build) the box boots the kernel and initrd the build VM booted and
+        records what the builder says; else it takes both from the machine's own box.
         """
         import tempfile
 
@@ -861,13 +887,23 @@ class LibvirtDriver(VmMetadataMixin):
         dom = self._dom(handle)
         if dom is not None and dom.isActive():
             raise MachineStateError(f"machine '{target.name}' is running", hint=f"`devenv halt {target.name}` first")
-        src = boxes.find_stored(
-            meta.get("box", {}).get("name", ""), meta.get("box", {}).get("version") or None, "libvirt"
-        )
+        boot: dict[str, Path | None] = {}
+        extra: dict = {"baked": baked}
+        if record is None:
+            src = boxes.find_stored(
+                meta.get("box", {}).get("name", ""), meta.get("box", {}).get("version") or None, "libvirt"
+            )
+            extra["packaged_from"] = f"{target.project_id}/{target.name}"
+            if src is not None:
+                boot = {key: src.file(key) for key in ("kernel", "initrd")}
+                extra.update({k: src.meta[k] for k in ("cmdline", "ssh_user", "sync", "bootloader") if k in src.meta})
+        else:
+            boot = self._booted_files(dom)
+            extra = {**record, "baked": baked}
         folder = self.storage_dir(split_handle(handle)[1])
         with tempfile.TemporaryDirectory(dir=boxes.store_root().parent) as tmp:
             disk = Path(tmp) / "disk.qcow2"
-            with ui.progress(target.name, f"packaging the disk as box {name}@{version}"):
+            with self.reporter.progress(target.name, f"packaging the disk as box {name}@{version}"):
                 r = subprocess.run(
                     ["qemu-img", "convert", "-q", "-O", "qcow2", str(folder / "disk.qcow2"), str(disk)],
                     capture_output=True,
@@ -876,16 +912,24 @@ class LibvirtDriver(VmMetadataMixin):
                 if r.returncode != 0:
                     raise BoxError(f"cannot flatten the disk of '{target.name}': {r.stderr.strip()}")
             files = {"disk": disk}
-            extra: dict = {"baked": baked, "packaged_from": f"{target.project_id}/{target.name}"}
-            if src is not None:
-                for key in ("kernel", "initrd"):
-                    f = src.file(key)
-                    if f is not None:
-                        shutil.copy2(f, Path(tmp) / f.name)
-                        files[key] = Path(tmp) / f.name
-                extra.update({k: src.meta[k] for k in ("cmdline", "ssh_user", "sync", "bootloader") if k in src.meta})
+            for key, f in boot.items():
+                if f is not None:
+                    shutil.copy2(f, Path(tmp) / f.name)
+                    files[key] = Path(tmp) / f.name
             stored = boxes.store_box(name, version, "libvirt", files, extra, work=Path(tmp))
         return {"provider": "libvirt", "ref": str(stored.folder), "digest": "sha256:" + (stored.digest() or "")}
+
+    @staticmethod
+    def _booted_files(dom: Any) -> dict[str, Path | None]:
+        """The kernel and initrd the domain boots directly (devenv wrote them into its XML)."""
+        if dom is None:
+            return {}
+        os_el = ET.fromstring(dom.XMLDesc(0)).find("os")
+        found: dict[str, Path | None] = {}
+        for key in ("kernel", "initrd"):
+            el = os_el.find(key) if os_el is not None else None
+            found[key] = Path(el.text) if el is not None and el.text and Path(el.text).is_file() else None
+        return found
 
     # -- optional roles ------------------------------------------------------------------------
     def suspend(self, handle: str) -> None:

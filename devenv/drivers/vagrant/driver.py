@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from devenv import ui
 from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, PortBinding, Reporter, Target
 from devenv.errors import (
     BackendUnavailable,
@@ -55,6 +54,7 @@ from devenv.errors import (
     UnsupportedOperation,
     UsageError,
 )
+from devenv.masking import head
 from devenv.model.schema import Bool, Field, Problem, Str, Table, did_you_mean
 from devenv.transports.ssh import SshTransport, ssh_word
 
@@ -254,8 +254,8 @@ def trim_vagrant_error(text: str, limit: int = 6) -> list[str]:
         text = err[1]
     lines = [ln.rstrip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln.strip() and not any(b in ln for b in _BOILERPLATE)]
-    # ui.head masks before it cuts: a secret the cut falls inside would otherwise show its head.
-    lines = [ui.head(ln, 160) for ln in lines if not _NOISE.match(ln)]
+    # head masks before it cuts: a secret the cut falls inside would otherwise show its head.
+    lines = [head(ln, 160) for ln in lines if not _NOISE.match(ln)]
     fields = {}
     for ln in lines:
         m = re.match(r"(Path|Line number|Message): (.*)$", ln.strip())
@@ -334,7 +334,7 @@ def vagrant_dir(root: Path, opts: dict, machine: str, *, kind: str = "dir") -> P
 
 
 def _marker_path(handle: str) -> Path:
-    from devenv.core.state import data_dir
+    from devenv.state import data_dir
 
     return data_dir() / "vagrant" / (hashlib.sha256(handle.encode()).hexdigest()[:32] + ".json")
 
@@ -357,7 +357,7 @@ def read_marker(handle: str) -> dict | None:
 
 def write_marker(handle: str, machine_id: str | None) -> None:
     """Record that devenv made (id None: is making) the Vagrant machine ``handle``."""
-    from devenv.core.state import atomic_write
+    from devenv.state import atomic_write
 
     path = _marker_path(handle)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -423,8 +423,8 @@ class PinnedSsh(SshTransport):
 
         Returns the key's fingerprint. Trust on first use: see the module docstring.
         """
-        from devenv.core.state import read_bounded
         from devenv.drivers.vm.identity import MachineKeys
+        from devenv.state import read_bounded
         from devenv.transports.ssh import ssh_path
 
         keys = MachineKeys(self.known_hosts.parent)
@@ -487,6 +487,9 @@ class VagrantDriver:
         self.calls: list[tuple[str, float]] = []  # (vagrant command, seconds): for --debug and tests
 
     # -- Vagrant access ------------------------------------------------------------------------
+    def describe_engine(self, machine=None) -> str:
+        return "available"  # doctor checks the vagrant command itself
+
     def check_available(self, machine=None) -> None:
         if shutil.which("vagrant") is None:
             raise BackendUnavailable("Vagrant is not installed (no `vagrant` command on PATH)", hint=INSTALL_HINT)
@@ -541,7 +544,7 @@ class VagrantDriver:
         finally:
             took = time.monotonic() - t0
             self.calls.append((f"vagrant {verb}{' ' + machine if machine else ''}", took))
-            ui.debug(f"vagrant {verb} {machine or ''} in {folder}: {took:.2f}s")
+            self.reporter.debug(f"vagrant {verb} {machine or ''} in {folder}: {took:.2f}s")
 
     def _failure(self, folder: Path, verb: str, machine: str | None, stderr: str, stdout: str) -> Exception:
         err = machine_readable_error(stdout)
@@ -665,7 +668,7 @@ class VagrantDriver:
 
     # -- the per-machine cache in .devenv/machines/NAME/ ---------------------------------------
     def _cache_dir(self, handle: str) -> Path:
-        from devenv.core.state import ProjectState
+        from devenv.state import ProjectState
 
         # In a project: .devenv/machines/NAME checked for planted links before any file in it is used.
         t = self._targets.get(handle)
@@ -682,8 +685,8 @@ class VagrantDriver:
     def _locate(self, handle: str) -> tuple[Path, str] | None:
         """The project (root, machine) whose state records this handle: searched upwards from
         the Vagrant folder and from the working directory."""
-        from devenv.core.state import STATE_DIR, ProjectState
         from devenv.errors import StateError
+        from devenv.state import STATE_DIR, ProjectState
 
         if handle in self._located:
             return self._located[handle]
@@ -709,7 +712,7 @@ class VagrantDriver:
         return None
 
     def _load_cache(self, handle: str) -> dict:
-        from devenv.core.state import MAX_STATE_BYTES, read_bounded
+        from devenv.state import MAX_STATE_BYTES, read_bounded
 
         try:
             # A link or a FIFO planted there is never followed or waited on: the cache is then empty.
@@ -720,7 +723,7 @@ class VagrantDriver:
         return data if isinstance(data, dict) and data.get("handle") == handle else {}
 
     def _save_cache(self, handle: str, data: dict) -> None:
-        from devenv.core.state import ProjectState, atomic_write
+        from devenv.state import ProjectState, atomic_write
 
         d = self._cache_dir(handle)
         t = self._targets.get(handle)
@@ -758,7 +761,9 @@ class VagrantDriver:
         from devenv.drivers.vm.identity import MachineKeys
 
         if old.get("id") not in (None, mid) and MachineKeys(self._cache_dir(handle)).forget_known_hosts():
-            ui.warn(f"{self._label(handle)}: Vagrant recreated the machine outside devenv: pinning its new host key")
+            self.reporter.warn(
+                f"{self._label(handle)}: Vagrant recreated the machine outside devenv: pinning its new host key"
+            )
         if self._uses_docker(handle, provider, data):
             data["container_id"] = mid
             self._save_cache(handle, data)
@@ -801,7 +806,7 @@ class VagrantDriver:
         def run(v: Any) -> None:
             for line in v.up(vm_name=name, no_provision=True, provider=provider, stream_output=True):
                 if line.strip():
-                    ui.detail(label, strip_progress_prefix(line, name))
+                    self.reporter.output(label, strip_progress_prefix(line, name))
 
         with self._dir_lock(folder):
             try:
@@ -845,7 +850,7 @@ class VagrantDriver:
         if self.state(handle) is MachineState.NOT_CREATED:
             return None
         if not self._made_by_us(handle, target):
-            ui.warn(
+            self.reporter.warn(
                 f"{target.name}: Vagrant machine '{name}' in {folder} exists, but devenv did not create it: "
                 "leaving it alone"
             )
@@ -896,7 +901,7 @@ class VagrantDriver:
         marker = read_marker(handle)
         if marker is not None:
             return marker["id"] is None or (created is not None and marker["id"] == created[1])
-        from devenv.core.state import GlobalIndex
+        from devenv.state import GlobalIndex
 
         try:
             entries = GlobalIndex().entries()
@@ -947,7 +952,7 @@ class VagrantDriver:
         def run(v: Any) -> None:
             for line in v.reload(vm_name=name, provision=False, stream_output=True):
                 if line.strip():
-                    ui.detail(self._label(handle), strip_progress_prefix(line, name))
+                    self.reporter.output(self._label(handle), strip_progress_prefix(line, name))
 
         with self._dir_lock(folder):
             try:
@@ -986,13 +991,13 @@ class VagrantDriver:
         raw = self._statuses(folder, None).get(name, (None, None))[0]
         st = map_state(raw)
         if st is None:
-            ui.warn(f"{self._label(handle)}: Vagrant reports the state '{raw}'; treating it as stopped")
+            self.reporter.warn(f"{self._label(handle)}: Vagrant reports the state '{raw}'; treating it as stopped")
             return MachineState.STOPPED
         return st
 
     def _docker_driver(self):
         """devenv's own Docker driver (its fast engine reads), or None when the engine is unreachable."""
-        from devenv.drivers import get_driver
+        from devenv.plugins import get_driver
 
         driver = get_driver("docker")
         try:
@@ -1071,7 +1076,7 @@ class VagrantDriver:
         # Read by descriptor: a link planted as known_hosts is a StateError, never read through.
         if not MachineKeys(known_hosts.parent).read_known_hosts().strip():
             fp = t.pin()
-            ui.info(label, f"pinned its SSH host key {fp} (first contact; Vagrant itself checks none)")
+            self.reporter.info(label, f"pinned its SSH host key {fp} (first contact; Vagrant itself checks none)")
         return t
 
     def sweep(self, project_id: str, root: Path | None = None) -> list[str]:

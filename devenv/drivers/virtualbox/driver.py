@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from devenv import ui
 from devenv.boxes import store as boxes
 from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, Reporter, Target, safe_handle
 from devenv.drivers.hostports import check_host_addresses, plan_forwards, ssh_banner
@@ -243,6 +242,9 @@ class VirtualBoxDriver(VmMetadataMixin):
             "Could not find a registered machine" in r.stderr or "VBOX_E_OBJECT_NOT_FOUND" in r.stderr
         )
 
+    def describe_engine(self, machine=None) -> str:
+        return "available"  # doctor checks VBoxManage itself
+
     def check_available(self, machine=None) -> None:
         r = self._run("--version", check=False, timeout=60)
         found = parse_version(r.stdout) if r.returncode == 0 else None
@@ -300,7 +302,7 @@ class VirtualBoxDriver(VmMetadataMixin):
 
     # -- storage -------------------------------------------------------------------------------
     def home(self) -> Path:
-        from devenv.core.state import data_dir
+        from devenv.state import data_dir
 
         return data_dir() / "virtualbox"
 
@@ -387,7 +389,9 @@ class VirtualBoxDriver(VmMetadataMixin):
         with self._base_lock(base):
             ed = self._extradata(base)
             if ed is None:
-                ui.info(None, f"importing box {box.name}@{box.version} into VirtualBox as {base} (once per version)")
+                self.reporter.info(
+                    None, f"importing box {box.name}@{box.version} into VirtualBox as {base} (once per version)"
+                )
                 # `VBoxManage import` applies all an OVF says (shared folders, serial ports, NICs):
                 # only a descriptor with no more than devenv's own (boxfile.render_ovf) is imported.
                 from devenv.boxes import vagrantbox as boxfile
@@ -405,7 +409,7 @@ class VirtualBoxDriver(VmMetadataMixin):
                 except (ValueError, AttributeError):
                     made_from = None
                 if made_from and box.digest and made_from != box.digest:
-                    ui.warn(
+                    self.reporter.warn(
                         f"{base} was imported from another build of {box.name}@{box.version}; new machines still "
                         f"use it (`VBoxManage unregistervm {base} --delete` once no machine is made from it)"
                     )
@@ -453,7 +457,7 @@ class VirtualBoxDriver(VmMetadataMixin):
                     f"a VirtualBox VM named {name} exists but is not devenv's machine '{m.name}' of this project",
                     hint=f"remove or rename it (`VBoxManage unregistervm {name} --delete`) if it is not needed",
                 )
-            ui.info(m.name, f"removing {name}, a VM an earlier run left half-made")
+            self.reporter.info(m.name, f"removing {name}, a VM an earlier run left half-made")
             self.destroy(name)
         forwards = self._forwards(target)  # port conflicts and sync problems before anything is made
         sync = self._sync_plan(target, box)
@@ -503,8 +507,8 @@ class VirtualBoxDriver(VmMetadataMixin):
         retry_locked: float = 0,
     ) -> None:
         """Hardware, NAT forwards, seed DVD, shared folders, then the devenv record (last)."""
-        from devenv.core.state import ProjectState
         from devenv.drivers.vm import identity, seed
+        from devenv.state import ProjectState
 
         m = target.machine
         opts = m.driver_options()
@@ -676,7 +680,7 @@ class VirtualBoxDriver(VmMetadataMixin):
         from devenv.drivers.vm.identity import MachineKeys
 
         new = _free_port("127.0.0.1")
-        ui.info(meta.get("machine"), f"SSH port {port} is taken: forwarding {new} instead")
+        self.reporter.info(meta.get("machine"), f"SSH port {port} is taken: forwarding {new} instead")
         self._run("modifyvm", handle, "--natpf1", "delete", "ssh", "--natpf1", f"ssh,tcp,127.0.0.1,{new},,22")
         MachineKeys(Path(ssh["keys"])).pin("127.0.0.1", new)
         meta = {**meta, "ssh": {**ssh, "port": new}}
@@ -712,7 +716,7 @@ class VirtualBoxDriver(VmMetadataMixin):
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(min(0.5, max(0.05, timeout / 10)))
-            ui.warn(f"{handle}: no clean shutdown after {timeout:g}s: powering off")
+            self.reporter.warn(f"{handle}: no clean shutdown after {timeout:g}s: powering off")
         r = self._run("controlvm", handle, "poweroff", check=False)
         if r.returncode != 0 and self._vmstate(handle) in (*_RUNNING, "paused"):
             raise self._error(("controlvm", handle, "poweroff"), r)

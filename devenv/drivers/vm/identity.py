@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from devenv.core.state import read_fd
 from devenv.errors import BackendUnavailable, CommandFailed, StateError
+from devenv.state import read_fd
 
 CLIENT_KEY = "id_ed25519"
 HOST_KEY = "ssh_host_ed25519_key"
@@ -142,7 +142,7 @@ def _folder_fd(folder: Path, *, create: bool) -> Iterator[int | None]:
     For .devenv/machines/NAME of a project, every level below the project folder is opened with
     O_NOFOLLOW relative to the one above (ProjectState); elsewhere (a Vagrant machine's own folder)
     the folder itself must not be a link."""
-    from devenv.core.state import ProjectState, split_machine_dir
+    from devenv.state import ProjectState, split_machine_dir
 
     found = split_machine_dir(folder)
     if found is not None:
@@ -267,7 +267,7 @@ class MachineKeys:
             return _read_entry(dfd, self.folder, KNOWN_HOSTS, MAX_KNOWN_HOSTS_BYTES) or b""
 
     def write_known_hosts(self, data: bytes | str) -> None:
-        from devenv.core.state import write_at
+        from devenv.state import write_at
 
         with _folder_fd(self.folder, create=True) as dfd:
             assert dfd is not None
@@ -313,7 +313,7 @@ def _make_pair(dfd: int, folder: Path, name: str, comment: str) -> None:
     never followed). The public half goes first: a pair cut short is made again next time."""
     import tempfile
 
-    from devenv.core.state import read_bounded, write_at
+    from devenv.state import read_bounded, write_at
 
     tmp = Path(tempfile.mkdtemp(prefix="devenv-keygen-"))  # 0700, a new name: nobody else's
     try:

@@ -1,58 +1,16 @@
-"""All user-facing output.
+"""What may leave devenv of a text: secrets masked, terminal controls escaped.
 
-Kept free of heavy imports (no rich): the CLI's start-up time is a product feature.
-Lines about a machine are prefixed ``==> NAME:``; colour only on a TTY and never with NO_COLOR.
-Output from several threads (parallel ``up``) is serialised by one lock so lines never interleave.
-
-Every line that leaves through this module is cleaned at this one place: secret values are
-replaced by ``***`` (see :func:`mask`), then characters that would act on the terminal instead of
-being shown (control characters, bidi overrides, lone surrogates) are escaped (see :func:`escape`).
+Every line devenv shows (progress, errors, JSON events, command output) goes through
+:func:`clean` at the CLI, and every cut of a text that may hold a secret through :func:`head` /
+:func:`tail`, which mask *before* they cut. Secret values are registered once with
+:func:`add_secret` (the core does it for every from_env value it reads). Pure functions and one
+process-wide registry: nothing here prints.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-_lock = threading.Lock()
-_quiet = False
-_debug = False
-
-_COLOURS = {"green": "32", "red": "31", "yellow": "33", "cyan": "36", "bold": "1", "dim": "2"}
-# style() marks colour with private-use characters and a per-process random tag, turned into real
-# escape sequences only when the line is written, around text that is escaped: input can neither
-# smuggle an escape sequence in nor forge a mark (it cannot know the tag), and ours still render.
-_SGR_OPEN, _SGR_CLOSE = "\ue000" + os.urandom(8).hex(), "\ue001"
-_SGR = re.compile(f"{_SGR_OPEN}([0-9;]+){_SGR_CLOSE}")
-
-
-def configure(*, quiet: bool = False, debug: bool = False) -> None:
-    global _quiet, _debug
-    _quiet, _debug = quiet, debug
-
-
-def debug_enabled() -> bool:
-    return _debug
-
-
-def _use_colour(stream) -> bool:
-    if os.environ.get("NO_COLOR") is not None or os.environ.get("TERM") == "dumb":
-        return False
-    return hasattr(stream, "isatty") and stream.isatty()
-
-
-def style(text: str, colour: str, stream=None) -> str:
-    """``text`` in a colour when ``stream`` (default stdout) shows colour; only for ui's own output."""
-    stream = stream or sys.stdout
-    if not _use_colour(stream):
-        return text
-    return f"{_SGR_OPEN}{_COLOURS[colour]}{_SGR_CLOSE}{text}{_SGR_OPEN}0{_SGR_CLOSE}"
-
 
 # -- what reaches the terminal -------------------------------------------------------------------
 
@@ -202,109 +160,8 @@ def clean(text: str) -> str:
     return escape(mask(text))
 
 
-def _render(text: str, stream) -> str:
-    """``text`` cleaned, its style() marks (only those: they carry this process's tag) as colour."""
-    colour = _use_colour(stream)
-    out, pos = [], 0
-    for m in _SGR.finditer(text):
-        out.append(clean(text[pos : m.start()]))
-        out.append(f"\033[{m.group(1)}m" if colour else "")
-        pos = m.end()
-    out.append(clean(text[pos:]))
-    return "".join(out)
-
-
-def _write(prefix: str, text: str, stream) -> None:
-    """One line: ``prefix`` is ui's own (styled) text, ``text`` may quote anything and is cleaned."""
-    line = _render(prefix + text, stream)
-    with _lock:
-        stream.write(line + "\n")
-        stream.flush()
-
-
-def say(text: str = "") -> None:
-    """A plain line on stdout (results, tables). ``style()`` parts inside render as colour."""
-    _write("", text, sys.stdout)
-
-
-def problem(text: str) -> None:
-    """One problem line (Devfile problems) on stderr, as it is, but cleaned like every line."""
-    _write("", text, sys.stderr)
-
-
-def info(machine: str | None, text: str) -> None:
-    """A progress line about a machine (or the project when machine is None), on stderr.
-
-    Progress goes to stderr so that stdout stays clean for ``--json`` and command output.
-    """
-    if _quiet:
-        return
-    label = f"==> {escape(machine)}:" if machine else "==>"
-    _write(style(label, "bold", sys.stderr) + " ", text, sys.stderr)
-
-
-def detail(machine: str | None, text: str) -> None:
-    """Indented output under a machine line (provisioner output)."""
-    if _quiet:
-        return
-    prefix = f"    {escape(machine)}:" if machine else "   "
-    _write(style(prefix, "dim", sys.stderr) + " ", text, sys.stderr)
-
-
-def warn(text: str) -> None:
-    _write(style("warning: ", "yellow", sys.stderr), text, sys.stderr)
-
-
-def error(message: str, hint_text: str | None = None) -> None:
-    _write(style("error: ", "red", sys.stderr), message, sys.stderr)
-    if hint_text:
-        hint(hint_text)
-
-
-def hint(text: str) -> None:
-    _write(style("hint: ", "cyan", sys.stderr), text, sys.stderr)
-
-
-def debug(text: str) -> None:
-    if _debug:
-        _write(style("debug: ", "dim", sys.stderr), text, sys.stderr)
-
-
 def format_exception(exc: BaseException) -> str:
     """The traceback of ``exc`` (its causes, context and notes included), cleaned like every line."""
     import traceback
 
     return clean("".join(traceback.format_exception(exc)).rstrip("\n"))
-
-
-def exception(exc: BaseException) -> None:
-    """Print the traceback of ``exc`` on stderr (``--debug``): secrets masked, controls escaped."""
-    text = format_exception(exc)
-    with _lock:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-
-
-@contextmanager
-def progress(machine: str | None, text: str, *, every: float = 5.0) -> Iterator[None]:
-    """Announce long work and keep saying it is alive, so a slow build never looks hung.
-
-    Prints the start line, then an elapsed-time line every ``every`` seconds, then the total.
-    """
-    info(machine, text + " ...")
-    start = time.monotonic()
-    done = threading.Event()
-
-    def ticker() -> None:
-        while not done.wait(every):
-            info(machine, f"{text} ... {time.monotonic() - start:.0f}s")
-
-    t = threading.Thread(target=ticker, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        done.set()
-        t.join()
-    # Only reached when the work succeeded: a failure is reported by the caller's error.
-    info(machine, f"{text}: done in {time.monotonic() - start:.1f}s")

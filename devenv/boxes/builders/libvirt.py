@@ -1,10 +1,14 @@
-"""Build a bootable libvirt box from a recipe, from Debian packages only.
+"""The libvirt output: a bootable qcow2 box in the box store, from Debian packages only.
 
 debootstrap a root file system with Debian's cloud kernel and OpenSSH, make it apply the
 NoCloud seed at every boot (devenv-seed: hostname, authorized key, pinned host key, shared
 folders), then an ext4 image made without mounting (`mkfs.ext4 -d`) converted to qcow2. The
 kernel and initrd are kept beside the disk for direct kernel boot. The box ships with NO SSH
-host keys: every machine gets its own from its seed.
+host keys: every machine gets its own from its seed. A cloud image or a libvirt .box is the
+other kind of source: downloaded, verified, checked, converted.
+
+A recipe with provision steps is baked in a build VM (devenv.boxes.builders.bake, through the
+libvirt driver's contract: a BuildTarget machine on the fresh disk, stored with Package).
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from devenv import ui
 from devenv.boxes import diskcheck
 from devenv.boxes import store as boxes
+from devenv.boxes.builders import Built, bake, baked_fingerprints, build_target, built
+from devenv.contract import QUIET, BoxArtifact, Reporter
 from devenv.errors import BoxError
+from devenv.masking import tail
+from devenv.model.recipe import Recipe
 
 VM_PACKAGES = [
     "linux-image-cloud-amd64",
@@ -72,7 +80,7 @@ while read -r tag path fstype opts _; do
 done
 umount "$mnt"
 echo "devenv-seed: applied"
-"""
+"""  # noqa: E501 - the guest-side shell script reads best unwrapped
 
 SEED_UNIT = """[Unit]
 Description=Apply the devenv NoCloud seed (hostname, keys, shared folders)
@@ -102,7 +110,7 @@ DHCP=ipv4
 def _run(argv: list[str], what: str) -> None:
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
-        raise BoxError(f"{what} failed: {ui.tail((r.stderr or r.stdout).strip(), 800)}")
+        raise BoxError(f"{what} failed: {tail((r.stderr or r.stdout).strip(), 800)}")
 
 
 def configure_rootfs(root: Path, hostname: str) -> None:
@@ -146,7 +154,59 @@ def configure_rootfs(root: Path, hostname: str) -> None:
     mask.symlink_to("/dev/null")
 
 
-def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_size: str = "3G") -> boxes.StoredBox:
+def wanted(recipe: Recipe) -> bool:
+    """Whether `up` on a libvirt machine builds this recipe when it is missing: one with a libvirt output."""
+    return "libvirt" in recipe.outputs
+
+
+def present(recipe: Recipe, driver: Any = None) -> bool:
+    return boxes.find_stored(recipe.name, recipe.version, "libvirt") is not None
+
+
+def build(recipe: Recipe, driver: Any, *, machine: str | None = None, reporter: Reporter = QUIET) -> boxes.StoredBox:
+    """`up`: build the recipe's libvirt box, baking (if it has steps) on the machine's driver."""
+    return build_libvirt_box(recipe, driver=driver, machine=machine, reporter=reporter)
+
+
+def output(recipe: Recipe, *, force: bool = False, reporter: Reporter = QUIET) -> Built:
+    """`box build --output libvirt`: the stored box, unless it exists (``force`` rebuilds it)."""
+    stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
+    if stored and not force:
+        found = _built(stored, existed=True)
+        return built(reporter, found, f"box {recipe.label} (libvirt) exists in {stored.folder}; --force rebuilds it")
+    if stored:
+        boxes.ensure_unused(stored, "rebuild")  # before minutes of building, not after
+    stored = build_libvirt_box(recipe, reporter=reporter)
+    text = f"built {recipe.label} (libvirt) in {stored.folder} (disk sha256:{(stored.digest() or '')[:16]}...)"
+    return built(reporter, _built(stored), text)
+
+
+def _built(stored: boxes.StoredBox, *, existed: bool = False) -> Built:
+    return Built(
+        "libvirt", stored.name, stored.version, str(stored.folder), "sha256:" + (stored.digest() or ""), existed
+    )
+
+
+def _driver(driver: Any, reporter: Reporter) -> Any:
+    """The libvirt driver a bake runs on: the caller's (`up`: the project's), else the registry's."""
+    if driver is None:
+        from devenv.plugins import get_driver
+
+        driver = get_driver("libvirt")
+        driver.reporter = reporter
+    driver.check_available()
+    return driver
+
+
+def build_libvirt_box(
+    recipe: Recipe,
+    *,
+    driver: Any = None,
+    machine: str | None = None,
+    disk_size: str = "3G",
+    reporter: Reporter = QUIET,
+) -> boxes.StoredBox:
+    """Build and store the recipe's libvirt box (``driver``: the libvirt driver a bake runs on)."""
     from devenv.boxes import rootfs
 
     src = next((s for s in recipe.sources if s["type"] in ("debootstrap", "cloud-image", "box")), None)
@@ -155,7 +215,7 @@ def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_
             f"box {recipe.name}: a libvirt output needs a debootstrap, cloud-image or box source in {recipe.path}"
         )
     if src["type"] != "debootstrap":
-        return _build_from_image(recipe, src, machine=machine)
+        return _build_from_image(recipe, src, driver=driver, machine=machine, reporter=reporter)
     for tool in ("mkfs.ext4", "qemu-img"):
         if shutil.which(tool) is None:
             raise BoxError(f"{tool} is not installed", hint="apt-get install e2fsprogs qemu-utils")
@@ -164,14 +224,15 @@ def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_
         work = Path(tmp)
         root = work / "rootfs"
         root.mkdir()
-        with ui.progress(machine, f"building box {recipe.name}@{recipe.version} for libvirt (debootstrap)"):
+        text = f"building box {recipe.name}@{recipe.version} for libvirt (debootstrap)"
+        with reporter.progress(machine, text, phase="build"):
             rootfs.build_debootstrap_rootfs(
                 root,
                 suite=src["suite"],
                 variant=src.get("variant", "minbase"),
                 include=include,
                 mirror=src.get("mirror"),
-                on_output=lambda line: ui.detail(machine, line) if ui.debug_enabled() else None,
+                on_output=lambda line: reporter.output(machine, line) if reporter.debug_enabled else None,
             )
         configure_rootfs(root, recipe.name)
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
@@ -184,7 +245,7 @@ def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_
         kernel, initrd = work / "vmlinuz", work / "initrd.img"
         shutil.copy2(kernels[-1], kernel)
         shutil.copy2(initrds[-1], initrd)
-        with ui.progress(machine, "making the disk image (mkfs.ext4 -d, qcow2)"):
+        with reporter.progress(machine, "making the disk image (mkfs.ext4 -d, qcow2)", phase="build"):
             raw = work / "disk.raw"
             _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(raw), disk_size], "mkfs.ext4")
             shutil.rmtree(root)
@@ -198,10 +259,12 @@ def build_libvirt_box(recipe: boxes.Recipe, *, machine: str | None = None, disk_
             "description": recipe.description,
             "built_from": str(recipe.path),
             "origin": recipe.origin,
-            "baked": recipe.baked_fingerprints(),
+            "baked": baked_fingerprints(recipe),
         }
         if recipe.provision:
-            disk = bake_in_vm(recipe, work, disk, kernel, initrd, meta, machine=machine)
+            return bake_in_vm(
+                recipe, work, disk, kernel, initrd, meta, driver=driver, machine=machine, reporter=reporter
+            )
         return boxes.store_box(
             recipe.name, recipe.version, "libvirt", {"disk": disk, "kernel": kernel, "initrd": initrd}, meta, work=work
         )
@@ -215,14 +278,16 @@ SCRUB = (
 )
 
 
-def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -> boxes.StoredBox:
+def _build_from_image(
+    recipe: Recipe, src: dict, *, driver: Any, machine: str | None, reporter: Reporter
+) -> boxes.StoredBox:
     """A libvirt box from a downloaded disk: a cloud image, or an existing Vagrant .box (libvirt)."""
     from devenv.boxes import vagrantbox as boxfile
 
     ref = src.get("url") or str((recipe.root / src["path"]).resolve())
     with tempfile.TemporaryDirectory(prefix=".devenv-vmbox-", dir=boxes.ensure_store_root()) as tmp:
         work = Path(tmp)
-        fetched = Path(boxfile.fetch(ref, work / "download"))
+        fetched = Path(boxfile.fetch(ref, work / "download", reporter=reporter))
         boxfile.verify(fetched, boxfile.parse_checksum(src["sha256"]), ref)
         kernel = initrd = None
         meta: dict = {
@@ -251,10 +316,12 @@ def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -
             _run(["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", str(fetched), str(disk)], "qemu-img convert")
         if kernel is None:
             meta["bootloader"] = True
-        meta["baked"] = recipe.baked_fingerprints()
+        meta["baked"] = baked_fingerprints(recipe)
         meta["source"] = {"ref": ref, "sha256": boxfile.parse_checksum(src["sha256"])[1]}
         if recipe.provision:
-            disk = bake_in_vm(recipe, work, disk, kernel, initrd, meta, machine=machine)
+            return bake_in_vm(
+                recipe, work, disk, kernel, initrd, meta, driver=driver, machine=machine, reporter=reporter
+            )
         files = {"disk": disk}
         if kernel is not None:
             files.update({"kernel": kernel, "initrd": initrd})
@@ -262,33 +329,26 @@ def _build_from_image(recipe: boxes.Recipe, src: dict, *, machine: str | None) -
 
 
 def bake_in_vm(
-    recipe: boxes.Recipe,
+    recipe: Recipe,
     work: Path,
     disk: Path,
     kernel: Path | None,
     initrd: Path | None,
     meta: dict,
     *,
+    driver: Any = None,
     machine: str | None = None,
-) -> Path:
-    """Boot the fresh disk in a temporary VM, run the recipe's steps, and flatten the result.
+    reporter: Reporter = QUIET,
+) -> boxes.StoredBox:
+    """Boot the fresh disk in a build VM, run the recipe's steps, scrub it and store it.
 
-    Whatever happens the temporary domain is destroyed; only a disk whose every step succeeded
-    is returned (and so stored).
+    The libvirt driver's Package flattens the build VM's disk (overlay + fresh disk) into the
+    store with the VM's kernel and initrd and ``meta``; the build VM goes whatever happens, so
+    only a disk whose every step succeeded is stored.
     """
-    from devenv.contract import BoxArtifact, Target
-    from devenv.drivers.libvirt.driver import LibvirtDriver
-    from devenv.model.devfile import Machine
-
-    driver = LibvirtDriver()
-    driver.check_available()
-    label = machine or f"box {recipe.name}"
+    driver = _driver(driver, reporter)
     build_root = work / "build"
     build_root.mkdir()
-    m = Machine(
-        name="bake", driver="libvirt", box=recipe.name, cpus=1, memory=768 * 1024**2, hostname=recipe.name, env={}
-    )
-    target = Target(f"build-{recipe.name}-{recipe.version}".replace(".", "-")[:40], build_root, m)
     box = BoxArtifact(
         recipe.name,
         recipe.version,
@@ -302,24 +362,18 @@ def bake_in_vm(
             "sync": [],
         },
     )
-    handle = None
-    try:
-        with ui.progress(label, "booting the build VM"):
-            handle = driver.create(target, box)
-            driver.start(handle)
-        transport = driver.transport(handle)
-        recipe.bake(transport, label)
-        transport.run(["/bin/sh", "-c", SCRUB])
-        driver.stop(handle, timeout=60)
-        overlay = driver.storage_dir(handle.rpartition("#")[2]) / "disk.qcow2"
-        baked_disk = work / "baked.qcow2"
-        with ui.progress(label, "flattening the baked disk"):
-            _run(
-                ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", str(overlay), str(baked_disk)],
-                "qemu-img convert",
-            )
-        disk.unlink(missing_ok=True)
-        return baked_disk
-    finally:
-        if handle is not None:
-            driver.destroy(handle)
+    bake(
+        driver,
+        recipe,
+        box,
+        target=build_target(recipe, driver.name, build_root, cpus=1, memory=768 * 1024**2),
+        label=machine or f"box {recipe.name}",
+        reporter=reporter,
+        boot="booting the build VM",
+        finish=["/bin/sh", "-c", SCRUB],
+        record={k: v for k, v in meta.items() if k != "baked"},
+    )
+    stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
+    if stored is None:
+        raise BoxError(f"box {recipe.name}@{recipe.version} (libvirt) was baked but is not in the box store")
+    return stored

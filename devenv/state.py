@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -25,10 +26,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from devenv import ui
+from devenv.contract import QUIET, Reporter
 from devenv.errors import LockTimeout, StateError
+from devenv.masking import head
+from devenv.paths import read_regular
+
+if TYPE_CHECKING:
+    from devenv.model.devfile import Devfile
 
 STATE_DIR = ".devenv"
 SCHEMA_VERSION = 1
@@ -218,16 +224,17 @@ def check_machine_state(data: Any) -> str | None:
         if key in data:
             why = check(data[key])
             if why:
-                return f"'{key}' must be {why}, not {ui.head(json.dumps(data[key]), 60)}"
+                return f"'{key}' must be {why}, not {head(json.dumps(data[key]), 60)}"
     return None
 
 
 class ProjectState:
     """.devenv/ of one project: one JSON file per machine, a folder per machine for its keys."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, reporter: Reporter = QUIET) -> None:
         self.root = root
         self.dir = root / STATE_DIR
+        self.reporter = reporter
 
     # -- folders, opened without following links -------------------------------------------------
     def _unsafe(self, path: Path, why: str) -> StateError:
@@ -337,7 +344,7 @@ class ProjectState:
         try:
             return self.load(name)
         except StateError as exc:
-            ui.warn(f"{exc.message}; ignoring it and finding the machine by its engine labels")
+            self.reporter.warn(f"{exc.message}; ignoring it and finding the machine by its engine labels")
             return None
 
     def save(self, name: str, data: dict) -> None:
@@ -398,9 +405,10 @@ class ProjectState:
                     else:
                         os.unlink(entry, dir_fd=fd)  # a link goes, its target stays
         except StateError as exc:
-            ui.warn(f"{exc.message}; left as it is")
+            self.reporter.warn(f"{exc.message}; left as it is")
         except OSError as exc:
-            ui.warn(f"cannot remove the state of machine '{name}' in {self.dir}: {exc.strerror or exc}; left as it is")
+            why = exc.strerror or exc
+            self.reporter.warn(f"cannot remove the state of machine '{name}' in {self.dir}: {why}; left as it is")
 
     def names(self) -> list[str]:
         try:
@@ -411,7 +419,7 @@ class ProjectState:
                 # Only names a machine can have: "..json" must never become remove(".").
                 return sorted(n for n in stems if _MACHINE_NAME.fullmatch(n))
         except StateError as exc:
-            ui.warn(exc.message)
+            self.reporter.warn(exc.message)
             return []
 
     @contextlib.contextmanager
@@ -444,7 +452,7 @@ class ProjectState:
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another devenv command"
                 holder = "".join(c if c.isprintable() else "?" for c in holder)
-                ui.info(None, f"waiting for {holder} to finish on this project ...")
+                self.reporter.info(None, f"waiting for {holder} to finish on this project ...")
                 deadline = None if timeout is None else time.monotonic() + timeout
                 while True:
                     try:
@@ -487,8 +495,9 @@ def data_dir() -> Path:
 class GlobalIndex:
     """Every machine devenv made on this host, for `devenv global-status`."""
 
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(self, base: Path | None = None, reporter: Reporter = QUIET) -> None:
         self.path = (base or data_dir()) / "index.json"
+        self.reporter = reporter
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -513,13 +522,15 @@ class GlobalIndex:
         try:
             data = read_json(self.path, what="global index", fix=fix, limit=MAX_INDEX_BYTES)
         except StateError as exc:
-            ui.warn(exc.message + " — starting a new one")
+            self.reporter.warn(exc.message + " — starting a new one")
             return {}
         if data is None:
             return {}
         machines = data.get("machines") if isinstance(data, dict) else None
         if not isinstance(machines, dict):
-            ui.warn(f"global index {self.path} has the wrong shape (no 'machines' object) — starting a new one")
+            self.reporter.warn(
+                f"global index {self.path} has the wrong shape (no 'machines' object) — starting a new one"
+            )
             return {}
         # Every entry is used as {project_id, machine, driver, handle: str, root/project/devfile: str}:
         # one of another shape is dropped (once, with a warning), never an internal error later.
@@ -532,7 +543,7 @@ class GlobalIndex:
             ):
                 good[key] = {**e, "root": e.get("root", ""), "project": e.get("project") or e["project_id"]}
         if len(good) != len(machines):
-            ui.warn(
+            self.reporter.warn(
                 f"global index {self.path}: ignoring {len(machines) - len(good)} malformed entr"
                 + ("y" if len(machines) - len(good) == 1 else "ies")
             )
@@ -570,3 +581,46 @@ class GlobalIndex:
             for k in keys:
                 del data[k]
             self._write(data)
+
+
+# -- host-reach notices: shown once per project (and again when what reaches the host changes) ------
+
+
+def first_use_notice(df: Devfile, *, extra_boxes: tuple[str, ...] = ()) -> str | None:
+    """The text to show once per project (and again when the list changes), or None."""
+    from devenv.model.devfile import host_reach
+
+    return reach_notice(df.root, host_reach(df, extra_boxes=extra_boxes), "this Devfile")
+
+
+def reach_notice(root: Path, items: list[str], subject: str) -> str | None:
+    """``items`` (see host_reach) as a notice, unless already shown for ``root`` with this list.
+
+    Remembered in devenv's own data folder keyed by the project's real path, never in the
+    project's .devenv/: a repository could commit a marker there to hide the notice.
+    """
+    if not items:
+        return None
+    import json
+
+    digest = hashlib.sha256("\n".join(items).encode()).hexdigest()
+    marker = data_dir() / "notices" / (hashlib.sha256(str(root).encode()).hexdigest()[:32] + ".json")
+    try:
+        seen = json.loads(read_regular(marker, 1 << 20, what="it").decode()).get("shown", [])
+        if not isinstance(seen, list):
+            seen = []
+    except (OSError, ValueError, AttributeError):
+        seen = []
+    if digest in seen:
+        return None
+    try:
+        atomic_write(marker, json.dumps({"root": str(root), "shown": [*seen, digest][-20:]}) + "\n")
+    except OSError:
+        pass  # it cannot be remembered: shown again next time, which is the safe side
+    lines = "\n".join(f"  {i}" for i in items)
+    return (
+        f"{subject} reaches this host, not only its machines:\n"
+        f"{lines}\n"
+        f"  if you did not write {subject}, read what these do before you go on "
+        "(devenv says this once for this project, and again when the list changes)"
+    )

@@ -1,0 +1,1 @@
+"""devenv-testplugin: a driver (hostdir) and a provisioner (stamp) from outside devenv."""
