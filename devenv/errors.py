@@ -1,7 +1,7 @@
 """The one error hierarchy of devenv.
 
 Every expected failure is a DevenvError carrying a message (what happened) and a hint (what
-to do). Only cli.py turns them into exit codes and text; nothing here imports from devenv.
+to do). Only the CLI (devenv/cli/) turns them into exit codes and text; nothing here imports from devenv.
 """
 
 from __future__ import annotations

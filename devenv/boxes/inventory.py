@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from devenv.boxes import store as boxes
+from devenv.boxes import store
 from devenv.contract import QUIET, Reporter, supports
 from devenv.errors import BackendUnavailable, BoxError, DevenvError
 from devenv.model.recipe import check_name, parse_ref
@@ -39,7 +39,7 @@ def built_boxes(reporter: Reporter = QUIET) -> list[dict]:
             built += driver.list_boxes()
     except DevenvError as exc:
         reporter.warn(f"docker boxes not listed: {exc.message}")
-    for b in boxes.list_stored():
+    for b in store.list_stored():
         disk = b.file("disk")
         built.append(
             {
@@ -68,7 +68,7 @@ def remove(name: str, reporter: Reporter = QUIET) -> list[str]:
             removed += driver.remove_box(ref.name, ref.version)
     except BackendUnavailable as exc:
         reporter.warn(f"docker boxes not checked: {exc.message}")
-    removed += boxes.remove_stored(ref.name, ref.version)
+    removed += store.remove_stored(ref.name, ref.version)
     if not removed:
         raise BoxError(f"no built box named {name}", hint="`devenv box list` shows the built boxes")
     return removed
@@ -122,16 +122,16 @@ def prune(project_root: Path | None, *, dry_run: bool = False, reporter: Reporte
     except BackendUnavailable as exc:
         driver = None
         reporter.warn(f"docker boxes not checked: {exc.message}")
-    found += [(b.name, b.version, b.provider) for b in boxes.list_stored()]
+    found += [(b.name, b.version, b.provider) for b in store.list_stored()]
     newest: dict[str, str] = {}
     for name, version, _ in found:
-        if name not in newest or boxes.version_key(version) > boxes.version_key(newest[name]):
+        if name not in newest or store.version_key(version) > store.version_key(newest[name]):
             newest[name] = version
     gone = []
     for name, version, provider in sorted(set(found)):
         if (name, version) in keep or newest.get(name) == version:
             continue
-        stored = boxes.find_stored(name, version, provider) if provider != "docker" else None
+        stored = store.find_stored(name, version, provider) if provider != "docker" else None
         users = disk_users(stored.folder) if stored else []
         if users:
             # A machine outside every known project (its folder moved, say) still boots from it.
@@ -146,5 +146,5 @@ def prune(project_root: Path | None, *, dry_run: bool = False, reporter: Reporte
         if provider == "docker" and driver is not None:
             driver.remove_box(name, version)
         else:
-            boxes.remove_stored(name, version, provider)
+            store.remove_stored(name, version, provider)
     return gone

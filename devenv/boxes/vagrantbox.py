@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from devenv.boxes import archive as boxarchive
-from devenv.boxes import diskcheck
-from devenv.boxes import store as boxes
+from devenv.boxes import archive, diskcheck, store
 from devenv.contract import QUIET, Reporter
 from devenv.errors import BoxError
 from devenv.model.schema import USER_NAME_PATTERN
@@ -76,7 +74,7 @@ def _output_file(out: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def write_libvirt_box(stored: boxes.StoredBox, out: Path) -> Path:
+def write_libvirt_box(stored: store.StoredBox, out: Path) -> Path:
     """Pack a stored libvirt box as a Vagrant .box (tar.gz), written atomically."""
     disk = stored.file("disk")
     if disk is None:
@@ -132,12 +130,12 @@ def parse_checksum(text: str | None) -> tuple[str, str] | None:
     if algo not in CHECKSUM_TYPES:
         weak = " (md5 and sha1 no longer prove a file is the published one)" if algo in ("md5", "sha1") else ""
         raise BoxError(
-            f"unsupported checksum type {boxarchive.shown(algo)}{weak}; nothing was downloaded",
+            f"unsupported checksum type {archive.shown(algo)}{weak}; nothing was downloaded",
             hint="use sha256:HEX or sha512:HEX (ask the box's publisher for one)",
         )
     if len(value) != CHECKSUM_TYPES[algo] or any(c not in "0123456789abcdef" for c in value):
         raise BoxError(
-            f"invalid {algo} checksum {boxarchive.shown(value)}: it must be {CHECKSUM_TYPES[algo]} hex digits",
+            f"invalid {algo} checksum {archive.shown(value)}: it must be {CHECKSUM_TYPES[algo]} hex digits",
             hint=f"give it as {algo}:HEX",
         )
     return algo, value
@@ -152,7 +150,7 @@ class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         if urllib.parse.urlparse(newurl).scheme.lower() not in ("http", "https"):
-            raise BoxError(f"{req.full_url} redirects to {boxarchive.shown(newurl)}; only http(s) is followed")
+            raise BoxError(f"{req.full_url} redirects to {archive.shown(newurl)}; only http(s) is followed")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -162,7 +160,7 @@ def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None, reporte
     A download is capped at `max_bytes` (default: DEVENV_BOX_MAX_SIZE): a Content-Length over it is
     refused before reading, and reading stops once the cap is passed.
     """
-    cap = max_bytes if max_bytes is not None else boxarchive.max_total_bytes()
+    cap = max_bytes if max_bytes is not None else archive.max_total_bytes()
     parsed = urllib.parse.urlparse(url_or_path)
     scheme = parsed.scheme.lower()
     if scheme in ("", "file"):
@@ -174,7 +172,7 @@ def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None, reporte
         return src
     if scheme not in ("http", "https"):
         raise BoxError(
-            f"cannot fetch {boxarchive.shown(url_or_path)}: only paths, file://, http:// and https:// are supported"
+            f"cannot fetch {archive.shown(url_or_path)}: only paths, file://, http:// and https:// are supported"
         )
     tmp = dest.with_name(f".{dest.name}.part")
     opener = urllib.request.build_opener(_SameSchemeRedirects)
@@ -262,7 +260,7 @@ def _extra(doc: dict | None, what: str) -> dict:
         if key in doc:
             if not ok(doc[key]):
                 raise BoxError(
-                    f"{what}: devenv.json has an invalid {key!r}: {boxarchive.shown(repr(doc[key]), 80)}",
+                    f"{what}: devenv.json has an invalid {key!r}: {archive.shown(repr(doc[key]), 80)}",
                     hint="nothing was added; get the box from its publisher again",
                 )
             out[key] = doc[key]
@@ -271,20 +269,20 @@ def _extra(doc: dict | None, what: str) -> dict:
 
 def unpack(path: Path, parent: Path, *, what: str, provider: str | None = None) -> Unpacked:
     """Unpack a .box with checked members and check its metadata (and provider, when one is asked)."""
-    folder, names = boxarchive.extract(path, parent, what=what)
+    folder, names = archive.extract(path, parent, what=what)
     try:
-        meta = boxarchive.read_json(folder, "metadata.json", what)
+        meta = archive.read_json(folder, "metadata.json", what)
         if meta is None:
             raise BoxError(f"{what} is not a Vagrant box: no metadata.json at its root")
         got = meta.get("provider")
-        if got not in boxarchive.FORMATS:
+        if got not in archive.FORMATS:
             raise BoxError(
-                f"{what} is a {boxarchive.shown(str(got))} box; devenv adds libvirt and virtualbox boxes",
+                f"{what} is a {archive.shown(str(got))} box; devenv adds libvirt and virtualbox boxes",
                 hint='run it through the Vagrant bridge (driver = "vagrant") instead',
             )
         if got == "libvirt" and meta.get("format", "qcow2") != "qcow2":
             raise BoxError(
-                f"{what}: its metadata.json says format {boxarchive.shown(repr(meta.get('format')), 40)}; "
+                f"{what}: its metadata.json says format {archive.shown(repr(meta.get('format')), 40)}; "
                 "devenv adds libvirt boxes with a qcow2 disk only",
                 hint="nothing was added",
             )
@@ -293,13 +291,13 @@ def unpack(path: Path, parent: Path, *, what: str, provider: str | None = None) 
                 f"{what} is a {got} box, but a {provider} box was asked for; nothing was added",
                 hint="the catalog (or recipe) lists it under the wrong provider: tell its publisher",
             )
-        allowed = boxarchive.allowed_in(got)
+        allowed = archive.allowed_in(got)
         stray = sorted(n for n in names if not allowed(n))
         if stray:
             raise BoxError(
-                f"{what}: a {got} box does not contain {', '.join(map(boxarchive.shown, stray))}; nothing was added"
+                f"{what}: a {got} box does not contain {', '.join(map(archive.shown, stray))}; nothing was added"
             )
-        extra = _extra(boxarchive.read_json(folder, "devenv.json", what), what)
+        extra = _extra(archive.read_json(folder, "devenv.json", what), what)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -314,18 +312,18 @@ def add_box_file(
     checksum: str | None = None,
     provider: str | None = None,
     source: dict | None = None,
-) -> boxes.StoredBox:
+) -> store.StoredBox:
     """Import a .box file into the box store after verifying its checksum.
 
     `provider`: the provider the caller expects (a catalog's entry); a box of another one is
     refused. `source`: what is recorded as the box's origin (default: the file's path).
     """
-    boxes.check_name(name, "box name")
-    boxes.check_name(version, "box version")
+    store.check_name(name, "box name")
+    store.check_name(version, "box version")
     parsed = parse_checksum(checksum)
     sha = verify(path, parsed, str(path))
     # Unpacked next to the store (same file system): storing the disks is then a rename.
-    box = unpack(path, boxes.ensure_store_root(), what=str(path), provider=provider)
+    box = unpack(path, store.ensure_store_root(), what=str(path), provider=provider)
     try:
         origin = dict(source) if source else {"file": str(Path(path).resolve())}
         origin["sha256"] = sha
@@ -346,7 +344,7 @@ def add_box_file(
         if "kernel" not in files:
             extra["bootloader"] = True
         extra["source"] = origin
-        return boxes.store_box(name, version, "libvirt", files, extra, work=work)
+        return store.store_box(name, version, "libvirt", files, extra, work=work)
     finally:
         shutil.rmtree(box.folder, ignore_errors=True)
 
@@ -359,16 +357,16 @@ def add(
     checksum: str | None = None,
     insecure: bool = False,
     reporter: Reporter = QUIET,
-) -> boxes.StoredBox:
+) -> store.StoredBox:
     """`devenv box add SOURCE`: a catalog (.json) or a .box file (a path or a URL).
 
     Everything that can be refused is refused before anything is downloaded: the names, the
     checksum's type, a remote box without a checksum (unless `insecure`, which is recorded).
     """
     if name is not None:
-        boxes.check_name(name, "box name")
+        store.check_name(name, "box name")
     if version is not None:
-        boxes.check_name(version, "box version")
+        store.check_name(version, "box version")
     if source.endswith(".json"):
         if checksum:
             raise BoxError(
@@ -386,9 +384,9 @@ def add(
         )
     path_part = urllib.parse.unquote(urllib.parse.urlparse(source).path) if "://" in source else source
     stem = path_part.rstrip("/").rsplit("/", 1)[-1].removesuffix(".box")
-    if name is None and not boxes.valid_name(stem):
+    if name is None and not store.valid_name(stem):
         raise BoxError(
-            f"cannot name the box after {boxarchive.shown(stem)}: not a plain name",
+            f"cannot name the box after {archive.shown(stem)}: not a plain name",
             hint="give one with --name NAME",
         )
     origin: dict = {"url": source} if remote else {"file": str(Path(path_part).expanduser().resolve())}
@@ -407,7 +405,7 @@ def _catalog_str(value: object, what: str) -> str:
 
 def add_from_catalog(
     catalog_ref: str, *, version: str | None = None, name: str | None = None, reporter: Reporter = QUIET
-) -> boxes.StoredBox:
+) -> store.StoredBox:
     """Resolve a Vagrant catalog (JSON): the newest (or given) version with a libvirt provider.
 
     A remote catalog may point only at http(s) URLs (never file:, never the user's own disk); the
@@ -425,7 +423,7 @@ def add_from_catalog(
         raw_name = cat.get("name") or "box"
         if not isinstance(raw_name, str):
             raise BoxError(f"catalog {catalog_ref}: 'name' must be text")
-        box_name = boxes.check_name(name or raw_name.replace("/", "-"), "box name (from the catalog)")
+        box_name = store.check_name(name or raw_name.replace("/", "-"), "box name (from the catalog)")
         candidates = []
         for v in cat.get("versions", []):
             if not isinstance(v, dict) or not isinstance(v.get("providers", []), list):
@@ -434,9 +432,9 @@ def add_from_catalog(
                 if not isinstance(p, dict) or p.get("name") != "libvirt":
                     continue
                 ver = _catalog_str(v.get("version"), f"catalog {catalog_ref}: a version")
-                boxes.check_name(ver, "box version (from the catalog)")
+                store.check_name(ver, "box version (from the catalog)")
                 if version is None or ver == version:
-                    candidates.append((boxes.version_key(ver), ver, p))
+                    candidates.append((store.version_key(ver), ver, p))
         if not candidates:
             raise BoxError(f"catalog {catalog_ref} has no libvirt box" + (f" at version {version}" if version else ""))
         _, ver, prov = max(candidates, key=lambda c: c[0])
@@ -450,7 +448,7 @@ def add_from_catalog(
         url = urllib.parse.urljoin(base, rel)
         if remote and not _is_remote(url):
             raise BoxError(
-                f"catalog {catalog_ref}: {box_name}@{ver} points at {boxarchive.shown(url)}; a remote catalog may "
+                f"catalog {catalog_ref}: {box_name}@{ver} points at {archive.shown(url)}; a remote catalog may "
                 "point only at http:// or https:// URLs",
                 hint="nothing was read from this machine; tell the catalog's publisher",
             )
@@ -461,7 +459,7 @@ def add_from_catalog(
         )
 
 
-def _add_virtualbox(box: Unpacked, path: Path, *, name: str, version: str, origin: dict) -> boxes.StoredBox:
+def _add_virtualbox(box: Unpacked, path: Path, *, name: str, version: str, origin: dict) -> store.StoredBox:
     """The virtualbox provider's layout: an OVF descriptor and the disks it names."""
     work = box.folder
     ovfs = sorted(n for n in box.names if n.endswith(".ovf"))
@@ -470,12 +468,12 @@ def _add_virtualbox(box: Unpacked, path: Path, *, name: str, version: str, origi
     if len(ovfs) > 1:
         raise BoxError(f"{path}: a virtualbox box has one .ovf descriptor, this one has {', '.join(ovfs)}")
     ovf = work / ovfs[0]
-    names = boxarchive.ovf_disk_files(work, ovfs[0], str(path))  # only the disk list is taken from it
+    names = archive.ovf_disk_files(work, ovfs[0], str(path))  # only the disk list is taken from it
     missing = [n for n in names if n not in box.names]
     if not names or missing:
         raise BoxError(
             f"{path}: the OVF names disk files that are not in the box: "
-            f"{', '.join(map(boxarchive.shown, missing)) or '(none)'}"
+            f"{', '.join(map(archive.shown, missing)) or '(none)'}"
         )
     if len(names) > MAX_OVF_DISKS:
         raise BoxError(f"{path}: the OVF names {len(names)} disks; devenv imports boxes with at most {MAX_OVF_DISKS}")
@@ -491,14 +489,12 @@ def _add_virtualbox(box: Unpacked, path: Path, *, name: str, version: str, origi
     files = {"ovf": ovf, "disk": disks[0]}
     for i, d in enumerate(disks[1:], start=2):
         files[f"disk{i}"] = d
-    vagrantfile = (boxarchive.open_member(work, "Vagrantfile", 1024 * 1024, str(path)) or b"").decode(
-        "utf-8", "replace"
-    )
+    vagrantfile = (archive.open_member(work, "Vagrantfile", 1024 * 1024, str(path)) or b"").decode("utf-8", "replace")
     meta = {k: v for k, v in box.extra.items() if k in ("ssh_user", "guest_additions", "baked", "description")}
     meta.setdefault("ssh_user", "vagrant" if "vagrant" in vagrantfile or not box.extra else "root")
     meta.setdefault("guest_additions", False)
     meta["source"] = origin
-    return boxes.store_box(name, version, "virtualbox", files, meta, work=work)
+    return store.store_box(name, version, "virtualbox", files, meta, work=work)
 
 
 OVF_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
@@ -568,10 +564,10 @@ def render_ovf(disks: list[tuple[str, diskcheck.DiskInfo]], *, name: str) -> str
     if not 1 <= len(disks) <= MAX_OVF_DISKS:
         raise BoxError(f"a VirtualBox box has 1 to {MAX_OVF_DISKS} disks, not {len(disks)}")
     for href, _ in disks:
-        if not boxarchive.plain_name(href) or not href.endswith(".vmdk"):
-            raise BoxError(f"refusing to name the disk {boxarchive.shown(href)} in an OVF: not a plain .vmdk name")
-    if not boxes.valid_name(name):
-        raise BoxError(f"refusing to name a VirtualBox box {boxarchive.shown(name)}: not a plain name")
+        if not archive.plain_name(href) or not href.endswith(".vmdk"):
+            raise BoxError(f"refusing to name the disk {archive.shown(href)} in an OVF: not a plain .vmdk name")
+    if not store.valid_name(name):
+        raise BoxError(f"refusing to name a VirtualBox box {archive.shown(name)}: not a plain name")
 
     def fmt(info: diskcheck.DiskInfo) -> str:
         return _VMDK_FORMATS.get(info.subformat, _VMDK_FORMATS["streamOptimized"])
@@ -611,7 +607,7 @@ def check_own_ovf(path: Path, what: str) -> None:
     """
     import xml.etree.ElementTree as ET
 
-    data = boxarchive.open_member(path.parent, path.name, boxarchive.MAX_OVF, what)
+    data = archive.open_member(path.parent, path.name, archive.MAX_OVF, what)
     if data is None:
         raise BoxError(f"{what}: {path} is missing")
     lowered = data.lower()
@@ -629,13 +625,13 @@ def check_own_ovf(path: Path, what: str) -> None:
                 if local == "Machine" or el.tag.startswith("{http://www.virtualbox.org/"):
                     problem = "it carries VirtualBox machine settings (<vbox:Machine>)"
                 elif local == "ResourceType" and (el.text or "").strip() not in _OVF_RESOURCE_TYPES:
-                    problem = f"it describes a device of resource type {boxarchive.shown((el.text or '').strip())}"
+                    problem = f"it describes a device of resource type {archive.shown((el.text or '').strip())}"
                 elif local == "File" and not all(
-                    boxarchive.plain_name(v) for k, v in el.attrib.items() if k.rpartition("}")[2] == "href"
+                    archive.plain_name(v) for k, v in el.attrib.items() if k.rpartition("}")[2] == "href"
                 ):
                     problem = "it names a file that is not a plain name beside it"
                 elif local == "Connection" and (el.text or "").strip() != "NAT":
-                    problem = f"it connects an adapter to {boxarchive.shown((el.text or '').strip())}, not NAT"
+                    problem = f"it connects an adapter to {archive.shown((el.text or '').strip())}, not NAT"
                 if problem:
                     break
     if problem:
@@ -646,7 +642,7 @@ def check_own_ovf(path: Path, what: str) -> None:
         )
 
 
-def write_virtualbox_box(stored: boxes.StoredBox, out: Path) -> Path:
+def write_virtualbox_box(stored: store.StoredBox, out: Path) -> Path:
     """Pack a libvirt box for VirtualBox: its root put on a BIOS-bootable disk (SYSLINUX), as VMDK + OVF.
 
     Verified here by booting the same disk under QEMU without direct kernel boot; VirtualBox itself

@@ -483,16 +483,15 @@ def package(
     result = project.package(machine, box_name, ver)
     ui.info(machine, f"packaged as box {box_name}@{ver} ({result['provider']}, {result['digest'][:19]})")
     if output:
-        from devenv.boxes import store as boxes
-        from devenv.boxes import vagrantbox as boxfile
+        from devenv.boxes import store, vagrantbox
 
-        stored = boxes.find_stored(box_name, ver, "libvirt")
+        stored = store.find_stored(box_name, ver, "libvirt")
         if stored is None:
             raise UsageError(
                 "--output writes a .box of a VM box; this machine is a container",
                 hint=f"docker save {result['ref']} -o FILE exports the image instead",
             )
-        boxfile.write_libvirt_box(stored, output)
+        vagrantbox.write_libvirt_box(stored, output)
         ui.info(machine, f"wrote {output}")
 
 

@@ -84,10 +84,12 @@ def box_add(
     ] = False,
 ) -> None:
     """Add a box to the box store, verifying its checksum (a mismatch is refused)."""
-    from devenv.boxes import vagrantbox as boxfile
+    from devenv.boxes import vagrantbox
     from devenv.cli import ui
 
-    stored = boxfile.add(source, name=name, version=version, checksum=checksum, insecure=insecure, reporter=_reporter())
+    stored = vagrantbox.add(
+        source, name=name, version=version, checksum=checksum, insecure=insecure, reporter=_reporter()
+    )
     if stored.meta.get("source", {}).get("insecure"):
         ui.warn(f"{stored.name}@{stored.version} was added without a checksum: nothing proves it is the published box")
     ui.info(None, f"added {stored.name}@{stored.version} ({stored.provider}) from {source}")

@@ -6,7 +6,6 @@ transports; the CLI only parses arguments and prints.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -30,6 +29,7 @@ from devenv.contract import (
     Target,
     role,
 )
+from devenv.core.plan import StepPlan, identity_hash, plan_steps, settings_hash
 from devenv.core.status import FAILED, NO_STEPS, NOT_CREATED, STALE, UP_TO_DATE, MachineStatus, StaleStep
 from devenv.errors import (
     DevenvError,
@@ -39,10 +39,10 @@ from devenv.errors import (
     UsageError,
 )
 from devenv.masking import add_secret
-from devenv.model.devfile import Devfile, Machine, Secret, Step, check_sync_at_use
+from devenv.model.devfile import Devfile, Machine, Secret, check_sync_at_use
 from devenv.model.schema import did_you_mean
 from devenv.plugins import get_driver
-from devenv.provisioners import fingerprint, run_step
+from devenv.provisioners import run_step
 from devenv.state import GlobalIndex, ProjectState
 
 
@@ -59,14 +59,6 @@ class BoxChoice:
 
 
 NO_CHOICE = BoxChoice()
-
-
-@dataclass
-class StepPlan:
-    step: Step
-    fingerprint: str
-    action: str  # "run" | "skip" | "never"
-    reason: str
 
 
 def resolve_env(machine: Machine, root: Path) -> dict[str, str]:
@@ -90,27 +82,6 @@ def resolve_env(machine: Machine, root: Path) -> dict[str, str]:
         else:
             out[k] = v
     return out
-
-
-def identity_hash(machine: Machine) -> str:
-    """What the machine IS: a change of driver or box means a new machine (recreate)."""
-    doc = {"driver": machine.driver, "box": machine.box}
-    return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def settings_hash(machine: Machine) -> str:
-    """How the machine runs: a change is applied by `reload` (in place where the driver can)."""
-    doc = {
-        "cpus": machine.cpus,
-        "memory": machine.memory,
-        "hostname": machine.hostname,
-        # Secrets enter by where they come from, never by value.
-        "env": {k: (v.describe() if isinstance(v, Secret) else v) for k, v in sorted(machine.env.items())},
-        "ports": [[p.guest, p.host, p.host_ip, p.protocol] for p in machine.ports],
-        "sync": [[str(s.host), s.guest, s.read_only, s.type] for s in machine.sync],
-        "options": machine.driver_options(),
-    }
-    return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def boxes_differ(name: str, version: str | None, ref: str) -> bool:
@@ -483,44 +454,7 @@ class Project:
 
     # -- provisioning ----------------------------------------------------------------------------
     def plan(self, name: str, st: dict | None, *, force: bool = False, only: list[str] | None = None) -> list[StepPlan]:
-        m = self.devfile.machines[name]
-        applied = (st or {}).get("steps", [])
-        plans: list[StepPlan] = []
-        stale_from: int | None = None
-        box = (st or {}).get("box") or {}
-        baked = box.get("baked") or []
-        box_label = f"{box.get('name')}@{box.get('version')}" if box.get("version") else str(box.get("name"))
-        in_box_prefix = only is None and not force
-        for step in m.provision:
-            fp = fingerprint(step, self.root)
-            # The box is the cached prefix: leading steps with the fingerprints it baked are done.
-            if in_box_prefix and step.index < len(baked) and baked[step.index] == fp:
-                plans.append(StepPlan(step, fp, "box", f"baked into box {box_label}"))
-                continue
-            in_box_prefix = False
-            prev = applied[step.index] if step.index < len(applied) else None
-            prev_fp = prev.get("fingerprint") if isinstance(prev, dict) else None
-            named = only is not None and (step.name in only or str(step.index) in only)
-            if only is not None:
-                action, reason = ("run", "asked for") if named else ("skip", "not asked for")
-            elif step.run == "never":
-                action, reason = "never", "run = never (run it with --with)"
-            elif force:
-                action, reason = "run", "forced"
-            elif step.run == "always":
-                action, reason = "run", "run = always"
-            elif prev_fp is None:
-                action, reason = "run", "not applied yet"
-                stale_from = step.index if stale_from is None else stale_from
-            elif stale_from is not None:
-                action, reason = "run", f"an earlier step ([{stale_from}]) reruns"
-            elif prev_fp != fp:
-                action, reason = "run", "changed since it was applied"
-                stale_from = step.index
-            else:
-                action, reason = "skip", "up to date"
-            plans.append(StepPlan(step, fp, action, reason))
-        return plans
+        return plan_steps(self.devfile.machines[name], st, self.root, force=force, only=only)
 
     def _provision(self, name: str, handle: str, *, force: bool = False, only: list[str] | None = None) -> None:
         st = self.state.load(name) or {}

@@ -37,7 +37,7 @@ def _check_cli_env_name(name: str) -> None:
 class DockerTransport:
     """docker exec + the archive API, streaming output line by line.
 
-    `engine` is a drivers.dockerapi engine (UnixEngine or SdkEngine)."""
+    `engine` is a devenv.transports.dockerapi engine (UnixEngine or SdkEngine)."""
 
     def __init__(self, engine: Any, container_id: str, machine: str, docker_host: str | None = None) -> None:
         self.engine = engine

@@ -19,8 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from devenv.boxes import diskcheck
-from devenv.boxes import store as boxes
+from devenv.boxes import diskcheck, store
 from devenv.boxes.builders import Built, bake, baked_fingerprints, build_target, built
 from devenv.contract import QUIET, BoxArtifact, Reporter
 from devenv.errors import BoxError
@@ -160,28 +159,28 @@ def wanted(recipe: Recipe) -> bool:
 
 
 def present(recipe: Recipe, driver: Any = None) -> bool:
-    return boxes.find_stored(recipe.name, recipe.version, "libvirt") is not None
+    return store.find_stored(recipe.name, recipe.version, "libvirt") is not None
 
 
-def build(recipe: Recipe, driver: Any, *, machine: str | None = None, reporter: Reporter = QUIET) -> boxes.StoredBox:
+def build(recipe: Recipe, driver: Any, *, machine: str | None = None, reporter: Reporter = QUIET) -> store.StoredBox:
     """`up`: build the recipe's libvirt box, baking (if it has steps) on the machine's driver."""
     return build_libvirt_box(recipe, driver=driver, machine=machine, reporter=reporter)
 
 
 def output(recipe: Recipe, *, force: bool = False, reporter: Reporter = QUIET) -> Built:
     """`box build --output libvirt`: the stored box, unless it exists (``force`` rebuilds it)."""
-    stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
+    stored = store.find_stored(recipe.name, recipe.version, "libvirt")
     if stored and not force:
         found = _built(stored, existed=True)
         return built(reporter, found, f"box {recipe.label} (libvirt) exists in {stored.folder}; --force rebuilds it")
     if stored:
-        boxes.ensure_unused(stored, "rebuild")  # before minutes of building, not after
+        store.ensure_unused(stored, "rebuild")  # before minutes of building, not after
     stored = build_libvirt_box(recipe, reporter=reporter)
     text = f"built {recipe.label} (libvirt) in {stored.folder} (disk sha256:{(stored.digest() or '')[:16]}...)"
     return built(reporter, _built(stored), text)
 
 
-def _built(stored: boxes.StoredBox, *, existed: bool = False) -> Built:
+def _built(stored: store.StoredBox, *, existed: bool = False) -> Built:
     return Built(
         "libvirt", stored.name, stored.version, str(stored.folder), "sha256:" + (stored.digest() or ""), existed
     )
@@ -205,7 +204,7 @@ def build_libvirt_box(
     machine: str | None = None,
     disk_size: str = "3G",
     reporter: Reporter = QUIET,
-) -> boxes.StoredBox:
+) -> store.StoredBox:
     """Build and store the recipe's libvirt box (``driver``: the libvirt driver a bake runs on)."""
     from devenv.boxes import rootfs
 
@@ -265,7 +264,7 @@ def build_libvirt_box(
             return bake_in_vm(
                 recipe, work, disk, kernel, initrd, meta, driver=driver, machine=machine, reporter=reporter
             )
-        return boxes.store_box(
+        return store.store_box(
             recipe.name, recipe.version, "libvirt", {"disk": disk, "kernel": kernel, "initrd": initrd}, meta, work=work
         )
 
@@ -280,15 +279,15 @@ SCRUB = (
 
 def _build_from_image(
     recipe: Recipe, src: dict, *, driver: Any, machine: str | None, reporter: Reporter
-) -> boxes.StoredBox:
+) -> store.StoredBox:
     """A libvirt box from a downloaded disk: a cloud image, or an existing Vagrant .box (libvirt)."""
-    from devenv.boxes import vagrantbox as boxfile
+    from devenv.boxes import vagrantbox
 
     ref = src.get("url") or str((recipe.root / src["path"]).resolve())
-    with tempfile.TemporaryDirectory(prefix=".devenv-vmbox-", dir=boxes.ensure_store_root()) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".devenv-vmbox-", dir=store.ensure_store_root()) as tmp:
         work = Path(tmp)
-        fetched = Path(boxfile.fetch(ref, work / "download", reporter=reporter))
-        boxfile.verify(fetched, boxfile.parse_checksum(src["sha256"]), ref)
+        fetched = Path(vagrantbox.fetch(ref, work / "download", reporter=reporter))
+        vagrantbox.verify(fetched, vagrantbox.parse_checksum(src["sha256"]), ref)
         kernel = initrd = None
         meta: dict = {
             "description": recipe.description,
@@ -299,7 +298,7 @@ def _build_from_image(
         }
         if src["type"] == "box":
             # The same checked extraction as `box add`: allow-listed plain files only, in a 0700 folder.
-            box = boxfile.unpack(fetched, work, what=ref, provider="libvirt")
+            box = vagrantbox.unpack(fetched, work, what=ref, provider="libvirt")
             if "box.img" not in box.names:
                 raise BoxError(f"{ref} is not a libvirt .box: it has no box.img")
             meta.update({k: v for k, v in box.extra.items() if k in ("cmdline", "ssh_user", "sync")})
@@ -317,7 +316,7 @@ def _build_from_image(
         if kernel is None:
             meta["bootloader"] = True
         meta["baked"] = baked_fingerprints(recipe)
-        meta["source"] = {"ref": ref, "sha256": boxfile.parse_checksum(src["sha256"])[1]}
+        meta["source"] = {"ref": ref, "sha256": vagrantbox.parse_checksum(src["sha256"])[1]}
         if recipe.provision:
             return bake_in_vm(
                 recipe, work, disk, kernel, initrd, meta, driver=driver, machine=machine, reporter=reporter
@@ -325,7 +324,7 @@ def _build_from_image(
         files = {"disk": disk}
         if kernel is not None:
             files.update({"kernel": kernel, "initrd": initrd})
-        return boxes.store_box(recipe.name, recipe.version, "libvirt", files, meta, work=work)
+        return store.store_box(recipe.name, recipe.version, "libvirt", files, meta, work=work)
 
 
 def bake_in_vm(
@@ -339,7 +338,7 @@ def bake_in_vm(
     driver: Any = None,
     machine: str | None = None,
     reporter: Reporter = QUIET,
-) -> boxes.StoredBox:
+) -> store.StoredBox:
     """Boot the fresh disk in a build VM, run the recipe's steps, scrub it and store it.
 
     The libvirt driver's Package flattens the build VM's disk (overlay + fresh disk) into the
@@ -373,7 +372,7 @@ def bake_in_vm(
         finish=["/bin/sh", "-c", SCRUB],
         record={k: v for k, v in meta.items() if k != "baked"},
     )
-    stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
+    stored = store.find_stored(recipe.name, recipe.version, "libvirt")
     if stored is None:
         raise BoxError(f"box {recipe.name}@{recipe.version} (libvirt) was baked but is not in the box store")
     return stored

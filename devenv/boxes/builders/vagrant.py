@@ -10,50 +10,56 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from devenv.boxes import store as boxes
+from devenv.boxes import store
 from devenv.boxes.builders import Built, built
 from devenv.contract import QUIET, Reporter
 from devenv.model.recipe import Recipe
 
 
 def output(recipe: Recipe, *, force: bool = False, reporter: Reporter = QUIET) -> list[Built]:
-    from devenv.boxes import vagrantbox as boxfile
+    from devenv.boxes import vagrantbox
     from devenv.boxes.builders import libvirt
 
     label = recipe.label
-    stored = boxes.find_stored(recipe.name, recipe.version, "libvirt")
+    stored = store.find_stored(recipe.name, recipe.version, "libvirt")
     if stored is None:
         stored = libvirt.build_libvirt_box(recipe, reporter=reporter)
     results = []
     kinds = (
-        ("libvirt", "packing the .box", boxfile.write_libvirt_box, "(.box)", "(.box for Vagrant's libvirt provider)"),
+        (
+            "libvirt",
+            "packing the .box",
+            vagrantbox.write_libvirt_box,
+            "(.box)",
+            "(.box for Vagrant's libvirt provider)",
+        ),
         (
             "virtualbox",
             "packing the .box for VirtualBox (BIOS-bootable disk, VMDK, OVF)",
-            boxfile.write_virtualbox_box,
+            vagrantbox.write_virtualbox_box,
             "(.box, virtualbox)",
             "(.box for Vagrant's virtualbox provider)",
         ),
     )
     for provider, packing, write, exists_as, built_as in kinds:
         kind = f"vagrant-{provider}"
-        existing = boxes.find_stored(recipe.name, recipe.version, kind)
+        existing = store.find_stored(recipe.name, recipe.version, kind)
         if existing and not force and existing.meta.get("from_disk") == stored.digest():
             found = _built(kind, existing, existed=True)
             results.append(built(reporter, found, f"box {label} {exists_as} exists: {existing.file('box')}"))
             continue
         name = f"{recipe.name}-{recipe.version}-{provider}.box"
         with (
-            tempfile.TemporaryDirectory(dir=boxes.store_root()) as tmp,
+            tempfile.TemporaryDirectory(dir=store.store_root()) as tmp,
             reporter.progress(None, packing, phase="build"),
         ):
             out = write(stored, Path(tmp) / name)
-            existing = boxes.store_box(recipe.name, recipe.version, kind, {"box": out}, {"from_disk": stored.digest()})
+            existing = store.store_box(recipe.name, recipe.version, kind, {"box": out}, {"from_disk": stored.digest()})
         results.append(built(reporter, _built(kind, existing), f"built {label} {built_as}: {existing.file('box')}"))
     return results
 
 
-def _built(kind: str, stored: boxes.StoredBox, *, existed: bool = False) -> Built:
+def _built(kind: str, stored: store.StoredBox, *, existed: bool = False) -> Built:
     return Built(
         kind, stored.name, stored.version, str(stored.file("box")), "sha256:" + (stored.digest("box") or ""), existed
     )

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from xml.sax.saxutils import escape, quoteattr
 
-from devenv.boxes import store as boxes
+from devenv.boxes import store
 from devenv.boxes.disks import qcow2_backing
 from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, Reporter, Target, safe_handle
 from devenv.drivers.hostports import check_host_addresses, free_port, plan_forwards, port_free, ssh_banner
@@ -327,19 +327,19 @@ class LibvirtDriver(VmMetadataMixin):
         # With a recipe, its own version (never whatever version is newest in the shared store: a
         # repository's recipe of the same name may have put a higher one there), built by it.
         version = ref.version or (recipe.version if recipe is not None else None)
-        stored = boxes.find_stored(ref.name, version, "libvirt")
+        stored = store.find_stored(ref.name, version, "libvirt")
         if stored is not None and recipe is not None:
             check_origin(stored.meta.get("origin"), recipe, f"box {stored.name}@{stored.version} (libvirt)")
         if stored is None:
             if recipe is None or "libvirt" not in recipe.outputs:
                 raise BoxError(
-                    f"no libvirt box named {box} in the box store ({boxes.store_root()})",
+                    f"no libvirt box named {box} in the box store ({store.store_root()})",
                     hint="build it with `devenv box build NAME` from a recipe with a libvirt output, "
                     "or add one with `devenv box add`",
                 )
             raise BoxError(
                 f"box {recipe.name}@{recipe.version} (libvirt) is not built: it is not in the box store "
-                f"({boxes.store_root()})",
+                f"({store.store_root()})",
                 hint=f"build it: `devenv box build {recipe.name} --output libvirt` "
                 "(`devenv up` builds a missing box itself)",
             )
@@ -890,7 +890,7 @@ class LibvirtDriver(VmMetadataMixin):
         boot: dict[str, Path | None] = {}
         extra: dict = {"baked": baked}
         if record is None:
-            src = boxes.find_stored(
+            src = store.find_stored(
                 meta.get("box", {}).get("name", ""), meta.get("box", {}).get("version") or None, "libvirt"
             )
             extra["packaged_from"] = f"{target.project_id}/{target.name}"
@@ -901,7 +901,7 @@ class LibvirtDriver(VmMetadataMixin):
             boot = self._booted_files(dom)
             extra = {**record, "baked": baked}
         folder = self.storage_dir(split_handle(handle)[1])
-        with tempfile.TemporaryDirectory(dir=boxes.store_root().parent) as tmp:
+        with tempfile.TemporaryDirectory(dir=store.store_root().parent) as tmp:
             disk = Path(tmp) / "disk.qcow2"
             with self.reporter.progress(target.name, f"packaging the disk as box {name}@{version}"):
                 r = subprocess.run(
@@ -916,7 +916,7 @@ class LibvirtDriver(VmMetadataMixin):
                 if f is not None:
                     shutil.copy2(f, Path(tmp) / f.name)
                     files[key] = Path(tmp) / f.name
-            stored = boxes.store_box(name, version, "libvirt", files, extra, work=Path(tmp))
+            stored = store.store_box(name, version, "libvirt", files, extra, work=Path(tmp))
         return {"provider": "libvirt", "ref": str(stored.folder), "digest": "sha256:" + (stored.digest() or "")}
 
     @staticmethod

@@ -1,1 +1,1 @@
-"""."""
+"""The VirtualBox driver (VBoxManage; tests use a stand-in that checks every argument)."""

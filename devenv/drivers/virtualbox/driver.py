@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from devenv.boxes import store as boxes
+from devenv.boxes import store
 from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, Reporter, Target, safe_handle
 from devenv.drivers.hostports import check_host_addresses, plan_forwards, ssh_banner
 from devenv.drivers.hostports import free_port as _free_port
@@ -318,7 +318,7 @@ class VirtualBoxDriver(VmMetadataMixin):
     def validate(self, machine) -> list[Problem]:
         problems: list[Problem] = []
         if machine.box:
-            ref = boxes.parse_ref(machine.box)
+            ref = store.parse_ref(machine.box)
             if ref.kind == "image":
                 problems.append(Problem(("box",), "the virtualbox driver boots VM boxes, not Docker images"))
         for i, s in enumerate(machine.sync):
@@ -339,16 +339,16 @@ class VirtualBoxDriver(VmMetadataMixin):
         check_host_addresses(target)  # VirtualBox's NAT forwards bind on this host
 
     def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
-        ref = boxes.parse_ref(box)
+        ref = store.parse_ref(box)
         if ref.kind != "recipe":
             raise BoxError(
                 f"the virtualbox driver cannot use box '{box}'",
                 hint="use a VirtualBox box from the box store (`devenv box list`)",
             )
-        stored = boxes.find_stored(ref.name, ref.version, "virtualbox")
+        stored = store.find_stored(ref.name, ref.version, "virtualbox")
         if stored is None:
             raise BoxError(
-                f"no virtualbox box named {box} in the box store ({boxes.store_root()})",
+                f"no virtualbox box named {box} in the box store ({store.store_root()})",
                 hint="`devenv box build NAME --output vagrant` makes a VirtualBox .box from a recipe; add it (or "
                 "any Vagrant virtualbox .box) with `devenv box add FILE.box --name NAME`",
             )
@@ -393,10 +393,10 @@ class VirtualBoxDriver(VmMetadataMixin):
                     None, f"importing box {box.name}@{box.version} into VirtualBox as {base} (once per version)"
                 )
                 # `VBoxManage import` applies all an OVF says (shared folders, serial ports, NICs):
-                # only a descriptor with no more than devenv's own (boxfile.render_ovf) is imported.
-                from devenv.boxes import vagrantbox as boxfile
+                # only a descriptor with no more than devenv's own (vagrantbox.render_ovf) is imported.
+                from devenv.boxes import vagrantbox
 
-                boxfile.check_own_ovf(Path(box.ref), f"box {box.name}@{box.version}")
+                vagrantbox.check_own_ovf(Path(box.ref), f"box {box.name}@{box.version}")
                 self._run(
                     "import", box.ref, "--vsys", "0", "--vmname", base, "--basefolder", str(self.vms_dir()),
                     timeout=3600,
