@@ -7,31 +7,17 @@ The box code is imported only when a box command runs: `devenv status` never loa
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from devenv.cli.common import NamesArg, handle_errors, open_project, options
+
 box_app = typer.Typer(
     help="Build, list and remove boxes (machine images).", no_args_is_help=True, suggest_commands=False
 )
-
-NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Machines (default: all)", show_default=False)]
-
-
-def handle_errors(fn):
-    """devenv.cli.app.handle_errors, looked up when the command runs (app.py registers this
-    group before it defines its error handling)."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        from devenv.cli.app import handle_errors as handled
-
-        return handled(fn)(*args, **kwargs)
-
-    return run
 
 
 def _reporter():
@@ -41,12 +27,11 @@ def _reporter():
 
 
 def _project_root() -> Path | None:
-    from devenv.cli.app import _options
     from devenv.errors import DevenvError
     from devenv.model import devfile
 
     try:
-        path = _options["file"].resolve() if _options["file"] else devfile.find_devfile()
+        path = options["file"].resolve() if options["file"] else devfile.find_devfile()
         return path.parent
     except DevenvError:
         # No Devfile (yet): recipes in ./boxes still count, as when building boxes in a repo of boxes.
@@ -111,9 +96,8 @@ def box_prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say 
 def box_update(names: NamesArg = None) -> None:
     """Move Devfile.lock to the newest box version available for each machine."""
     from devenv.cli import ui
-    from devenv.cli.app import _project
 
-    changes = _project().box_update(names)
+    changes = open_project().box_update(names)
     for machine, old, new in changes:
         ui.info(machine, f"Devfile.lock: {old or '(none)'} -> {new}")
     if not changes:

@@ -62,7 +62,7 @@ def render(machines: list[tuple[str, str | None, str | None]], folder: Path, dir
 
 
 def register(app: typer.Typer) -> None:
-    from devenv.cli.app import handle_errors
+    from devenv.cli.common import handle_errors
 
     @app.command("import-vagrant")
     @handle_errors

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from devenv.cli import app as cli
-from devenv.cli import ui
+from devenv.cli import common, ui
 from devenv.errors import CommandFailed, ProvisionError
 
 # Characters that act on a terminal and must never be printed raw.
@@ -140,7 +140,7 @@ def _app_raising(exc_factory):
     app = typer.Typer()
 
     @app.command()
-    @cli.handle_errors
+    @common.handle_errors
     def boom() -> None:
         raise exc_factory()
 
