@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, cast, runtime_checkable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 # What an author needs from the rest of devenv, re-exported so this module is the one import:
 # option tables and problems (schema) and the errors a driver raises (each carries a hint).
@@ -119,18 +120,35 @@ OutputFn = Callable[[str], None]
 EventKind = Literal["info", "phase", "output", "warning", "error", "debug", "begin", "tick", "end"]
 
 
-@dataclass(frozen=True)
 class Event:
-    """One thing worth telling the user. Text is raw: the renderer masks secrets and escapes."""
+    """One thing worth telling the user. Text is raw: the renderer masks secrets and escapes.
 
-    kind: EventKind
-    text: str
-    machine: str | None = None
-    # Lifecycle phases the core reports ("create", "start", "provision", "step", "ready",
-    # "stop", "destroy", ...) and box builds ("build", "bake"); None for plain messages.
-    phase: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
-    time: float = field(default_factory=time.time)
+    A plain class, not a dataclass: the contract is imported by every command, and generating
+    a dataclass's methods at import costs start-up time for nothing an event needs."""
+
+    __slots__ = ("kind", "text", "machine", "phase", "data", "time")
+
+    def __init__(
+        self,
+        kind: EventKind,
+        text: str,
+        machine: str | None = None,
+        # Lifecycle phases the core reports ("create", "start", "step", "ready", "stop",
+        # "destroy", ...) and box builds ("build", "bake"); None for plain messages.
+        phase: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.text = text
+        self.machine = machine
+        self.phase = phase
+        self.data: Mapping[str, Any] = data if data is not None else {}
+        self.time = time.time()
+
+    def __repr__(self) -> str:
+        return (
+            f"Event({self.kind!r}, {self.text!r}, machine={self.machine!r}, phase={self.phase!r}, data={self.data!r})"
+        )
 
 
 class Reporter:
@@ -288,9 +306,9 @@ class PortBinding:
         return f"{self.host_ip}:{self.host} -> {self.guest}/{self.protocol}"
 
 
-@dataclass(frozen=True)
-class Features:
-    """The optional roles a driver implements (each a protocol below), declared once per class."""
+class Features(NamedTuple):
+    """The optional roles a driver implements (each a protocol below), declared once per class.
+    (A NamedTuple: immutable like a frozen dataclass, and cheaper to define at import.)"""
 
     snapshots: bool = False  # Snapshots
     suspend: bool = False  # Suspend
@@ -484,8 +502,7 @@ def role(driver: object, proto: type[R]) -> R | None:
 # --------------------------------------------------------------------------------------------
 # Transport: commands and files in a running machine
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Connection:
+class Connection(NamedTuple):
     """How tools outside devenv (Ansible, ssh) reach a machine: a transport describes itself
     with this, so no provisioner needs to know a transport's class.
 
@@ -507,7 +524,7 @@ class Connection:
     control_path: str | None = None
     # The machine's environment when it travels with every command (drivers whose machines keep
     # none): Ansible hands it to plays as devenv_env. In memory only, never on a command line.
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = MappingProxyType({})
 
 
 class Transport(Protocol):

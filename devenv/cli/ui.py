@@ -16,8 +16,6 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from devenv.masking import add_secret, clean, escape, format_exception, head, mask, tail  # noqa: F401 - re-exported
 
@@ -192,28 +190,3 @@ def exception(exc: BaseException) -> None:
     with _lock:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
-
-
-@contextmanager
-def progress(machine: str | None, text: str, *, every: float = 5.0) -> Iterator[None]:
-    """Announce long work and keep saying it is alive, so a slow build never looks hung.
-
-    Prints the start line, then an elapsed-time line every ``every`` seconds, then the total.
-    """
-    info(machine, text + " ...")
-    start = time.monotonic()
-    done = threading.Event()
-
-    def ticker() -> None:
-        while not done.wait(every):
-            info(machine, f"{text} ... {time.monotonic() - start:.0f}s")
-
-    t = threading.Thread(target=ticker, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        done.set()
-        t.join()
-    # Only reached when the work succeeded: a failure is reported by the caller's error.
-    info(machine, f"{text}: done in {time.monotonic() - start:.1f}s")

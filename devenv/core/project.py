@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devenv.contract import (
     QUIET,
@@ -30,7 +31,6 @@ from devenv.contract import (
     role,
 )
 from devenv.core.plan import StepPlan, identity_hash, plan_steps, settings_hash
-from devenv.core.status import FAILED, NO_STEPS, NOT_CREATED, STALE, UP_TO_DATE, MachineStatus, StaleStep
 from devenv.errors import (
     DevenvError,
     MachineStateError,
@@ -44,6 +44,9 @@ from devenv.model.schema import did_you_mean
 from devenv.plugins import get_driver
 from devenv.provisioners import run_step
 from devenv.state import GlobalIndex, ProjectState
+
+if TYPE_CHECKING:
+    from devenv.core.status import MachineStatus, StaleStep
 
 
 @dataclass(frozen=True)
@@ -692,6 +695,8 @@ class Project:
             sus.resume(h)
 
     def status(self, names: list[str] | None = None) -> list[MachineStatus]:
+        from devenv.core.status import MachineStatus  # only `status` needs it (start-up time)
+
         out = []
         wanted = self.names(names)
         available: dict[tuple, DevenvError | None] = {}
@@ -729,6 +734,8 @@ class Project:
     def _provision_summary(
         self, name: str, st: dict | None, live: MachineState, plans: list[StepPlan]
     ) -> tuple[str, StaleStep | None]:
+        from devenv.core.status import FAILED, NO_STEPS, NOT_CREATED, STALE, UP_TO_DATE, StaleStep
+
         m = self.devfile.machines[name]
         if not m.provision:
             return NO_STEPS, None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 from collections.abc import Mapping
@@ -75,7 +74,7 @@ class EnvTransport:
         return self.inner.interactive(argv, env={**self.env, **(env or {})}, user=user, workdir=workdir)
 
     def connection(self) -> Connection:
-        return dataclasses.replace(self.inner.connection(), env=dict(self.env))
+        return self.inner.connection()._replace(env=dict(self.env))
 
     def ssh_config(self, alias: str) -> str | None:
         return self.inner.ssh_config(alias)

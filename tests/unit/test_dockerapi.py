@@ -224,7 +224,8 @@ def test_docker_context_is_followed_without_the_sdk(tmp_path, monkeypatch, engin
     """A rootless or other non-default `docker context` with a unix socket gets the direct client."""
     import hashlib
 
-    from devenv.drivers.docker.driver import DockerDriver, context_host
+    from devenv.drivers.docker.driver import DockerDriver
+    from devenv.transports.dockerapi import context_host
 
     server, _ = engine
     cfg = tmp_path / "docker-config"

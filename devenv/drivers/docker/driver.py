@@ -48,6 +48,7 @@ from devenv.model.recipe import (
     parse_ref,
 )
 from devenv.model.schema import Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
+from devenv.transports.dockerapi import context_host
 
 
 def _command(value: Any, path: tuple, problems: list) -> Any:
@@ -721,28 +722,6 @@ def _label_word(text: str) -> str:
     import json
 
     return text if re.fullmatch(r"[A-Za-z0-9._,:/@+-]+", text) else json.dumps(text)
-
-
-def context_host() -> str | None:
-    """The engine address of the current non-default `docker context` (DOCKER_CONTEXT or the CLI's
-    config.json), read from the CLI's own files without importing the SDK; None for the default."""
-    import hashlib
-    import json
-
-    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
-    name = os.environ.get("DOCKER_CONTEXT")
-    if not name:
-        try:
-            name = json.loads((config / "config.json").read_text()).get("currentContext")
-        except (OSError, ValueError, AttributeError):
-            return None
-    if not name or name == "default":
-        return None
-    meta = config / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
-    try:
-        return json.loads(meta.read_text())["Endpoints"]["docker"]["Host"] or None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def docker_bytes(value: str | int) -> int:
