@@ -290,3 +290,26 @@ def write_new_file(path: Path, text: str, *, force: bool = False, hint: str = "p
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def open_nofollow(path: str | os.PathLike, flags: int = os.O_RDONLY) -> int:
+    """Open a real path one component at a time, never following a symbolic link (openat, O_NOFOLLOW).
+
+    Callers hand the real path they just confined; whoever can write in the project (a machine
+    through a read-write sync) may put a link on that path in between, and a plain open() would
+    follow it to a host file. Here any link on the way fails (OSError ELOOP / ENOTDIR) instead.
+    O_NONBLOCK: a FIFO put there never blocks the open.
+    """
+    text = os.path.abspath(os.fspath(path))
+    parts = [p for p in text.split("/") if p]
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        if not parts:
+            return os.dup(fd)
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)

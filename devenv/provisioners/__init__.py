@@ -138,8 +138,7 @@ def _hash_entry(h, path: Path, st: os.stat_result, label: str) -> None:
 def _hash_file(h, path: Path, label: str) -> None:
     import stat
 
-    from devenv.paths import resolve
-    from devenv.transports.files import open_nofollow
+    from devenv.paths import open_nofollow, resolve
 
     executable = os.access(path, os.X_OK)
     h.update(f"file:{label}:{int(executable)}\0".encode())

@@ -120,7 +120,7 @@ def _starts_with_shebang(local: Path) -> bool:
     import os
     import stat
 
-    from devenv.transports.files import open_nofollow
+    from devenv.paths import open_nofollow
 
     try:
         fd = open_nofollow(local)

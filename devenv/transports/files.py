@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from devenv.errors import CommandFailed
+from devenv.paths import open_nofollow
 
 _MAX_DEPTH = 512  # folders below a copied folder; deeper is a hostile tree, not a project
 
@@ -20,29 +21,6 @@ def _changed(path: str, why: str) -> CommandFailed:
         f"cannot copy {path}: {why}; nothing was copied",
         hint="something changed it while devenv read it (the machine, through a synced folder?): run the command again",
     )
-
-
-def open_nofollow(path: str | os.PathLike, flags: int = os.O_RDONLY) -> int:
-    """Open a real path one component at a time, never following a symbolic link (openat, O_NOFOLLOW).
-
-    Callers hand the real path they just confined; whoever can write in the project (a machine
-    through a read-write sync) may put a link on that path in between, and a plain open() would
-    follow it to a host file. Here any link on the way fails (OSError ELOOP / ENOTDIR) instead.
-    O_NONBLOCK: a FIFO put there never blocks the open.
-    """
-    text = os.path.abspath(os.fspath(path))
-    parts = [p for p in text.split("/") if p]
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts[:-1]:
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        if not parts:
-            return os.dup(fd)
-        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
-    finally:
-        os.close(fd)
 
 
 def _read_fd(fd: int) -> bytes:

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from devenv.errors import CommandFailed, ProvisionError, UsageError
 from devenv.model.schema import IPAddress
+from devenv.paths import open_nofollow
 from devenv.transports import docker as trd
 from devenv.transports import files as tr
 
@@ -159,11 +160,11 @@ def test_open_nofollow_refuses_a_link_anywhere_on_the_path(tmp_path: Path) -> No
     (tmp_path / "d" / "f").write_text("x")
     (tmp_path / "ld").symlink_to(tmp_path / "d")
     (tmp_path / "lf").symlink_to(tmp_path / "d" / "f")
-    fd = tr.open_nofollow(tmp_path / "d" / "f")
+    fd = open_nofollow(tmp_path / "d" / "f")
     os.close(fd)
     for p in (tmp_path / "ld" / "f", tmp_path / "lf"):
         with pytest.raises(OSError):
-            tr.open_nofollow(p)
+            open_nofollow(p)
 
 
 # -- the shell step reads its script without following a link ------------------------------------
