@@ -36,6 +36,8 @@ from devenv.model.schema import (
     did_you_mean,
     format_path,
 )
+from devenv.model.steps import MAX_DEPTH, MAX_DEVFILE_BYTES, MAX_VALUES, Step, shape_problem
+from devenv.model.steps import check_step as _step
 from devenv.model.tomlpos import key_lines, line_of, nesting_depth_exceeded
 from devenv.paths import ConfinementError, confine, read_regular, resolve
 
@@ -49,10 +51,6 @@ ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 BOX_PATTERN = r"docker:\S+|[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._-]+)?|\S+\.box|(file|https?)://\S+"
 # A Devfile is a hand-written config: these bounds are far above any real one, and keep a hostile
 # or broken file (/dev/zero, 50 MB, 5,000 nested arrays) a clear error instead of a hang or a crash.
-MAX_DEVFILE_BYTES = 16 * 1024 * 1024
-MAX_DEPTH = 64
-MAX_VALUES = 100_000  # keys and array items in all: real Devfiles have hundreds; checking costs per value
-# A secret becomes an environment variable, which Linux caps at 128 KiB (MAX_ARG_STRLEN).
 MAX_SECRET_BYTES = 128 * 1024
 SECRET_FIX = "write the host file's absolute or ~/ path in the Devfile if you mean a file outside the project"
 
@@ -120,20 +118,6 @@ class SyncFolder:
     type: str = "auto"
     exclude: tuple[str, ...] = ()
     allow_outside: bool = False  # allow_outside_project, for the check again at use
-
-
-@dataclass(frozen=True)
-class Step:
-    index: int
-    type: str
-    config: dict = field(hash=False, compare=True)
-    run: str = "once"
-    name: str | None = None
-
-    @property
-    def label(self) -> str:
-        prov = plugins.get_provisioner(self.type)
-        return f"[{self.index}] {self.name or prov.describe(self.config)}"
 
 
 @dataclass(frozen=True)
@@ -354,37 +338,6 @@ _ENV = MapOf(
     key_help="letters, digits and '_', not starting with a digit",
     description="Environment variables of the machine",
 )
-
-
-def _step(value: Any, path: tuple, problems: list) -> Any:
-    if not isinstance(value, dict):
-        problems.append(Problem(path, 'expected a step table like { type = "shell", script = "..." }'))
-        return MISSING
-    t = value.get("type")
-    if t is None:
-        problems.append(Problem(path + ("type",), f"is required (one of: {', '.join(plugins.provisioner_types())})"))
-        return MISSING
-    if Str().check(t, path + ("type",), problems) is MISSING:
-        return MISSING
-    if t not in plugins.PROVISIONER_TYPES:  # a built-in type is answered without scanning for plugins
-        known = plugins.provisioner_types()
-        problems.append(
-            Problem(
-                path + ("type",),
-                f"unknown provisioner type '{t}' (known: {', '.join(known)})" + did_you_mean(t, known),
-            )
-        )
-        return MISSING
-    try:
-        options = plugins.get_provisioner(t).options
-    except DevfileError as exc:  # a plugin that fails to load: reported where its type is named
-        problems.append(Problem(path + ("type",), exc.message))
-        return MISSING
-    before = len(problems)
-    out = options.check(value, path, problems)
-    if out is MISSING or len(problems) > before:
-        return MISSING
-    return out
 
 
 class _LazySchemaCustom(Custom):
@@ -623,24 +576,6 @@ def check_text(text: str, path: Path) -> tuple[Devfile | None, list[LocatedProbl
     problems.sort(key=lambda p: (line_of(locs, p.path) or 0, _sort_path(p)))
     located = [LocatedProblem(shown, line_of(locs, p.path), p.key, p.message) for p in problems]
     return (None if located else devfile), located
-
-
-def shape_problem(data: object, depth: int, values: int) -> Problem | None:
-    """A value nested deeper than ``depth``, or more than ``values`` values in all (no recursion)."""
-    stack: list[tuple[object, tuple]] = [(data, ())]
-    count = 0
-    while stack:
-        value, path = stack.pop()
-        count += 1
-        if count > values:
-            return Problem(path[:3], f"the Devfile holds more than {values} values: it is not a hand-written config")
-        if len(path) > depth:
-            return Problem(path[: depth + 1], f"nested deeper than {depth} levels")
-        if isinstance(value, dict):
-            stack.extend((v, path + (k,)) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((v, path + (i,)) for i, v in enumerate(value))
-    return None
 
 
 def _sort_path(p: Problem) -> tuple:

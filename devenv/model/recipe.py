@@ -28,6 +28,7 @@ from devenv.model.schema import (
     Table,
     did_you_mean,
 )
+from devenv.model.steps import MAX_DEPTH, MAX_DEVFILE_BYTES, MAX_VALUES, Step, check_step, shape_problem
 from devenv.model.tomlpos import key_lines, line_of
 
 # The recipes devenv ships are package data (an installed wheel has no checkout): the steps they
@@ -148,17 +149,12 @@ _SOURCE = Table(
 
 
 class _StepsNode(ListOf):
-    """A Devfile provision list, checked by the Devfile's own step rules (imported late: no cycle)."""
+    """A Devfile provision list, checked by the Devfile's own step rules (model/steps.py)."""
 
     def __init__(self) -> None:
         from devenv.model.schema import Custom
 
-        def step(value, path, problems):
-            from devenv.model.devfile import _step
-
-            return _step(value, path, problems)
-
-        super().__init__(Custom(step, {"type": "object"}), description="Provision steps baked into the box")
+        super().__init__(Custom(check_step, {"type": "object"}), description="Provision steps baked into the box")
         self.keep_missing = True
 
 
@@ -239,7 +235,6 @@ def load_recipe(path: Path) -> Recipe:
     # A project's boxes/ comes with the repository: read it as the Devfile is read (a regular
     # UTF-8 file of bounded size, bounded nesting), never as trusted text. Its steps follow the
     # Devfile's step rules: each step's provisioner checks the host files it reads, as for a Devfile.
-    from devenv.model.devfile import MAX_DEPTH, MAX_DEVFILE_BYTES, MAX_VALUES, Step, shape_problem
     from devenv.model.tomlpos import nesting_depth_exceeded
     from devenv.paths import read_regular
     from devenv.plugins import get_provisioner
