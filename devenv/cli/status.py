@@ -23,6 +23,13 @@ def settings_text(row: MachineStatus) -> str:
     return "up to date"
 
 
+def action(row: MachineStatus) -> str | None:
+    """The one command status names: recreate > reload > provision (None: nothing to do)."""
+    if row.drift:
+        return row.drift
+    return "provision" if row.provision in (STALE, FAILED) else None
+
+
 def as_json(row: MachineStatus) -> dict:
     """The `status --json` object of one machine (its keys are a stable interface)."""
     return {
@@ -36,7 +43,7 @@ def as_json(row: MachineStatus) -> dict:
         "ports": row.ports,
         "sync": row.sync,
         "handle": row.handle,
-        "action": row.drift,
+        "action": action(row),
         "box_digest": row.box_digest,
         "baked_steps": row.baked_steps,
     }

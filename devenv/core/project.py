@@ -49,6 +49,11 @@ if TYPE_CHECKING:
     from devenv.core.status import MachineStatus, StaleStep
 
 
+# `devenv ssh -c CMD` runs CMD with bash where the box has it (as `vagrant ssh -c` does: scripts
+# use /dev/tcp, [[ ]], arrays), else with sh. CMD is $0 of the wrapper, never spliced into it.
+SSH_C_SHELL = 'if command -v bash >/dev/null 2>&1; then exec bash -c "$0"; fi; exec /bin/sh -c "$0"'
+
+
 @dataclass(frozen=True)
 class BoxChoice:
     """How one `up` picks boxes: `--box REF` for the machines it names, and `--frozen`."""
@@ -745,9 +750,18 @@ class Project:
             i = st["failed_step"]
             label = m.provision[i].label if i < len(m.provision) else f"[{i}]"
             return FAILED, StaleStep(i, label, changed=False)
+        applied = (st or {}).get("steps", [])
         for p in plans:
-            if p.action == "run" and p.step.run != "always":
-                return STALE, StaleStep(p.step.index, p.step.label, changed=p.reason.startswith("changed"))
+            if p.action != "run":
+                continue
+            if p.step.run == "always":
+                # Rerun by every up anyway; stale only while this version of it never ran (a new
+                # or edited always step must show, as a once step does).
+                prev = applied[p.step.index] if p.step.index < len(applied) else None
+                if isinstance(prev, dict) and prev.get("fingerprint") == p.fingerprint:
+                    continue
+                return STALE, StaleStep(p.step.index, p.step.label, changed=isinstance(prev, dict))
+            return STALE, StaleStep(p.step.index, p.step.label, changed=p.reason.startswith("changed"))
         return UP_TO_DATE, None
 
     def _transport(self, name: str, handle: str):
@@ -847,7 +861,7 @@ class Project:
         transport = self.transport_for(name)
         if command is None:
             return transport.interactive(None)
-        return transport.run(["/bin/sh", "-c", command], on_output=out, on_stderr=err)
+        return transport.run(["/bin/sh", "-c", SSH_C_SHELL, command], on_output=out, on_stderr=err)
 
     def exec(self, name: str, argv: list[str], *, out: OutputFn, err: OutputFn, interactive: bool = False) -> int:
         transport = self.transport_for(name)

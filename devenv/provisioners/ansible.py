@@ -61,18 +61,34 @@ _RESERVED = re.compile(
 _NEIGHBOURS = (
     "ansible.cfg",
     "requirements.yml",
+    "requirements.yaml",
+    "galaxy.yml",
     "roles",
     "group_vars",
     "host_vars",
-    "vars",
+    "inventory",
+    "collections",
+    # A role's own folders: a role repository keeps its playbook (or tests/) beside them.
     "tasks",
     "handlers",
+    "defaults",
+    "vars",
+    "meta",
     "templates",
     "files",
     "library",
     "module_utils",
+    # Plugins Ansible loads from beside a playbook or inside a role.
+    "action_plugins",
+    "cache_plugins",
+    "callback_plugins",
+    "connection_plugins",
     "filter_plugins",
-    "collections",
+    "inventory_plugins",
+    "lookup_plugins",
+    "strategy_plugins",
+    "test_plugins",
+    "vars_plugins",
 )
 
 

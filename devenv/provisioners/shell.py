@@ -79,7 +79,10 @@ class ShellProvisioner:
             shown = " ".join([config["script"], *args])
         else:
             argv = ["/bin/sh", "-c", config["inline"], "devenv-shell", *args]
-            shown = config["inline"].strip()
+            # The error names the step by its first line: the script itself is in the Devfile, and
+            # the output tail below says what went wrong.
+            lines = config["inline"].strip().splitlines() or [""]
+            shown = lines[0][:80] + (" ..." if len(lines) > 1 or len(lines[0]) > 80 else "")
         code = ctx.transport.run(
             argv,
             env=config.get("env"),

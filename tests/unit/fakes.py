@@ -10,7 +10,8 @@ real engine does. Without it the machines live in the instance.
 
 FakeTransport "runs" commands by interpreting a tiny shell subset: ``echo WORDS`` prints,
 ``exit N`` ends with N, ``false`` fails, ``rm -f PATH`` removes a put file, and a path that was
-put (directly or via ``exec PATH``) runs that file's text. Anything else succeeds silently.
+put (directly or via ``exec PATH``) runs that file's text; ``sh -c WRAPPER CMD`` whose wrapper
+ends in ``-c "$0"`` (the one `devenv ssh -c` uses) runs CMD. Anything else succeeds silently.
 ``put`` into /proc/ fails (CommandFailed), like a copy onto a read-only file system.
 Every command run is recorded in the machine's ``runs`` and in the global ``log``.
 
@@ -284,6 +285,8 @@ class FakeTransport:
             m = self._running(data)
             m["runs"].append(shlex.join(argv))
             data["log"].append(["run", _machine(m), shlex.join(argv)])
+            if len(argv) >= 4 and argv[0] in SHELLS and argv[1] == "-c" and argv[2].endswith('-c "$0"'):
+                return _interpret(argv[3], m["files"], out)  # a wrapper that runs its $0 (ssh -c)
             if len(argv) >= 3 and argv[0] in SHELLS and argv[1] == "-c":
                 return _interpret(argv[2], m["files"], out)
             if len(argv) >= 2 and argv[0] in SHELLS:

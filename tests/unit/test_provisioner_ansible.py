@@ -166,6 +166,24 @@ def test_playbook_at_the_project_root_reads_only_ansible_neighbours(project):
     assert fingerprint(step(playbook="site.yml"), project) != base
 
 
+@pytest.mark.parametrize(
+    "rel",
+    ["defaults/main.yml", "meta/main.yml", "vars/main.yml", "files/motd", "library/my_module.py",
+     "handlers/main.yml", "lookup_plugins/mine.py", "requirements.yaml"],
+)  # fmt: skip
+def test_a_role_repository_playbook_at_the_root_covers_every_role_folder(project, rel):
+    """A role repository: the role's folders sit beside a playbook at the root (roles: ["../."] style)."""
+    (project / "site.yml").write_text("- hosts: all\n  roles: ['.']\n")
+    (project / "tasks").mkdir()
+    (project / "tasks" / "main.yml").write_text("- debug: msg=1\n")
+    target = project / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("first\n")
+    base = fingerprint(step(playbook="site.yml"), project)
+    target.write_text("edited\n")
+    assert fingerprint(step(playbook="site.yml"), project) != base, f"editing {rel} must make the step stale"
+
+
 # -- inventory -------------------------------------------------------------------------------------
 
 
