@@ -7,6 +7,7 @@ transports; the CLI only parses arguments and prints.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from devenv.contract import (
     BoxArtifact,
     CopySync,
     Driver,
+    Event,
     MachineState,
     OutputFn,
     Ownership,
@@ -52,6 +54,38 @@ if TYPE_CHECKING:
 # `devenv ssh -c CMD` runs CMD with bash where the box has it (as `vagrant ssh -c` does: scripts
 # use /dev/tcp, [[ ]], arrays), else with sh. CMD is $0 of the wrapper, never spliced into it.
 SSH_C_SHELL = 'if command -v bash >/dev/null 2>&1; then exec bash -c "$0"; fi; exec /bin/sh -c "$0"'
+
+
+# What a step prints when the machine runs no init system: services it installs or enables do
+# not run (and Debian's invoke-rc.d says so without failing the step).
+_NO_INIT = re.compile(
+    r"systemctl: (command )?not found|System has not been booted with systemd|invoke-rc\.d: No init system"
+    r"|Failed to find required executable systemctl|Failed to connect to bus: Host is down"
+    r"|Running in chroot, ignoring (command|request)"
+)
+
+
+class NoInitSigns:
+    """Watches a step's output for signs that the machine has no init, to say so after the step
+    (never a silent success: a step that only installs a daemon passes, and nothing runs it)."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.outer = reporter
+        self.seen: str | None = None
+        self.reporter = Reporter(self._see, debug=reporter.debug_enabled)
+
+    def _see(self, event: Event) -> None:
+        if self.seen is None and event.kind == "output" and _NO_INIT.search(event.text):
+            self.seen = event.text.strip()
+        self.outer.emit(event)
+
+    def warn(self, machine: str, step: str) -> None:
+        if self.seen is not None:
+            self.outer.warn(
+                f"{machine}: step {step}: the machine runs no init system, so services it installs or "
+                f"enables are not running (it said: {self.seen[:160]}); a container boots systemd with "
+                f'init = "systemd" in [machines.{machine}.docker], on a box that has systemd (debian-12)'
+            )
 
 
 @dataclass(frozen=True)
@@ -503,12 +537,15 @@ class Project:
             self._check_cancel()
             info = {"index": step.index, "step": step.label, "fingerprint": p.fingerprint}
             self.reporter.phase(name, "step", f"provision {step.label} ({p.reason})", **info, reason=p.reason)
+            signs = NoInitSigns(self.reporter)
             try:
-                run_step(step, name, self.root, transport, self.reporter)
+                run_step(step, name, self.root, transport, signs.reporter)
             except ProvisionError as exc:
                 self.state.save(name, {**st, "steps": applied, "failed_step": step.index})
                 self.reporter.phase(name, "step-failed", "", **info)
+                signs.warn(name, step.label)
                 raise ProvisionError(f"{name}: step {step.label} failed: {exc.message}", hint=exc.hint) from exc
+            signs.warn(name, step.label)
             self.reporter.phase(name, "step-done", "", **info)
             while len(applied) <= step.index:
                 applied.append(None)

@@ -48,3 +48,19 @@ def test_a_failing_inline_step_is_named_by_its_first_line_only(proj):
     assert first.endswith("shell step failed with exit code 3: echo starting ...")
     assert "the-second-line-of-the-script" not in first
     assert "--- last output ---" in r.stderr  # what the script printed still shows below
+
+
+def test_a_step_that_meets_no_init_gets_a_warning_naming_init_systemd(proj):
+    said = "System has not been booted with systemd as init system (PID 1). Can't operate."
+    proj.devfile(one_machine(f'{{ type = "shell", inline = "echo {said}" }}'))
+    r = proj.cli("up")
+    assert r.exit_code == 0  # the step itself passed: the warning is what keeps it from being silent
+    warning = next(ln for ln in r.stderr.splitlines() if ln.startswith("warning:"))
+    assert "dev: step [0]" in warning and "runs no init system" in warning
+    assert 'init = "systemd" in [machines.dev.docker]' in warning
+
+
+def test_a_step_without_signs_of_a_missing_init_gets_no_warning(proj):
+    proj.devfile(one_machine('{ type = "shell", inline = "echo systemd is fine here" }'))
+    r = proj.cli("up")
+    assert r.exit_code == 0 and "warning:" not in r.stderr

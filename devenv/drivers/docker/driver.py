@@ -47,8 +47,23 @@ from devenv.model.recipe import (
     find_recipe,
     parse_ref,
 )
-from devenv.model.schema import Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
+from devenv.model.schema import MISSING, Bool, Custom, Field, ListOf, MapOf, Problem, Str, Table
 from devenv.transports.dockerapi import context_host
+
+
+def _init(value: Any, path: tuple, problems: list) -> Any:
+    if isinstance(value, bool) or value == "systemd":
+        return value
+    problems.append(Problem(path, f'expected true, false or "systemd", got {value!r}'))
+    return MISSING
+
+
+# systemd as PID 1 in an unprivileged container: it needs its runtime folders on tmpfs, the
+# cgroup file system (cgroup v1: the host's, read-only, is enough; cgroup v2: a private cgroup
+# namespace), `container=` in its environment, and SIGRTMIN+3 to shut down cleanly.
+SYSTEMD_TMPFS = {"/run": "rw,nosuid,nodev,mode=755", "/run/lock": "rw,nosuid,nodev,noexec", "/tmp": "rw,nosuid,nodev"}
+SYSTEMD_STOP_SIGNAL = "SIGRTMIN+3"
+SYSTEMD_BOOT_TIMEOUT = 120.0  # seconds until is-system-running must say running (or degraded)
 
 
 def _command(value: Any, path: tuple, problems: list) -> Any:
@@ -75,7 +90,15 @@ _OPTIONS = Table(
         "user": Field(Str(description="User the container's main process runs as")),
         "workdir": Field(Str()),
         "network": Field(Str(description="Docker network to join (default bridge)")),
-        "init": Field(Bool(description="Run Docker's init as PID 1 (reaps zombies)"), default=True),
+        "init": Field(
+            Custom(
+                _init,
+                {"anyOf": [{"type": "boolean"}, {"const": "systemd"}]},
+                description='PID 1: true = Docker\'s init (reaps zombies), false = none, "systemd" = boot '
+                "systemd (unprivileged) so services run and come back after halt + up",
+            ),
+            default=True,
+        ),
         "labels": Field(MapOf(Str(nonempty=False)), default=dict),
         "shm_size": Field(Str()),
     },
@@ -106,6 +129,7 @@ class DockerDriver:
         self._arch: str | None = None
         self._engine: Any = None
         self._fresh: set[str] = set()  # containers this process created with the keep-alive in place
+        self._cgroups: str | None = None  # the engine host's cgroup version, asked once
 
     # -- engine access -----------------------------------------------------------------------
     def endpoint(self) -> str:
@@ -479,8 +503,17 @@ class DockerDriver:
             ],
             "PortBindings": ports,
             "Privileged": bool(opts.get("privileged", False)),
-            "Init": bool(opts.get("init", True)),
+            "Init": opts.get("init", True) is True,
         }
+        systemd = opts.get("init") == "systemd"
+        if systemd:
+            host["Tmpfs"] = dict(SYSTEMD_TMPFS)
+            if self._cgroup_version() == "2":
+                host["CgroupnsMode"] = "private"
+            else:
+                host["Mounts"].append(
+                    {"Type": "bind", "Source": "/sys/fs/cgroup", "Target": "/sys/fs/cgroup", "ReadOnly": True}
+                )
         if opts.get("cap_add"):
             host["CapAdd"] = list(opts["cap_add"])
         if m.cpus:
@@ -503,7 +536,12 @@ class DockerDriver:
             config["User"] = opts["user"]
         if opts.get("workdir"):
             config["WorkingDir"] = opts["workdir"]
-        if not opts.get("use_image_command") and "command" not in opts:
+        if systemd:
+            config["Entrypoint"] = ["/sbin/init"]
+            config["Cmd"] = []
+            config["StopSignal"] = SYSTEMD_STOP_SIGNAL
+            config["Env"].append("container=docker")  # how systemd knows it runs in a container
+        elif not opts.get("use_image_command") and "command" not in opts:
             if self._arch_x86_64(box):
                 config["Entrypoint"] = [keepalive.PATH_IN_CONTAINER]
             else:
@@ -584,6 +622,11 @@ class DockerDriver:
             if exc.status == 404:
                 raise MachineStateError("the container is gone", hint="run `devenv up` to recreate it") from exc
             text = exc.message
+            if "/sbin/init" in text and (info["Config"].get("Entrypoint") or [None])[0] == "/sbin/init":
+                raise MachineStateError(
+                    'init = "systemd", but the box has no systemd (no /sbin/init)',
+                    hint='use a box with systemd (debian-12) or drop init = "systemd"',
+                ) from exc
             if "port is already allocated" in text or "address already in use" in text:
                 raise PortConflict(
                     f"a forwarded host port is already in use: {text}",
@@ -592,6 +635,9 @@ class DockerDriver:
             raise MachineStateError(f"the container does not start: {text}") from exc
         if keeps_alive:
             return  # devenv's own keep-alive does not exit by itself
+        if (info["Config"].get("Entrypoint") or [None])[0] == "/sbin/init":
+            self._wait_for_systemd(handle, info)
+            return
         # A container whose command exits at once is not a running machine: say why, with its output.
         time.sleep(0.05)
         info = self._inspect(handle)
@@ -603,6 +649,52 @@ class DockerDriver:
                 hint="its command ends by itself: drop [machines.NAME.docker] command/use_image_command, "
                 "or give it a command that keeps running",
             )
+
+    def _cgroup_version(self) -> str:
+        """The engine host's cgroup version ("1" or "2"), asked once."""
+        if self._cgroups is None:
+            self._cgroups = str(self._eng(self.engine.info).get("CgroupVersion") or "1")
+        return self._cgroups
+
+    def _wait_for_systemd(self, handle: str, info: dict) -> None:
+        """Wait until systemd has booted (`is-system-running`: running or degraded) so provisioning
+        finds a working systemctl; degraded lists the failed units as a warning."""
+        from devenv.transports.docker import DockerTransport
+
+        name = (info.get("Config", {}).get("Labels") or {}).get(LABEL_MACHINE, handle[:12])
+        transport = DockerTransport(self.engine, handle, name)
+        deadline = time.monotonic() + SYSTEMD_BOOT_TIMEOUT
+        state = ""
+        while True:
+            lines: list[str] = []
+            current = self._inspect(handle)
+            if current is None or not current["State"].get("Running"):
+                logs = self._eng(self.engine.logs, handle, 10).decode(errors="replace").strip()
+                raise MachineStateError(
+                    f"systemd stopped right after it started in '{name}'" + (f":\n{logs}" if logs else ""),
+                    hint='the box must have systemd as /sbin/init (debian-12 has it); or drop init = "systemd"',
+                )
+            code = transport.run(["systemctl", "is-system-running"], on_output=lines.append)
+            state = lines[-1].strip() if lines else ""
+            if state in ("running", "degraded"):
+                break
+            if code == 127 or "not found" in state:
+                raise MachineStateError(
+                    f"'{name}' has no systemctl: its box has no systemd",
+                    hint='use a box with systemd (debian-12) or drop init = "systemd"',
+                )
+            if time.monotonic() > deadline:
+                raise MachineStateError(
+                    f"systemd in '{name}' did not finish booting in {SYSTEMD_BOOT_TIMEOUT:.0f}s "
+                    f"(state: {state or '?'})",
+                    hint=f"look inside: `devenv ssh {name} -c 'systemctl list-jobs'`",
+                )
+            time.sleep(0.2)
+        if state == "degraded":
+            failed: list[str] = []
+            transport.run(["systemctl", "--failed", "--no-legend", "--plain"], on_output=failed.append)
+            units = ", ".join(line.split()[0] for line in failed if line.strip()) or "?"
+            self.reporter.warn(f"{name}: systemd is up but degraded: failed units {units}")
 
     def stop(self, handle: str, *, force: bool = False) -> None:
         from devenv.transports.dockerapi import EngineError
