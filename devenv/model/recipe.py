@@ -201,11 +201,27 @@ class Recipe:
 
     @property
     def origin(self) -> str:
-        """The recipe file's identity in the shared store (see LABEL_ORIGIN)."""
+        """The recipe's identity in the shared store (see LABEL_ORIGIN).
+
+        A project's own recipe is identified by its real path: another folder's file of the same
+        name makes another box. A recipe devenv ships is identified by its content (and the
+        content of the files its steps read): every install of the same devenv (a checkout, a
+        wheel in a venv, another user's) builds the same box, so they share it."""
         import hashlib
         import os
 
-        return hashlib.sha256(os.fsencode(os.path.realpath(self.path))).hexdigest()[:32]
+        real = os.path.realpath(self.path)
+        if os.path.dirname(real) != str(BUNDLED):
+            return hashlib.sha256(os.fsencode(real)).hexdigest()[:32]
+        from devenv.plugins import get_provisioner
+
+        h = hashlib.sha256(b"bundled\0" + Path(real).read_bytes())
+        for step in self.provision:
+            for f in sorted(get_provisioner(step.type).files(step.config, self.root)):
+                h.update(b"\0" + os.fsencode(os.path.relpath(f, self.root)) + b"\0")
+                if f.is_file():
+                    h.update(f.read_bytes())
+        return "bundled-" + h.hexdigest()[:24]
 
     @property
     def label(self) -> str:

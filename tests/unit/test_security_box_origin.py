@@ -125,3 +125,26 @@ def test_a_checkouts_boxes_link_to_the_bundled_recipes_is_the_same_origin() -> N
         recipes.load_recipe(repo / "boxes" / "debian-12.toml").origin
         == recipes.load_recipe(recipes.BUNDLED / "debian-12.toml").origin
     )
+
+
+def test_a_shipped_recipe_is_the_same_box_in_every_install_a_project_copy_is_not(tmp_path, monkeypatch):
+    """Two installs of devenv (a checkout and a wheel in a venv) share the boxes devenv ships; a
+    project's own boxes/debian-12.toml, even byte-identical, makes its own (it may differ later)."""
+    import shutil
+
+    from devenv.model import recipe as rmod
+
+    here = rmod.load_recipe(rmod.BUNDLED / "debian-12.toml").origin
+    other_install = tmp_path / "site-packages" / "devenv" / "data"
+    shutil.copytree(rmod.BUNDLED.parent, other_install)
+    monkeypatch.setattr(rmod, "BUNDLED", other_install / "boxes")
+    there = rmod.load_recipe(other_install / "boxes" / "debian-12.toml")
+    assert here == there.origin and here.startswith("bundled-")
+    # Editing a file a baked step reads makes it another box.
+    (other_install / "provisioners" / "base.sh").write_text("#!/bin/sh\necho changed\n")
+    assert rmod.load_recipe(other_install / "boxes" / "debian-12.toml").origin != here
+    # A project's copy is identified by its path, as before.
+    project = tmp_path / "proj"
+    shutil.copytree(rmod.BUNDLED.parent, project / "x")
+    copied = rmod.load_recipe(project / "x" / "boxes" / "debian-12.toml")
+    assert not copied.origin.startswith("bundled-")

@@ -220,8 +220,22 @@ class LibvirtDriver(VmMetadataMixin):
             c = lib.open(uri)
         except lib.libvirtError as exc:
             raise self._unavailable(uri, exc) from exc
+        if not self._conns:
+            # Closed before the interpreter tears modules down: a connection finalised after
+            # libvirt's module is gone prints "Exception ignored in virConnect.__del__".
+            import atexit
+
+            atexit.register(self._close_all)
         self._conns[uri] = c
         return c
+
+    def _close_all(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for c in conns:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - leaving anyway; a dead connection has nothing to close
+                pass
 
     def _unavailable(self, uri: str, exc: Exception) -> BackendUnavailable:
         text = str(exc)
