@@ -84,6 +84,7 @@ __all__ = [
     "MachineState",
     "MachineStateError",
     "MapOf",
+    "Networks",
     "OutputFn",
     "Ownership",
     "Package",
@@ -317,6 +318,7 @@ class Features(NamedTuple):
     copy_sync: bool = False  # CopySync: some sync folders are copies the core pushes (rsync)
     box_images: bool = False  # BoxImages: boxes live in the engine (images), listed/removed there
     box_sources: bool = False  # BoxSources: base images for box builds (pull one, import a root fs)
+    networks: bool = False  # Networks: the machine joins the project's private networks (Machine.networks)
     # Whether ``create`` fixes the machine's env (a container's environment). When False the core
     # passes the env with every command the transport runs instead.
     env_at_create: bool = True
@@ -466,6 +468,18 @@ class BoxSources(Protocol):
         ...
 
 
+@runtime_checkable
+class Networks(Protocol):
+    """The driver makes the project's private networks (``target.machine.networks``: each with its
+    subnet and the machine's fixed address, if any) when a machine joins one at create, so that
+    machines reach each other by machine name and hostname; destroy and sweep remove a network
+    when no machine of the project is on it any more. Found by labels, like machines."""
+
+    def addresses(self, handle: str) -> dict[str, str]:
+        """The machine's address on each private network, by the Devfile's network name."""
+        ...
+
+
 _ROLES: dict[str, type] = {
     "snapshots": Snapshots,
     "suspend": Suspend,
@@ -474,6 +488,7 @@ _ROLES: dict[str, type] = {
     "copy_sync": CopySync,
     "box_images": BoxImages,
     "box_sources": BoxSources,
+    "networks": Networks,
 }
 R = TypeVar("R")
 

@@ -126,6 +126,8 @@ def status(
             ui.say(f"{'':<{width}}  settings: {settings_text(r)}")
         for p in r.ports:
             ui.say(f"{'':<{width}}  port {p}")
+        for net, ip in r.addresses.items():
+            ui.say(f"{'':<{width}}  network {net}: {ip}")
 
 
 @handle_errors

@@ -46,4 +46,5 @@ def as_json(row: MachineStatus) -> dict:
         "action": action(row),
         "box_digest": row.box_digest,
         "baked_steps": row.baked_steps,
+        "addresses": row.addresses,
     }

@@ -36,6 +36,8 @@ def settings_hash(machine: Machine) -> str:
         "ports": [[p.guest, p.host, p.host_ip, p.protocol] for p in machine.ports],
         "sync": [[str(s.host), s.guest, s.read_only, s.type] for s in machine.sync],
         "options": machine.driver_options(),
+        # Older machines recorded no networks: a machine on none hashes as before.
+        **({"networks": [[a.name, a.ip, a.network.subnet] for a in machine.networks]} if machine.networks else {}),
     }
     return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 

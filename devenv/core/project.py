@@ -23,6 +23,7 @@ from devenv.contract import (
     Driver,
     Event,
     MachineState,
+    Networks,
     OutputFn,
     Ownership,
     Package,
@@ -767,6 +768,9 @@ class Project:
             ports = [str(b) for b in driver.ports(h)] if h and live is MachineState.RUNNING else []
             sync = driver.sync_kind(h) if m.sync and h else None
             row = MachineStatus(n, m.driver, live, box or m.box, provision, stale, ports, sync, h, drift)
+            nets = role(driver, Networks)
+            if nets is not None and h and live is MachineState.RUNNING and m.networks:
+                row.addresses = nets.addresses(h)
             if st and live is not MachineState.NOT_CREATED:
                 row.box_digest = (st.get("box") or {}).get("digest")
                 row.baked_steps = [p.step.index for p in plans if p.action == "box"]

@@ -35,6 +35,7 @@ class MachineStatus:
     drift: str | None = None  # "reload" or "recreate" when the Devfile drifted from the machine
     box_digest: str | None = None
     baked_steps: list[int] = field(default_factory=list)  # provision steps that came with the box
+    addresses: dict[str, str] = field(default_factory=dict)  # private network name -> the machine's address
 
     @property
     def stale_step(self) -> int | None:

@@ -7,6 +7,7 @@ and key path, so one `devenv validate` run shows them all.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import errno
 import hashlib
 import os
@@ -18,6 +19,8 @@ from typing import Any
 
 from devenv import plugins
 from devenv.errors import DevfileError
+from devenv.model.networks import ATTACHMENT, NETWORKS, Attachment, Network
+from devenv.model.networks import resolve as resolve_networks
 from devenv.model.schema import (
     MISSING,
     AnyOf,
@@ -135,6 +138,7 @@ class Machine:
     depends_on: tuple[str, ...] = ()
     options: dict = field(default_factory=dict, hash=False)  # driver tables by driver name
     line: int | None = None
+    networks: tuple[Attachment, ...] = ()  # private networks it joins (model/networks.py)
 
     def driver_options(self) -> dict:
         return self.options.get(self.driver, {})
@@ -146,6 +150,7 @@ class Devfile:
     root: Path
     project_name: str
     machines: dict[str, Machine] = field(hash=False)
+    networks: dict[str, Network] = field(default_factory=dict, hash=False)
 
     @property
     def project_id(self) -> str:
@@ -399,6 +404,9 @@ def machine_table(required: bool) -> Table:
                 ListOf(_LazySchemaCustom(_step, _step_schema), description="Ordered provision steps", keep_missing=True)
             ),
             "depends_on": Field(ListOf(Str(), unique=True, description="Machines brought up first")),
+            "networks": Field(
+                ListOf(ATTACHMENT, keep_missing=True, description="Private networks it joins (default: 'default')")
+            ),
         },
         description="A machine",
         extra_keys=_driver_tables,
@@ -429,6 +437,7 @@ def json_schema() -> dict:
         "additionalProperties": False,
         "properties": {
             "project": _PROJECT.json_schema(),
+            "networks": NETWORKS.json_schema(),
             "defaults": machine_table(False).json_schema(),
             "machines": {
                 "type": "object",
@@ -599,14 +608,17 @@ def _toml_message(msg: str) -> str:
 
 def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
     root = path.parent
+    top = ("project", "networks", "defaults", "machines")
     for k in data:
-        if k not in ("project", "defaults", "machines"):
-            problems.append(Problem((k,), f"unknown key{did_you_mean(k, ('project', 'defaults', 'machines'))}"))
+        if k not in top:
+            problems.append(Problem((k,), f"unknown key{did_you_mean(k, top)}"))
 
     project = _PROJECT.check(data.get("project", {}), ("project",), problems)
     name = (project or {}).get("name") or default_project_name(root)
 
     defaults = machine_table(False).check(data.get("defaults", {}), ("defaults",), problems) or {}
+    declared = NETWORKS.check(data.get("networks", {}), ("networks",), problems)
+    wants: dict[str, dict] = {}
 
     raw_machines = data.get("machines")
     if raw_machines is None:
@@ -639,7 +651,22 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
         m = _make_machine(mname, merged, origin, root, problems, box_written=box_written)
         if m is not None:
             machines[mname] = m
+            wants[mname] = {"networks": merged.get("networks"), "at": origin.get("networks", mpath) + ("networks",)}
 
+    networks, attached = resolve_networks(declared if declared is not MISSING else {}, wants, problems)
+    for n, m in list(machines.items()):
+        atts = attached.get(n, ())
+        if atts and not _makes_networks(m.driver):
+            # The project default is Docker's for now; a network the Devfile names is a promise.
+            if any(not a.network.implicit for a in atts):
+                problems.append(
+                    Problem(
+                        wants[n]["at"],
+                        f"the {m.driver} driver does not make private networks yet (the docker driver does)",
+                    )
+                )
+            atts = ()
+        machines[n] = dataclasses.replace(m, networks=atts)
     _cross_check(machines, origins, port_index, problems)
     for m in machines.values():
         # Drivers with host paths of their own (vagrant's dir) confine them against the real root.
@@ -647,7 +674,15 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
             vagrant: Any = plugins.get_driver("vagrant")  # by the registry: the model imports no driver
             for p in vagrant.validate_paths(m, root):
                 problems.append(Problem(("machines", m.name, *p.path), p.message))
-    return Devfile(path=path, root=root, project_name=name, machines=machines)
+    return Devfile(path=path, root=root, project_name=name, machines=machines, networks=networks)
+
+
+def _makes_networks(driver: str) -> bool:
+    try:
+        features = getattr(plugins.driver_class(driver), "features", None)
+    except DevfileError:
+        return False  # an unknown driver: reported where it is named
+    return bool(getattr(features, "networks", False))
 
 
 def _merge(defaults: dict, machine: dict, mname: str, raw: dict | None = None) -> tuple[dict, dict[str, tuple]]:

@@ -260,6 +260,22 @@ class UnixEngine:
         # v: anonymous volumes (from the image's VOLUME lines) go with the container.
         self._call("DELETE", f"/containers/{_q(container)}", {"v": 1, "force": 1})
 
+    # -- networks ------------------------------------------------------------------------------
+    def networks(self, labels: list[str]) -> list[dict]:
+        return self._call("GET", "/networks", {"filters": json.dumps({"label": labels})}) or []
+
+    def inspect_network(self, network: str) -> dict | None:
+        return self._get_or_none(f"/networks/{_q(network)}")
+
+    def create_network(self, config: dict) -> str:
+        return self._json("POST", "/networks/create", config)["Id"]
+
+    def connect_network(self, network: str, container: str, endpoint: dict) -> None:
+        self._json("POST", f"/networks/{_q(network)}/connect", {"Container": container, "EndpointConfig": endpoint})
+
+    def remove_network(self, network: str) -> None:
+        self._call("DELETE", f"/networks/{_q(network)}")
+
     def pause(self, container: str) -> None:
         self._call("POST", f"/containers/{_q(container)}/pause")
 
@@ -366,6 +382,35 @@ class SdkEngine:
 
     def remove(self, container: str) -> None:
         self._do(self.api.remove_container, container, v=True, force=True)
+
+    def networks(self, labels: list[str]) -> list[dict]:
+        return self._do(self.api.networks, filters={"label": labels}) or []
+
+    def inspect_network(self, network: str) -> dict | None:
+        return self._maybe(self.api.inspect_network, network)
+
+    def create_network(self, config: dict) -> str:
+        return self._do(
+            self.api.create_network,
+            config["Name"],
+            driver=config.get("Driver", "bridge"),
+            internal=bool(config.get("Internal")),
+            labels=config.get("Labels"),
+            ipam=config.get("IPAM"),
+            check_duplicate=True,
+        )["Id"]
+
+    def connect_network(self, network: str, container: str, endpoint: dict) -> None:
+        self._do(
+            self.api.connect_container_to_network,
+            container,
+            network,
+            aliases=endpoint.get("Aliases"),
+            ipv4_address=(endpoint.get("IPAMConfig") or {}).get("IPv4Address"),
+        )
+
+    def remove_network(self, network: str) -> None:
+        self._do(self.api.remove_network, network)
 
     def pause(self, container: str) -> None:
         self._do(self.api.pause, container)

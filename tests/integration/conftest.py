@@ -153,6 +153,8 @@ class Proj:
             return
         for c in self.client.containers.list(all=True, filters={"label": f"devenv.project={pid}"}):
             c.remove(force=True, v=True)
+        for n in self.client.networks.list(filters={"label": f"devenv.project={pid}"}):
+            n.remove()
 
 
 @pytest.fixture

@@ -973,7 +973,7 @@ def test_json_schema_structure() -> None:
     json.dumps(schema)  # serialisable
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"project", "defaults", "machines"}
+    assert set(schema["properties"]) == {"project", "networks", "defaults", "machines"}
     assert schema["required"] == ["machines"]
     machine = schema["properties"]["machines"]["additionalProperties"]
     assert {"box", "cpus", "memory", "ports", "sync", "provision", "depends_on", "env", "docker"} <= set(

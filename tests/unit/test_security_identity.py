@@ -97,7 +97,8 @@ def test_docker_owns_and_find_require_the_recorded_root(tmp_path, monkeypatch) -
     assert d.find(target) is None
     # destroy -f's sweep of leftovers by project id passes the root: the other root's stays.
     destroyed: list[str] = []
-    monkeypatch.setattr(d, "_eng", lambda fn, *a, **k: listed)
+    # (The project's networks: none here.)
+    monkeypatch.setattr(d, "_eng", lambda fn, *a, **k: [] if fn.__name__ == "networks" else listed)
     monkeypatch.setattr(d, "destroy", destroyed.append)
     d.sweep(target.project_id, target.project_root)
     assert destroyed == ["b" * 64, "c" * 64]

@@ -63,7 +63,16 @@ def _init(value: Any, path: tuple, problems: list) -> Any:
 # namespace), `container=` in its environment, and SIGRTMIN+3 to shut down cleanly.
 SYSTEMD_TMPFS = {"/run": "rw,nosuid,nodev,mode=755", "/run/lock": "rw,nosuid,nodev,noexec", "/tmp": "rw,nosuid,nodev"}
 SYSTEMD_STOP_SIGNAL = "SIGRTMIN+3"
+LABEL_NETWORK = "devenv.network"  # a project network's Devfile name (its engine name is devenv-PROJECT-NAME)
 SYSTEMD_BOOT_TIMEOUT = 120.0  # seconds until is-system-running must say running (or degraded)
+
+
+def _endpoint(machine: Any, att: Any) -> dict:
+    """How a machine sits on a project network: found by its name and hostname, at its fixed address."""
+    endpoint: dict[str, Any] = {"Aliases": list(dict.fromkeys([machine.name, machine.hostname]))}
+    if att.ip:
+        endpoint["IPAMConfig"] = {"IPv4Address": att.ip}
+    return endpoint
 
 
 def _command(value: Any, path: tuple, problems: list) -> Any:
@@ -120,7 +129,9 @@ def image_name_ok(name: str) -> bool:
 
 class DockerDriver:
     name: ClassVar[str] = "docker"
-    features: ClassVar[Features] = Features(suspend=True, package=True, box_images=True, box_sources=True)
+    features: ClassVar[Features] = Features(
+        suspend=True, package=True, box_images=True, box_sources=True, networks=True
+    )
     reporter: Reporter = QUIET  # set by the core before use
     options: ClassVar[Table] = _OPTIONS
 
@@ -282,6 +293,10 @@ class DockerDriver:
                         f'type \'{s.type}\' is not supported (use "auto" or "bind")',
                     )
                 )
+        if machine.driver_options().get("network") and any(not a.network.implicit for a in machine.networks):
+            problems.append(
+                Problem(("docker", "network"), "a machine on the Devfile's networks cannot also set docker network")
+            )
         shm = machine.driver_options().get("shm_size")
         if shm is not None:
             try:
@@ -522,6 +537,11 @@ class DockerDriver:
             host["Memory"] = int(m.memory)
         if opts.get("network"):
             host["NetworkMode"] = opts["network"]
+        networking = None
+        if m.networks and not opts.get("network"):
+            first = m.networks[0]
+            host["NetworkMode"] = self._network_name(target, first.name)
+            networking = {"EndpointsConfig": {host["NetworkMode"]: _endpoint(m, first)}}
         if opts.get("shm_size"):
             host["ShmSize"] = docker_bytes(opts["shm_size"])
         config: dict[str, Any] = {
@@ -531,6 +551,7 @@ class DockerDriver:
             "Env": [f"{k}={v}" for k, v in (env or {}).items()],
             "ExposedPorts": {key: {} for key in ports},
             "HostConfig": host,
+            "NetworkingConfig": networking,
         }
         if opts.get("user"):
             config["User"] = opts["user"]
@@ -560,6 +581,9 @@ class DockerDriver:
         if existing:
             return existing
         config = self.container_config(target, box, env)
+        joined = [] if target.machine.driver_options().get("network") else list(target.machine.networks)
+        for att in joined:
+            self._ensure_network(target, att)
         try:
             cid = self._eng(self.engine.create_container, config, target.resource_name)
         except EngineError as exc:
@@ -568,6 +592,17 @@ class DockerDriver:
                 if found:
                     return found
             raise BoxError(f"cannot create the container for '{target.name}': {exc.message}") from exc
+        for att in joined[1:]:
+            try:
+                self._eng(
+                    self.engine.connect_network,
+                    self._network_name(target, att.name),
+                    cid,
+                    _endpoint(target.machine, att),
+                )
+            except EngineError as exc:
+                self.destroy(cid)
+                raise MachineStateError(f"cannot join network '{att.name}': {exc.message}") from exc
         if config.get("Entrypoint") == [keepalive.PATH_IN_CONTAINER]:
             if not box.extra.get("keepalive"):
                 self._eng(self.engine.put_archive, cid, "/", keepalive.tar_archive())
@@ -712,12 +747,88 @@ class DockerDriver:
     def destroy(self, handle: str) -> None:
         from devenv.transports.dockerapi import EngineError
 
+        info = self._inspect(handle)
         try:
             self._eng(self.engine.remove, handle)
         except EngineError as exc:
             if exc.status == 404 or "already in progress" in exc.message:
                 return
             raise MachineStateError(f"the container cannot be removed: {exc.message}") from exc
+        labels = ((info or {}).get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_PROJECT):
+            self._remove_unused_networks(labels[LABEL_PROJECT], labels.get(LABEL_ROOT))
+
+    # -- private networks (contract.Networks) ---------------------------------------------------
+    @staticmethod
+    def _network_name(target: Target, name: str) -> str:
+        return f"devenv-{target.project_id}-{name}"
+
+    def _project_networks(self, project_id: str, root: str | None) -> list[dict]:
+        found = self._eng(self.engine.networks, [f"{LABEL_PROJECT}={project_id}"])
+        return [n for n in found if root is None or (n.get("Labels") or {}).get(LABEL_ROOT, root) == root]
+
+    def _ensure_network(self, target: Target, att: Any) -> None:
+        """The project network ``att`` names, made (labelled) when it does not exist yet."""
+        from devenv.transports.dockerapi import EngineError
+
+        name = self._network_name(target, att.name)
+        for n in self._project_networks(target.project_id, str(target.project_root)):
+            if (n.get("Labels") or {}).get(LABEL_NETWORK) != att.name:
+                continue
+            subnets = [c.get("Subnet") for c in ((n.get("IPAM") or {}).get("Config") or [])]
+            if att.network.subnet and att.network.subnet not in subnets:
+                raise MachineStateError(
+                    f"network '{att.name}' exists with subnet {', '.join(map(str, subnets)) or '?'}, "
+                    f"not {att.network.subnet}",
+                    hint="`devenv destroy` the project's machines, then `devenv up` makes it again",
+                )
+            return
+        config: dict[str, Any] = {
+            "Name": name,
+            "Driver": "bridge",
+            "Internal": bool(att.network.internal),
+            "CheckDuplicate": True,
+            "Labels": {
+                LABEL_PROJECT: target.project_id,
+                LABEL_NETWORK: att.name,
+                LABEL_ROOT: str(target.project_root),
+            },
+        }
+        if att.network.subnet:
+            config["IPAM"] = {"Driver": "default", "Config": [{"Subnet": att.network.subnet}]}
+        try:
+            self._eng(self.engine.create_network, config)
+        except EngineError as exc:
+            if exc.status == 409:  # a machine being made beside this one created it first
+                return
+            hint = "pick another subnet in [networks] (ip route shows the host's)" if "overlap" in exc.message else None
+            raise MachineStateError(f"cannot make network '{att.name}': {exc.message}", hint=hint) from exc
+
+    def _remove_unused_networks(self, project_id: str, root: str | None) -> list[str]:
+        from devenv.transports.dockerapi import EngineError
+
+        removed = []
+        for n in self._project_networks(project_id, root):
+            info = self._eng(self.engine.inspect_network, n["Id"]) or {}
+            if info.get("Containers"):
+                continue  # another machine of the project is still on it
+            try:
+                self._eng(self.engine.remove_network, n["Id"])
+                removed.append(n.get("Name") or n["Id"][:12])
+            except EngineError as exc:
+                if exc.status not in (403, 404, 409):  # in use by a machine joining right now, or gone
+                    raise MachineStateError(f"cannot remove network {n.get('Name')}: {exc.message}") from exc
+        return removed
+
+    def addresses(self, handle: str) -> dict[str, str]:
+        info = self._inspect(handle) or {}
+        project = ((info.get("Config") or {}).get("Labels") or {}).get(LABEL_PROJECT)
+        prefix = f"devenv-{project}-"
+        out = {}
+        for net, ep in ((info.get("NetworkSettings") or {}).get("Networks") or {}).items():
+            if project and net.startswith(prefix) and ep.get("IPAddress"):
+                out[net[len(prefix) :]] = ep["IPAddress"]
+        return out
 
     def _inspect(self, handle: str) -> dict | None:
         return self._eng(self.engine.inspect_container, handle)
@@ -768,6 +879,7 @@ class DockerDriver:
                 continue
             self.destroy(c["Id"])
             removed.append((c.get("Names") or ["/" + c["Id"][:12]])[0].lstrip("/"))
+        removed += self._remove_unused_networks(project_id, str(root) if root is not None else None)
         return removed
 
     def package(
