@@ -9,9 +9,7 @@ a `networks` key joins (machines reach each other by machine name and hostname t
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from devenv.model.schema import MISSING, Bool, Custom, Field, IPAddress, MapOf, Problem, Str, Table
 
@@ -19,16 +17,15 @@ DEFAULT = "default"
 NETWORK_NAME = r"[a-z0-9][a-z0-9_-]{0,31}"
 
 
-@dataclass(frozen=True)
-class Network:
+# NamedTuples, not dataclasses, and ipaddress imported where used: every command loads the model.
+class Network(NamedTuple):
     name: str
     subnet: str | None = None  # an IPv4 CIDR; None: the engine picks one
     internal: bool = False  # no route off the host at all (Docker `internal`)
     implicit: bool = False  # the project's default network, not written in the Devfile
 
 
-@dataclass(frozen=True)
-class Attachment:
+class Attachment(NamedTuple):
     """One network a machine joins, as its driver needs it."""
 
     network: Network
@@ -40,6 +37,8 @@ class Attachment:
 
 
 def _subnet(value: Any, path: tuple, problems: list) -> Any:
+    import ipaddress
+
     if not isinstance(value, str):
         problems.append(Problem(path, f'expected a subnet like "192.168.57.0/24", got {type(value).__name__}'))
         return MISSING
@@ -86,11 +85,12 @@ def _attachment(value: Any, path: tuple, problems: list) -> Any:
     return ATTACHMENT_TABLE.check(value, path, problems)
 
 
-ATTACHMENT = Custom(
-    _attachment,
-    {"anyOf": [{"type": "string"}, ATTACHMENT_TABLE.json_schema()]},
-    description='A network name, or { name = "...", ip = "..." }',
-)
+class _AttachmentNode(Custom):
+    def json_schema(self) -> dict:  # built on export only
+        return self._described({"anyOf": [{"type": "string"}, ATTACHMENT_TABLE.json_schema()]})
+
+
+ATTACHMENT = _AttachmentNode(_attachment, {}, description='A network name, or { name = "...", ip = "..." }')
 
 
 def resolve(
@@ -108,6 +108,8 @@ def resolve(
     wanting_default = [m for m, d in machines.items() if d.get("networks") is None]
     if len(machines) > 1 and wanting_default and DEFAULT not in networks:
         networks[DEFAULT] = Network(DEFAULT, implicit=True)
+
+    import ipaddress
 
     # Fixed addresses on a network without a subnet: the /24 of the first one (Vagrant's habit).
     for d in machines.values():
@@ -164,6 +166,8 @@ def resolve(
 
 
 def _ip_ok(ip: str, net: Network, at: tuple, problems: list[Problem]) -> bool:
+    import ipaddress
+
     addr = ipaddress.ip_address(ip)
     if addr.version != 4:
         problems.append(Problem(at, "only IPv4 addresses are supported on private networks"))
@@ -182,6 +186,8 @@ def _ip_ok(ip: str, net: Network, at: tuple, problems: list[Problem]) -> bool:
 
 
 def _check_overlaps(networks: dict[str, Network], problems: list[Problem]) -> None:
+    import ipaddress
+
     nets = [(n, ipaddress.ip_network(n.subnet)) for n in networks.values() if n.subnet]
     for i, (a, an) in enumerate(nets):
         for b, bn in nets[i + 1 :]:
