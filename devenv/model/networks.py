@@ -45,7 +45,8 @@ def _subnet(value: Any, path: tuple, problems: list) -> Any:
     try:
         net = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
-        problems.append(Problem(path, f"'{value}' is not a subnet ({exc}); e.g. \"192.168.57.0/24\""))
+        why = " (its host bits are set)" if "host bits" in str(exc) else ""
+        problems.append(Problem(path, f"'{value}' is not a subnet{why}; write one like \"192.168.57.0/24\""))
         return MISSING
     if net.version != 4:
         problems.append(Problem(path, "only IPv4 subnets are supported"))
