@@ -900,15 +900,17 @@ class Project:
     def ssh(self, name: str, command: str | None, *, out: OutputFn, err: OutputFn) -> int:
         """A login shell (command None) or ``sh -c command``; output lines go to ``out``/``err``."""
         transport = self.transport_for(name)
+        user = self.devfile.machines[name].user
         if command is None:
-            return transport.interactive(None)
-        return transport.run(["/bin/sh", "-c", SSH_C_SHELL, command], on_output=out, on_stderr=err)
+            return transport.interactive(None, user=user)
+        return transport.run(["/bin/sh", "-c", SSH_C_SHELL, command], user=user, on_output=out, on_stderr=err)
 
     def exec(self, name: str, argv: list[str], *, out: OutputFn, err: OutputFn, interactive: bool = False) -> int:
         transport = self.transport_for(name)
+        user = self.devfile.machines[name].user
         if interactive:
-            return transport.interactive(argv)
-        return transport.run(argv, on_output=out, on_stderr=err)
+            return transport.interactive(argv, user=user)
+        return transport.run(argv, user=user, on_output=out, on_stderr=err)
 
     def ports(self, name: str):
         self.machine(name)

@@ -23,6 +23,8 @@ from devenv.model.networks import ATTACHMENT, NETWORKS, Attachment, Network
 from devenv.model.networks import resolve as resolve_networks
 from devenv.model.schema import (
     MISSING,
+    USER_NAME_HELP,
+    USER_NAME_PATTERN,
     AnyOf,
     Bool,
     Custom,
@@ -139,6 +141,7 @@ class Machine:
     options: dict = field(default_factory=dict, hash=False)  # driver tables by driver name
     line: int | None = None
     networks: tuple[Attachment, ...] = ()  # private networks it joins (model/networks.py)
+    user: str | None = None  # who ssh/exec run as; None: the transport's login user
 
     def driver_options(self) -> dict:
         return self.options.get(self.driver, {})
@@ -397,6 +400,14 @@ def machine_table(required: bool) -> Table:
             "cpus": Field(Number(exclusive_minimum=0, description="CPU limit (containers) or vCPUs (VMs)")),
             "memory": Field(Size(description='Memory limit, e.g. "1GiB"')),
             "hostname": Field(Str(pattern=HOSTNAME_PATTERN, pattern_help="an RFC 1123 host name")),
+            "user": Field(
+                Str(
+                    pattern=USER_NAME_PATTERN,
+                    pattern_help=USER_NAME_HELP,
+                    description="Who `devenv ssh` and `exec` run as (default: the machine's login user); "
+                    "provisioning stays root",
+                )
+            ),
             "env": Field(_ENV),
             "ports": Field(ListOf(_PORT, description="Ports forwarded from the host", keep_missing=True)),
             "sync": Field(ListOf(_SYNC, description="Folders shared into the machine", keep_missing=True)),
@@ -775,6 +786,7 @@ def _make_machine(
         cpus=d.get("cpus"),
         memory=d.get("memory"),
         hostname=d.get("hostname") or _slug_hostname(name),
+        user=d.get("user"),
         env=dict(d.get("env", {})),
         ports=ports,
         sync=tuple(sync),

@@ -94,3 +94,18 @@ def test_without_an_init_a_systemctl_step_warns_naming_init_systemd(proj):
     assert r.returncode == 0, r.stderr
     assert 'init = "systemd" in [machines.m.docker]' in r.stderr, r.stderr
     proj.run("destroy", "-f", check=True)
+
+
+def test_ssh_and_exec_run_as_the_machine_user_who_has_passwordless_sudo(proj):
+    """debian-12 has the login user `dev` (its baked base.sh step) with passwordless sudo, as
+    Vagrant boxes have `vagrant`; `user = "dev"` makes ssh and exec run as dev (steps stay root)."""
+    proj.devfile(
+        '[machines.m]\nbox = "debian-12"\nuser = "dev"\n'
+        'provision = [{ type = "shell", inline = "id -un > /tmp/provisioned-as" }]\n'
+    )
+    proj.run("up", check=True, timeout=900)
+    assert proj.run("ssh", "m", "-c", "id -un", check=True).stdout.strip() == "dev"
+    assert proj.run("exec", "m", "--", "whoami", check=True).stdout.strip() == "dev"
+    assert proj.run("ssh", "m", "-c", "sudo -n id -u", check=True).stdout.strip() == "0"
+    assert proj.run("exec", "m", "--", "cat", "/tmp/provisioned-as", check=True).stdout.strip() == "root"
+    proj.run("destroy", "-f", check=True)
