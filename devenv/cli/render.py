@@ -34,15 +34,7 @@ def _text(event: Event) -> None:
 
 
 def _json(event: Event) -> None:
-    record = {
-        "event": event.kind,
-        "machine": event.machine,
-        "phase": event.phase,
-        "message": event.text,
-        "time": round(event.time, 3),
-    }
-    record.update({k: v for k, v in event.data.items() if k not in record})
-    ui.json_line(record)
+    ui.json_event(event.kind, event.text, event.machine, phase=event.phase, at=event.time, **event.data)
 
 
 def reporter() -> Reporter:

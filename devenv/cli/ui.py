@@ -61,8 +61,13 @@ def json_line(record: dict) -> None:
         sys.stderr.flush()
 
 
-def _event(kind: str, text: str, machine: str | None = None, **data) -> None:
-    json_line({"event": kind, "machine": machine, "message": text, "time": round(time.time(), 3), **data})
+def json_event(
+    kind: str, text: str, machine: str | None = None, *, phase: str | None = None, at: float | None = None, **data
+) -> None:
+    """One --progress json line: the event's kind, machine, phase, message and time, then its data."""
+    record = {"event": kind, "machine": machine, "phase": phase, "message": text, "time": round(at or time.time(), 3)}
+    record.update({k: v for k, v in data.items() if k not in record})
+    json_line(record)
 
 
 def debug_enabled() -> bool:
@@ -130,7 +135,7 @@ def stderr_line(line: str) -> None:
 def problem(text: str) -> None:
     """One problem line (Devfile problems) on stderr, as it is, but cleaned like every line."""
     if _json:
-        return _event("problem", text.strip())
+        return json_event("problem", text.strip())
     _write("", text, sys.stderr)
 
 
@@ -140,7 +145,7 @@ def info(machine: str | None, text: str) -> None:
     Progress goes to stderr so that stdout stays clean for ``--json`` and command output.
     """
     if _json:
-        return _event("info", text, machine)
+        return json_event("info", text, machine)
     if _quiet:
         return
     label = f"==> {escape(machine)}:" if machine else "==>"
@@ -150,7 +155,7 @@ def info(machine: str | None, text: str) -> None:
 def detail(machine: str | None, text: str) -> None:
     """Indented output under a machine line (provisioner output)."""
     if _json:
-        return _event("output", text, machine)
+        return json_event("output", text, machine)
     if _quiet:
         return
     prefix = f"    {escape(machine)}:" if machine else "   "
@@ -159,13 +164,13 @@ def detail(machine: str | None, text: str) -> None:
 
 def warn(text: str) -> None:
     if _json:
-        return _event("warning", text)
+        return json_event("warning", text)
     _write(style("warning: ", "yellow", sys.stderr), text, sys.stderr)
 
 
 def error(message: str, hint_text: str | None = None) -> None:
     if _json:
-        return _event("error", message, **({"hint": hint_text} if hint_text else {}))
+        return json_event("error", message, **({"hint": hint_text} if hint_text else {}))
     _write(style("error: ", "red", sys.stderr), message, sys.stderr)
     if hint_text:
         hint(hint_text)
@@ -173,14 +178,14 @@ def error(message: str, hint_text: str | None = None) -> None:
 
 def hint(text: str) -> None:
     if _json:
-        return _event("hint", text)
+        return json_event("hint", text)
     _write(style("hint: ", "cyan", sys.stderr), text, sys.stderr)
 
 
 def debug(text: str) -> None:
     if _debug:
         if _json:
-            return _event("debug", text)
+            return json_event("debug", text)
         _write(style("debug: ", "dim", sys.stderr), text, sys.stderr)
 
 

@@ -88,13 +88,7 @@ class DockerTransport:
         return 127 if code is None else int(code)
 
     def put(self, local: Path, remote: str) -> None:
-        from devenv.transports.dockerapi import EngineError
-
-        data, at = tar_for_put(local, remote)
-        try:
-            self._call(self.engine.put_archive, self.container_id, at, data)
-        except EngineError as exc:
-            raise CommandFailed(f"cannot copy {local} to {self.machine}:{remote}: {exc.message}") from exc
+        self.put_tree(local, remote)  # one archive either way: the engine has no incremental copy
 
     def put_tree(self, local: Path, remote: str, *, exclude: tuple[str, ...] = ()) -> None:
         from devenv.transports.dockerapi import EngineError

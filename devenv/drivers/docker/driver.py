@@ -538,7 +538,7 @@ class DockerDriver:
         if opts.get("network"):
             host["NetworkMode"] = opts["network"]
         networking = None
-        if m.networks and not opts.get("network"):
+        if self._joins(target):
             first = m.networks[0]
             host["NetworkMode"] = self._network_name(target, first.name)
             networking = {"EndpointsConfig": {host["NetworkMode"]: _endpoint(m, first)}}
@@ -581,7 +581,7 @@ class DockerDriver:
         if existing:
             return existing
         config = self.container_config(target, box, env)
-        joined = [] if target.machine.driver_options().get("network") else list(target.machine.networks)
+        joined = self._joins(target)
         for att in joined:
             self._ensure_network(target, att)
         try:
@@ -646,7 +646,8 @@ class DockerDriver:
         info = self._inspect(handle)
         if info is None:
             raise MachineStateError("the container is gone", hint="run `devenv up` to recreate it")
-        keeps_alive = (info["Config"].get("Entrypoint") or [None])[0] == keepalive.PATH_IN_CONTAINER
+        entrypoint = (info["Config"].get("Entrypoint") or [None])[0]
+        keeps_alive = entrypoint == keepalive.PATH_IN_CONTAINER
         try:
             if keeps_alive and handle not in self._fresh:
                 # A create interrupted before the keep-alive was copied in (kill -9): repair it.
@@ -657,7 +658,7 @@ class DockerDriver:
             if exc.status == 404:
                 raise MachineStateError("the container is gone", hint="run `devenv up` to recreate it") from exc
             text = exc.message
-            if "/sbin/init" in text and (info["Config"].get("Entrypoint") or [None])[0] == "/sbin/init":
+            if "/sbin/init" in text and entrypoint == "/sbin/init":
                 raise MachineStateError(
                     'init = "systemd", but the box has no systemd (no /sbin/init)',
                     hint='use a box with systemd (debian-12) or drop init = "systemd"',
@@ -670,17 +671,15 @@ class DockerDriver:
             raise MachineStateError(f"the container does not start: {text}") from exc
         if keeps_alive:
             return  # devenv's own keep-alive does not exit by itself
-        if (info["Config"].get("Entrypoint") or [None])[0] == "/sbin/init":
+        if entrypoint == "/sbin/init":
             self._wait_for_systemd(handle, info)
             return
         # A container whose command exits at once is not a running machine: say why, with its output.
         time.sleep(0.05)
-        info = self._inspect(handle)
-        if info is not None and not info["State"].get("Running"):
-            logs = self._eng(self.engine.logs, handle, 10).decode(errors="replace").strip()
+        exited = self._exited(handle)
+        if exited is not None:
             raise MachineStateError(
-                f"the container exited right after starting (exit code {info['State'].get('ExitCode')})"
-                + (f":\n{logs}" if logs else ""),
+                f"the container exited right after starting (exit code {exited[0]})" + exited[1],
                 hint="its command ends by itself: drop [machines.NAME.docker] command/use_image_command, "
                 "or give it a command that keeps running",
             )
@@ -691,22 +690,27 @@ class DockerDriver:
             self._cgroups = str(self._eng(self.engine.info).get("CgroupVersion") or "1")
         return self._cgroups
 
+    def _exited(self, handle: str) -> tuple[object, str] | None:
+        """(exit code, ":\n" + the last log lines, or "") of a container that is not running; None while it runs."""
+        info = self._inspect(handle)
+        if info is not None and info["State"].get("Running"):
+            return None
+        logs = self._eng(self.engine.logs, handle, 10).decode(errors="replace").strip() if info else ""
+        return ((info or {}).get("State", {}).get("ExitCode"), f":\n{logs}" if logs else "")
+
     def _wait_for_systemd(self, handle: str, info: dict) -> None:
         """Wait until systemd has booted (`is-system-running`: running or degraded) so provisioning
         finds a working systemctl; degraded lists the failed units as a warning."""
-        from devenv.transports.docker import DockerTransport
-
         name = (info.get("Config", {}).get("Labels") or {}).get(LABEL_MACHINE, handle[:12])
-        transport = DockerTransport(self.engine, handle, name)
+        transport = self.transport(handle)
         deadline = time.monotonic() + SYSTEMD_BOOT_TIMEOUT
         state = ""
         while True:
             lines: list[str] = []
-            current = self._inspect(handle)
-            if current is None or not current["State"].get("Running"):
-                logs = self._eng(self.engine.logs, handle, 10).decode(errors="replace").strip()
+            exited = self._exited(handle)
+            if exited is not None:
                 raise MachineStateError(
-                    f"systemd stopped right after it started in '{name}'" + (f":\n{logs}" if logs else ""),
+                    f"systemd stopped right after it started in '{name}'" + exited[1],
                     hint='the box must have systemd as /sbin/init (debian-12 has it); or drop init = "systemd"',
                 )
             code = transport.run(["systemctl", "is-system-running"], on_output=lines.append)
@@ -759,6 +763,11 @@ class DockerDriver:
             self._remove_unused_networks(labels[LABEL_PROJECT], labels.get(LABEL_ROOT))
 
     # -- private networks (contract.Networks) ---------------------------------------------------
+    @staticmethod
+    def _joins(target: Target) -> list:
+        """The project networks the machine joins (none when `network` names an engine network)."""
+        return [] if target.machine.driver_options().get("network") else list(target.machine.networks)
+
     @staticmethod
     def _network_name(target: Target, name: str) -> str:
         return f"devenv-{target.project_id}-{name}"
