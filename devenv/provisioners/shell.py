@@ -13,6 +13,16 @@ from devenv.provisioners import RunContext, host_path, host_path_problems, step_
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 TAIL_LINES = 20
 
+# A step's stderr joins its stdout inside the machine, before anything reads either. As two pipes,
+# whoever reads them (dockerd's exec attach copies each in its own goroutine, sshd its channel's
+# data and extended data) hands them on in the order it happened to read them, not the order the
+# step wrote them: `echo one; echo two >&2; echo three` came out "one three two". No reader on the
+# host can undo that, so the streams are one pipe from the start and the output (and the tail a
+# failure shows) is the interleaving a terminal shows. Nothing is lost: a step's stderr lines were
+# never told apart (they went to the same on_output; the reporter has no stderr mark).
+# Prepended on the script's first line, so the line numbers sh reports in errors stay the user's.
+_MERGE_STDERR = "exec 2>&1; "
+
 
 def _check(config: dict, path: tuple, problems: list) -> None:
     if ("inline" in config) == ("script" in config):
@@ -67,18 +77,13 @@ class ShellProvisioner:
             except CommandFailed as exc:  # a failed copy is a failed step: exit 5, resumable
                 raise ProvisionError(f"shell step: {exc.message}", hint=exc.hint) from exc
             if _starts_with_shebang(local):
-                argv = [
-                    "/bin/sh",
-                    "-c",
-                    f'chmod 0755 {shlex.quote(remote)} && exec {shlex.quote(remote)} "$@"',
-                    "devenv-shell",
-                    *args,
-                ]
+                run = f'chmod 0755 {shlex.quote(remote)} && exec {shlex.quote(remote)} "$@"'
             else:
-                argv = ["/bin/sh", remote, *args]
+                run = f'exec /bin/sh {shlex.quote(remote)} "$@"'
+            argv = ["/bin/sh", "-c", _MERGE_STDERR + run, "devenv-shell", *args]
             shown = " ".join([config["script"], *args])
         else:
-            argv = ["/bin/sh", "-c", config["inline"], "devenv-shell", *args]
+            argv = ["/bin/sh", "-c", _MERGE_STDERR + config["inline"], "devenv-shell", *args]
             # The error names the step by its first line: the script itself is in the Devfile, and
             # the output tail below says what went wrong.
             lines = config["inline"].strip().splitlines() or [""]

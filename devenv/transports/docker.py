@@ -57,9 +57,15 @@ class DockerTransport:
     def run(self, argv, *, env=None, user=None, workdir=None, on_output=None, on_stderr=None) -> int:
         from devenv.transports.dockerapi import EngineError, exec_config
 
+        # stderr is kept apart when asked, so `devenv ssh -c` output can be piped while errors
+        # still show; else it goes to on_output too. Each stream has its own splitter either way,
+        # so a half line of one is never glued to a line of the other. The frames come in the order
+        # the engine wrote them (dockerapi keeps it), but the engine reads the command's two pipes
+        # apart: the order *between* stdout and stderr is only the order it read them in. A caller
+        # that needs the real interleaving merges them in the command (shell steps run with
+        # `exec 2>&1`); wrapping every argv in a shell here would fail in an image without one.
         splitter = LineSplitter(on_output or (lambda _line: None))
-        # Kept apart when asked, so `devenv ssh -c` output can be piped while errors still show.
-        err_splitter = LineSplitter(on_stderr) if on_stderr is not None else splitter
+        err_splitter = LineSplitter(on_stderr or on_output or (lambda _line: None))
         try:
             code = self._call(
                 self.engine.exec_run,
@@ -82,9 +88,8 @@ class DockerTransport:
             if "executable file not found" in text or "no such file or directory" in text:
                 return 127
             raise CommandFailed(f"cannot run {shlex.join(argv)} in '{self.machine}': {text}") from exc
-        if err_splitter is not splitter:
-            err_splitter.close()
         splitter.close()
+        err_splitter.close()
         return 127 if code is None else int(code)
 
     def put(self, local: Path, remote: str) -> None:

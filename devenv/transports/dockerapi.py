@@ -49,7 +49,10 @@ def exec_config(argv: list[str], env: Mapping[str, str] | None, user: str | None
 
 
 def demux(frames: Iterator[bytes], on_stdout: Output, on_stderr: Output) -> None:
-    """Split Docker's multiplexed stream (8-byte header: stream id, 3 zero bytes, big-endian size)."""
+    """Split Docker's multiplexed stream (8-byte header: stream id, 3 zero bytes, big-endian size).
+
+    Each frame's payload is handed on as soon as it is whole and strictly in stream order, never
+    gathered per stream: stdout and stderr reach the callbacks interleaved as the engine sent them."""
     buf = b""
     for data in frames:
         buf += data
@@ -432,6 +435,7 @@ class SdkEngine:
         )
 
         try:
+            # One (stdout, stderr) pair per frame, one side None, in stream order (never gathered).
             for out, err in self.api.exec_start(ex["Id"], stream=True, demux=True):
                 if out:
                     on_stdout(out)

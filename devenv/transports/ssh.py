@@ -319,7 +319,15 @@ class SshTransport:
         # The command, its folder and its environment go on stdin to a fixed `/bin/sh -s`: no
         # command line on the host or in the guest carries a value. The command's own stdin is
         # what follows the script: nothing (EOF), as /dev/null was.
-        script = env_script(list(argv), env, workdir).encode()
+        script = env_script(list(argv), env, workdir)
+        if on_stderr is None:
+            # One stream asked for: the command's stderr joins its stdout in the machine. sshd
+            # sends the two pipes as the channel's data and extended data, read apart, and the
+            # selector below sees them as two pipes again: their order between each other would
+            # be what each read happened to get (stderr lines ahead of or behind stdout), never
+            # the order written. ssh's own messages (host key, unreachable) stay on stderr.
+            script = "exec 2>&1\n" + script
+        script_bytes = script.encode()
         proc = subprocess.Popen(
             self._ssh(self._as_user("-s", user)),
             stdin=subprocess.PIPE,
@@ -330,7 +338,7 @@ class SshTransport:
 
         def feed() -> None:
             try:
-                proc.stdin.write(script)  # type: ignore[union-attr]
+                proc.stdin.write(script_bytes)  # type: ignore[union-attr]
                 proc.stdin.close()  # type: ignore[union-attr]
             except OSError:
                 pass  # ssh ended early (unreachable): its exit code and stderr say why

@@ -8,10 +8,17 @@ With the environment variable DEVENV_FAKE_STATE naming a JSON file, every operat
 saves that file, so the fake engine outlives one process (and one FakeDriver instance) like a
 real engine does. Without it the machines live in the instance.
 
-FakeTransport "runs" commands by interpreting a tiny shell subset: ``echo WORDS`` prints,
-``exit N`` ends with N, ``false`` fails, ``rm -f PATH`` removes a put file, and a path that was
-put (directly or via ``exec PATH``) runs that file's text; ``sh -c WRAPPER CMD`` whose wrapper
-ends in ``-c "$0"`` (the one `devenv ssh -c` uses) runs CMD. Anything else succeeds silently.
+FakeTransport "runs" commands by interpreting a tiny shell subset: ``echo WORDS`` prints
+(``echo WORDS >&2`` to stderr), ``exit N`` ends with N, ``false`` fails, ``rm -f PATH`` removes a
+put file, and a path that was put (directly, via ``exec PATH`` or ``sh PATH``) runs that file's
+text; ``sh -c WRAPPER CMD`` whose wrapper ends in ``-c "$0"`` (the one `devenv ssh -c` uses) runs
+CMD. ``exec 2>&1`` sends the rest of the command's stderr to its stdout. Anything else succeeds
+silently.
+
+stdout and stderr are two pipes, as in a real machine, and the fake hands them on the way the
+engines can (dockerd and sshd read each pipe on its own): every stdout line first, then the
+stderr lines (to ``on_stderr``, else ``on_output``). Only a command that merged its streams
+itself (``exec 2>&1``) comes out in the order it wrote them.
 ``put`` into /proc/ fails (CommandFailed), like a copy onto a read-only file system.
 Every command run is recorded in the machine's ``runs`` and in the global ``log``.
 
@@ -280,21 +287,21 @@ class FakeTransport:
 
     def run(self, argv, *, env=None, user=None, workdir=None, on_output=None, on_stderr=None) -> int:
         argv = [str(a) for a in argv]
-        out = on_output or (lambda _line: None)
+        pipes = _Pipes()
         with self.driver._tx() as data:
             m = self._running(data)
             m["runs"].append(shlex.join(argv))
             data["log"].append(["run", _machine(m), shlex.join(argv)])
             if len(argv) >= 4 and argv[0] in SHELLS and argv[1] == "-c" and argv[2].endswith('-c "$0"'):
-                return _interpret(argv[3], m["files"], out)  # a wrapper that runs its $0 (ssh -c)
-            if len(argv) >= 3 and argv[0] in SHELLS and argv[1] == "-c":
-                return _interpret(argv[2], m["files"], out)
-            if len(argv) >= 2 and argv[0] in SHELLS:
-                if argv[1] not in m["files"]:
-                    out(f"sh: cannot open {argv[1]}: No such file")
-                    return 2
-                return _interpret(m["files"][argv[1]], m["files"], out)
-            return _interpret(shlex.join(argv), m["files"], out)
+                code = _interpret(argv[3], m["files"], pipes)  # a wrapper that runs its $0 (ssh -c)
+            elif len(argv) >= 3 and argv[0] in SHELLS and argv[1] == "-c":
+                code = _interpret(argv[2], m["files"], pipes)
+            elif len(argv) >= 2 and argv[0] in SHELLS:
+                code = _run_file(argv[1], m["files"], pipes)
+            else:
+                code = _interpret(shlex.join(argv), m["files"], pipes)
+        pipes.deliver(on_output, on_stderr)
+        return code
 
     def put(self, local: Path, remote: str) -> None:
         if not PurePosixPath(remote).is_absolute():
@@ -335,7 +342,34 @@ def _machine(m: dict) -> str:
     return m["labels"].get(LABEL_MACHINE) or m["name"]
 
 
-def _interpret(script: str, files: dict[str, str], out) -> int:
+class _Pipes:
+    """A command's stdout and stderr: two pipes, unless the command merged them (``exec 2>&1``)."""
+
+    def __init__(self) -> None:
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.merged = False
+
+    def write(self, line: str, fd: int = 1) -> None:
+        (self.stderr if fd == 2 and not self.merged else self.stdout).append(line)
+
+    def deliver(self, on_output, on_stderr) -> None:
+        """As an engine reading the two pipes apart may: all of stdout, then stderr."""
+        out = on_output or (lambda _line: None)
+        for line in self.stdout:
+            out(line)
+        for line in self.stderr:
+            (on_stderr or out)(line)
+
+
+def _run_file(path: str, files: dict[str, str], pipes: _Pipes) -> int:
+    if path not in files:
+        pipes.write(f"sh: cannot open {path}: No such file", 2)
+        return 2
+    return _interpret(files[path], files, pipes)
+
+
+def _interpret(script: str, files: dict[str, str], pipes: _Pipes) -> int:
     """Run the tiny shell subset described in the module docstring; return the exit code."""
     for raw in re.split(r"\n|;|&&", script):
         cmd = raw.strip()
@@ -347,6 +381,9 @@ def _interpret(script: str, files: dict[str, str], out) -> int:
             words = cmd.split()
         if words and words[0] == "exec":
             words = words[1:]
+            if words == ["2>&1"]:  # `exec 2>&1`: the rest of the command's stderr is its stdout
+                pipes.merged = True
+                continue
         if not words:
             continue
         head = words[0]
@@ -355,12 +392,15 @@ def _interpret(script: str, files: dict[str, str], out) -> int:
         if head == "false":
             return 1
         if head == "echo":
-            out(" ".join(words[1:]))
+            fd = 2 if words[-1] in (">&2", "1>&2") else 1
+            pipes.write(" ".join(words[1:-1] if fd == 2 else words[1:]), fd)
         elif head == "rm":
             for w in words[1:]:
                 files.pop(w, None)
+        elif head in SHELLS and len(words) > 1 and not words[1].startswith("-"):
+            return _run_file(words[1], files, pipes)
         elif head in files:
-            return _interpret(files[head], files, out)
+            return _interpret(files[head], files, pipes)
     return 0
 
 
