@@ -118,3 +118,22 @@ def test_identical_projects_at_different_paths_have_identical_fingerprints(tmp_p
     # ... and the paths inside the project do count.
     os.rename(two / "conf" / "a", two / "conf" / "z")
     assert fingerprint(steps[1], one) != fingerprint(steps[1], two)
+
+
+def test_ansible_roles_outside_the_playbook_folder_are_fingerprinted_path_independently(tmp_path, monkeypatch):
+    """Roles found beside the playbook's folder (../roles, ansible.cfg's roles_path) enter the fingerprint
+    by their path inside the project: a copy of the project elsewhere agrees, a moved role does not."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("ANSIBLE_CONFIG", "ANSIBLE_ROLES_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    one = tmp_path / "one"
+    write(one, "ansible/site.yml", "- hosts: all\n  roles: ['../roles/web', db]\n")
+    write(one, "ansible/ansible.cfg", "[defaults]\nroles_path = ../shared\n")
+    write(one, "roles/web/tasks/main.yml", "- debug: {}\n")
+    write(one, "shared/db/tasks/main.yml", "- debug: {}\n")
+    two = tmp_path / "elsewhere" / "two"
+    shutil.copytree(one, two)
+    s = step("ansible", playbook="ansible/site.yml")
+    assert fingerprint(s, one) == fingerprint(s, two)
+    write(two, "shared/db/tasks/main.yml", "- debug: {msg: changed}\n")
+    assert fingerprint(s, one) != fingerprint(s, two)

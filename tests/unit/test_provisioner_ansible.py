@@ -6,6 +6,7 @@ run() is driven against a stand-in ansible-playbook (a shell script on PATH) tha
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -140,8 +141,6 @@ def test_fingerprint_covers_the_playbook_folder(project):
 
 
 def test_fingerprint_is_path_independent(project, tmp_path):
-    import shutil
-
     other = tmp_path / "copy"
     shutil.copytree(project, other)
     assert fingerprint(step(playbook="ansible/site.yml"), project) == fingerprint(
@@ -463,7 +462,6 @@ def test_failure_hints(output, hint):
 
 def test_the_real_ansible_playbook_understands_the_inventory(tmp_path, monkeypatch):
     """ansible-inventory (when installed) reads the generated text as devenv means it."""
-    import shutil
     import subprocess
 
     exe = Path(sys.executable).parent / "ansible-inventory"
@@ -485,3 +483,250 @@ def test_the_real_ansible_playbook_understands_the_inventory(tmp_path, monkeypat
     assert host["ansible_port"] == 2201 and host["colour"] == "blue"
     assert "StrictHostKeyChecking=yes" in host["ansible_ssh_common_args"]
     assert "/id_ed25519" in host["ansible_ssh_common_args"]
+
+
+# -- roles outside the playbook's folder, found as ansible-playbook finds them ---------------------
+
+DEBUG_ROLE_PATH = '- debug: {msg: "ROLE {{ role_path }}"}\n'
+
+# name -> (files, the playbook, the file an edit of which must make the step stale, env)
+ROLE_LAYOUTS = {
+    "relative path from a playbook in a subfolder": (
+        {"ansible/site.yml": "- hosts: all\n  roles: ['../roles/web']\n", "roles/web/tasks/main.yml": DEBUG_ROLE_PATH},
+        "ansible/site.yml", "roles/web/tasks/main.yml", {},
+    ),
+    "bare name in the playbook's roles/": (
+        {"ansible/site.yml": "- hosts: all\n  roles: [web]\n", "ansible/roles/web/tasks/main.yml": DEBUG_ROLE_PATH},
+        "ansible/site.yml", "ansible/roles/web/tasks/main.yml", {},
+    ),
+    "roles_path in the ansible.cfg beside the playbook": (
+        {"ansible/site.yml": "- hosts: all\n  roles: [{role: web}]\n",
+         "ansible/ansible.cfg": "[defaults]\nroles_path = ../shared/roles ; a comment\n",
+         "shared/roles/web/templates/index.j2": "v1\n", "shared/roles/web/tasks/main.yml": DEBUG_ROLE_PATH},
+        "ansible/site.yml", "shared/roles/web/templates/index.j2", {},
+    ),
+    "role: ../../shared/roles/x": (
+        {"deploy/web/site.yml": "- hosts: all\n  roles:\n    - role: ../../shared/roles/x\n      when: true\n",
+         "shared/roles/x/defaults/main.yml": "port: 80\n"},
+        "deploy/web/site.yml", "shared/roles/x/defaults/main.yml", {},
+    ),
+    "include_role by name": (
+        {"ansible/site.yml": "- hosts: all\n  tasks:\n    - block:\n        - ansible.builtin.include_role:\n"
+                             "            name: common\n",
+         "ansible/ansible.cfg": "[defaults]\nroles_path = '../shared/roles'\n",
+         "shared/roles/common/files/motd": "hello\n"},
+        "ansible/site.yml", "shared/roles/common/files/motd", {},
+    ),
+    "import_role in a role's tasks": (
+        {"ansible/site.yml": "- hosts: all\n  roles: [web]\n", "ansible/ansible.cfg": "[defaults]\nroles_path=../shared\n",
+         "shared/web/tasks/main.yml": "- import_role: name=common\n", "shared/common/handlers/main.yml": "- debug: {}\n"},
+        "ansible/site.yml", "shared/common/handlers/main.yml", {},
+    ),
+    "a role dependency in meta/main.yml": (
+        {"ansible/site.yml": "- hosts: all\n  roles: ['../roles/web']\n",
+         "roles/web/meta/main.yml": "dependencies:\n  - role: base\n", "roles/base/vars/main.yml": "x: 1\n"},
+        "ansible/site.yml", "roles/base/vars/main.yml", {},
+    ),
+    "ANSIBLE_CONFIG names a cfg elsewhere in the project": (
+        {"ansible/site.yml": "- hosts: all\n  roles: [web]\n", "config/ansible.cfg": "[defaults]\nroles_path = roles\n",
+         "config/roles/web/library/mod.py": "print(1)\n"},
+        "ansible/site.yml", "config/roles/web/library/mod.py", {"ANSIBLE_CONFIG": "../config"},
+    ),
+    "ANSIBLE_ROLES_PATH wins over ansible.cfg": (
+        {"ansible/site.yml": "- hosts: all\n  roles: [web]\n", "ansible/ansible.cfg": "[defaults]\nroles_path = nowhere\n",
+         "other/web/tasks/main.yml": DEBUG_ROLE_PATH},
+        "ansible/site.yml", "other/web/tasks/main.yml", {"ANSIBLE_ROLES_PATH": "../other"},
+    ),
+    "include_tasks and import_playbook outside the folder": (
+        {"ansible/site.yml": "- import_playbook: ../plays/db.yml\n- hosts: all\n  tasks:\n"
+                             "    - include_tasks: ../common/tasks.yml\n",
+         "plays/db.yml": "- hosts: all\n  roles: [db]\n", "plays/roles/db/tasks/main.yml": DEBUG_ROLE_PATH,
+         "common/tasks.yml": "- debug: {}\n"},
+        "ansible/site.yml", "plays/roles/db/tasks/main.yml", {},
+    ),
+}  # fmt: skip
+
+
+def layout(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+@pytest.fixture
+def role_env(tmp_path, monkeypatch):
+    """No ansible.cfg or roles of this host's user in the way, none of the process's Ansible settings."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("ANSIBLE_CONFIG", "ANSIBLE_ROLES_PATH", "ANSIBLE_COLLECTIONS_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("name", ROLE_LAYOUTS)
+def test_editing_a_role_file_makes_the_step_stale_in_every_layout(tmp_path, role_env, name):
+    files, playbook, edited, env = ROLE_LAYOUTS[name]
+    root = tmp_path / "proj"
+    layout(root, files)
+    for k, v in env.items():
+        role_env.setenv(k, v)
+    assert problems_of(root, f'{{ type = "ansible", playbook = "{playbook}" }},\n') == []
+    base = fingerprint(step(playbook=playbook), root)
+    (root / edited).write_text((root / edited).read_text() + "# edited\n")
+    assert fingerprint(step(playbook=playbook), root) != base, f"{name}: editing {edited} must make the step stale"
+    # Nothing unrelated does (the project's other files, devenv's own state).
+    base = fingerprint(step(playbook=playbook), root)
+    (root / ".devenv").mkdir(exist_ok=True)
+    (root / ".devenv" / "state.json").write_text("{}")
+    (root / "README").write_text("x\n")
+    assert fingerprint(step(playbook=playbook), root) == base
+
+
+def test_roles_outside_the_folder_do_not_change_existing_fingerprints(project, role_env):
+    """A role inside the playbook's folder is read as before: no step reruns after an upgrade."""
+    prov = get_provisioner("ansible")
+    assert prov.files({"playbook": "ansible/site.yml"}, project) == [project / "ansible"]
+
+
+def test_the_real_ansible_playbook_finds_the_same_roles(tmp_path, role_env):
+    """ansible-playbook (when installed), run as devenv runs it, loads only roles the fingerprint covers."""
+    import subprocess
+
+    exe = Path(sys.executable).parent / "ansible-playbook"
+    if not exe.exists():
+        missing("ansible-playbook is not installed (pip install 'devenv[test]')")
+    prov = get_provisioner("ansible")
+    runs = []
+    # One of each way: ansible.cfg's roles_path + import_role by bare name; a relative path + a role
+    # dependency found beside the role that needs it; ANSIBLE_ROLES_PATH over ansible.cfg.
+    for name in ("import_role in a role's tasks", "a role dependency in meta/main.yml",
+                 "ANSIBLE_ROLES_PATH wins over ansible.cfg"):  # fmt: skip
+        files, playbook, _, env = ROLE_LAYOUTS[name]
+        root = tmp_path / name.replace(" ", "-").replace("'", "")
+        # Every role's tasks print where Ansible found it.
+        roles = {rel.split(f"/{part}/")[0] for rel in files for part in ans._ROLE_PARTS if f"/{part}/" in rel}
+        debug = {f"{r}/tasks/main.yml": files.get(f"{r}/tasks/main.yml", "") + DEBUG_ROLE_PATH for r in roles}
+        layout(root, {**files, **debug})
+        for k, v in env.items():
+            role_env.setenv(k, v)
+        pb = root / playbook
+        covered = prov.files({"playbook": playbook}, root)
+        run_env = ans.ansible_environ(tmp_path / "a", Connection(kind="ssh"), {}, pb.parent)
+        run_env["ANSIBLE_GATHERING"] = "explicit"  # debug tasks only: nothing to learn about this host
+        for k in env:
+            role_env.delenv(k)
+        proc = subprocess.Popen(
+            [str(exe), "-i", "localhost,", "-c", "local", str(pb)],
+            cwd=pb.parent, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        runs.append((name, roles, covered, proc))
+    for name, roles, covered, proc in runs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        loaded = {Path(line.split("ROLE ", 1)[1].rstrip('"')) for line in out.splitlines() if '"ROLE ' in line}
+        assert len(loaded) == len(roles), f"{name}: {out}"
+        for role in loaded:
+            assert any(role == c or c in role.parents for c in covered), f"{name}: {role} not in {covered}"
+
+
+def test_a_role_path_out_of_the_project_is_refused_unless_allowed(tmp_path, role_env):
+    root = tmp_path / "proj"
+    layout(root, {"ansible/site.yml": "- hosts: all\n  roles: ['../../outside/roles/x']\n"})
+    role_env.chdir(root)
+    layout(tmp_path, {"outside/roles/x/tasks/main.yml": "- debug: {}\n"})
+    assert problems_of(root, '{ type = "ansible", playbook = "ansible/site.yml" },\n') == [
+        f"Devfile:4: machines.a.provision[0].playbook: role '../../outside/roles/x' (named in 'ansible/site.yml') "
+        f"is '{tmp_path}/outside/roles/x', outside the project ({root}); ansible-playbook runs on this host and "
+        "would read it: set allow_outside_project = true on this step if you mean it"
+    ]
+    allowed = step(playbook="ansible/site.yml", allow_outside_project=True)
+    assert (
+        problems_of(root, '{ type = "ansible", playbook = "ansible/site.yml", allow_outside_project = true },\n') == []
+    )
+    base = fingerprint(allowed, root)
+    (tmp_path / "outside/roles/x/tasks/main.yml").write_text("- debug: {msg: 2}\n")
+    assert fingerprint(allowed, root) != base  # allowed: read, so its edits count
+
+
+def test_a_role_linked_out_of_the_project_is_refused_and_never_read(tmp_path, role_env, monkeypatch):
+    root = tmp_path / "proj"
+    layout(
+        root,
+        {
+            "ansible/site.yml": "- hosts: all\n  roles: [web]\n",
+            "ansible/ansible.cfg": "[defaults]\nroles_path = ../shared\n",
+        },
+    )
+    layout(tmp_path, {"secret/web/tasks/main.yml": "- debug: {msg: secret}\n"})
+    (root / "shared").mkdir()
+    (root / "shared" / "web").symlink_to(tmp_path / "secret" / "web")
+    role_env.chdir(root)
+    [problem] = problems_of(root, '{ type = "ansible", playbook = "ansible/site.yml" },\n')
+    assert f"role 'web' (named in 'ansible/site.yml') is '{tmp_path}/secret/web', outside the project" in problem
+    read: list[str] = []
+    real_read = ans._read_capped
+    monkeypatch.setattr(ans, "_read_capped", lambda p: read.append(p) or real_read(p))
+    files = get_provisioner("ansible").files({"playbook": "ansible/site.yml"}, root)
+    assert files == [(root / "ansible").resolve()]
+    assert not [p for p in read if str(tmp_path / "secret") in p]
+
+
+def test_a_role_swapped_for_a_link_out_after_validation_fails_the_step(tmp_path, role_env, fake_ansible):
+    root = tmp_path / "proj"
+    layout(
+        root,
+        {"ansible/site.yml": "- hosts: all\n  roles: ['../roles/web']\n", "roles/web/tasks/main.yml": "- debug: {}\n"},
+    )
+    layout(tmp_path, {"secret/web/tasks/main.yml": "- debug: {msg: secret}\n"})
+    shutil.rmtree(root / "roles" / "web")
+    (root / "roles" / "web").symlink_to(tmp_path / "secret" / "web")
+    with pytest.raises(ProvisionError, match=r"role '\.\./roles/web' .* outside the project"):
+        run_step(root, tmp_path, {"playbook": "ansible/site.yml"})
+    assert not (fake_ansible / "argv").exists()  # ansible-playbook never ran
+
+
+def test_an_installed_role_is_left_out_of_the_fingerprint_with_a_warning(tmp_path, role_env, fake_ansible):
+    root = tmp_path / "proj"
+    layout(root, {"ansible/site.yml": "- hosts: all\n  roles: [geerlingguy.docker]\n"})
+    galaxy = tmp_path / "galaxy"
+    layout(galaxy, {"geerlingguy.docker/tasks/main.yml": "- debug: {}\n"})
+    role_env.setenv("ANSIBLE_ROLES_PATH", str(galaxy))
+    assert problems_of(root, '{ type = "ansible", playbook = "ansible/site.yml" },\n') == []
+    base = fingerprint(step(playbook="ansible/site.yml"), root)
+    (galaxy / "geerlingguy.docker/tasks/main.yml").write_text("- debug: {msg: new}\n")
+    assert fingerprint(step(playbook="ansible/site.yml"), root) == base  # not read: not the project's
+    lines = run_step(root, tmp_path, {"playbook": "ansible/site.yml"})
+    assert lines[0] == (
+        f"ansible step: role 'geerlingguy.docker' is outside the project ({galaxy}/geerlingguy.docker): it is not "
+        "part of the step's fingerprint, so a change to it does not rerun this step"
+    )
+
+
+def test_the_users_and_the_systems_ansible_cfg_are_never_read(tmp_path, role_env, monkeypatch):
+    root = tmp_path / "proj"
+    layout(root, {"ansible/site.yml": "- hosts: all\n  roles: [web]\n", "shared/web/tasks/main.yml": "- debug: {}\n"})
+    home_cfg = tmp_path / "home" / ".ansible.cfg"
+    layout(tmp_path, {"home/.ansible.cfg": f"[defaults]\nroles_path = {root}/shared\n"})
+    read: list[str] = []
+    real_read = ans._read_capped
+    monkeypatch.setattr(ans, "_read_capped", lambda p: read.append(p) or real_read(p))
+    for named in (None, str(home_cfg)):  # found by ansible's own search, or named by ANSIBLE_CONFIG
+        if named:
+            role_env.setenv("ANSIBLE_CONFIG", named)
+        files = get_provisioner("ansible").files({"playbook": "ansible/site.yml"}, root)
+        assert files == [(root / "ansible").resolve()]
+        assert str(home_cfg) not in read and not [p for p in read if p.startswith("/etc/ansible")]
+
+
+def test_ansible_cfg_is_found_where_ansible_finds_it(tmp_path, role_env):
+    pb = tmp_path / "pb"
+    layout(pb, {"ansible.cfg": "[defaults]\n"})
+    layout(tmp_path, {"conf/ansible.cfg": "[defaults]\n"})
+    assert ans.ansible_cfg(pb) == pb / "ansible.cfg"
+    role_env.setenv("ANSIBLE_CONFIG", "../conf")  # a folder, relative to where ansible-playbook runs
+    assert ans.ansible_cfg(pb) == tmp_path / "conf" / "ansible.cfg"
+    role_env.delenv("ANSIBLE_CONFIG")
+    pb.chmod(0o777)  # ansible ignores ./ansible.cfg in a world-writable folder
+    try:
+        assert ans.ansible_cfg(pb) is None
+    finally:
+        pb.chmod(0o755)
