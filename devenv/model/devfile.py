@@ -673,7 +673,8 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
                 problems.append(
                     Problem(
                         wants[n]["at"],
-                        f"the {m.driver} driver does not make private networks yet (the docker driver does)",
+                        f"the {m.driver} driver does not make private networks yet "
+                        f"(drivers that do: {', '.join(_network_drivers())})",
                     )
                 )
             atts = ()
@@ -694,6 +695,12 @@ def _makes_networks(driver: str) -> bool:
     except DevfileError:
         return False  # an unknown driver: reported where it is named
     return bool(getattr(features, "networks", False))
+
+
+def _network_drivers() -> list[str]:
+    """The drivers that make private networks, by what the registry's classes declare (loaded on
+    this error path only), so the message stays true as drivers and plugins learn them."""
+    return [n for n in plugins.driver_names() if _makes_networks(n)]
 
 
 def _merge(defaults: dict, machine: dict, mname: str, raw: dict | None = None) -> tuple[dict, dict[str, tuple]]:

@@ -156,10 +156,16 @@ class VBox:
 
 @pytest.fixture
 def vbox(tmp_path, monkeypatch, proj) -> VBox:
+    return use_stand_in(tmp_path, monkeypatch)
+
+
+def use_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VBox:
+    """The driver runs the stand-in (in-process), with its state and call log in tmp_path
+    (test_virtualbox_networks.py sets up its own `vbox` fixture with this)."""
     monkeypatch.setenv("VBOXMANAGE", str(FAKE))
     monkeypatch.setenv("FAKE_VBOX_STATE", str(tmp_path / "vbox-state.json"))
     monkeypatch.setenv("FAKE_VBOX_LOG", str(tmp_path / "vbox-calls.log"))
-    for var in ("FAKE_VBOX_FAIL", "FAKE_VBOX_VERSION", "FAKE_VBOX_ACPI"):
+    for var in ("FAKE_VBOX_FAIL", "FAKE_VBOX_VERSION", "FAKE_VBOX_ACPI", "FAKE_VBOX_NETWORKS_CONF"):
         monkeypatch.delenv(var, raising=False)
     # No guest boots here: starting a machine must not wait for its sshd (one test runs the real wait).
     monkeypatch.setattr(VirtualBoxDriver, "wait_ssh", lambda self, handle, timeout: None)

@@ -11,6 +11,13 @@ them over in a NoCloud seed (an ISO attached as a DVD); SSH runs through a NAT f
 127.0.0.1 with that host key pinned. Sync folders are VirtualBox shared folders (automounted by
 the Guest Additions) when the box says it has them, copies over SSH otherwise.
 
+Private networks are more NICs, as Vagrant's VirtualBox provider makes a private_network: a
+network with a subnet is a host-only interface whose address is the subnet's first host (found,
+or made and then removed with the last VM on it); an `internal` network, and one without a
+subnet, is a VirtualBox internal network (`devenv-PROJECT-NAME`). VirtualBox has no DNS and no
+DHCP devenv relies on there: every address is fixed (the Devfile's, or one devenv assigns),
+recorded in the VM's metadata and handed to the guest in the seed's network-config.
+
 VirtualBox cannot run on our machines: this driver is verified against a scripted VBoxManage
 stand-in (tests/fakes/VBoxManage), not yet against a real VirtualBox.
 """
@@ -19,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -28,7 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from devenv.boxes import store
 from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, Reporter, Target, safe_handle
@@ -48,6 +57,9 @@ from devenv.errors import (
 )
 from devenv.model.schema import USER_NAME_HELP, USER_NAME_PATTERN, Bool, Field, Int, Problem, Str, Table
 
+if TYPE_CHECKING:
+    from devenv.model.networks import Attachment
+
 MIN_VERSION = (6, 1)  # inclusive
 MAX_VERSION = (8, 0)  # exclusive
 BASE_SNAPSHOT = "base"
@@ -58,6 +70,14 @@ KEY_META = "devenv/meta"  # written last: a VM without it is a half-made clone
 KEY_BASE = "devenv/base"  # on base VMs only (a clone inherits it and drops it)
 LOCK_RETRY_SECONDS = 5.0  # VirtualBox unlocks a VM a moment after poweroff returns
 IDE_TYPES = ("PIIX3", "PIIX4", "ICH6")
+# modifyvm's --nic1..--nic8 (the adapters of the default PIIX3 chipset): NIC1 is the NAT (SSH and
+# ports), so a machine joins at most seven private networks.
+MAX_NICS = 8
+# Where a network without a subnet gets one: it is an internal network (no host side), so only the
+# guest routes it, and the block is private (RFC 1918) and away from VirtualBox's own (NAT
+# 10.0.2.0/24, host-only 192.168.56.0/21) and from the first pools Docker takes (172.17-172.2x).
+INTNET_POOL = "172.30.0.0/16"
+HOSTONLY_RECORD = "hostonlyifs.json"  # in home(): the host-only interfaces devenv made (only those go)
 
 # VMState values (VBoxManage showvminfo --machinereadable) by devenv state.
 _RUNNING = ("running", "starting", "stopping", "livesnapshotting", "onlinesnapshotting", "teleporting",
@@ -116,6 +136,54 @@ def parse_version(text: str) -> tuple[tuple[int, int, int], str] | None:
     return found
 
 
+def parse_hostonlyifs(text: str) -> list[dict[str, str]]:
+    """`VBoxManage list hostonlyifs`: blocks of `Key: value` lines (a blank line between)."""
+    out: list[dict[str, str]] = []
+    cur: dict[str, str] = {}
+    for line in [*text.splitlines(), ""]:
+        key, sep, value = line.partition(":")
+        if not line.strip() or (key == "Name" and cur):
+            if cur.get("Name"):
+                out.append(cur)
+            cur = {}
+        if line.strip() and sep:
+            cur[key.strip()] = value.strip()
+    return out
+
+
+def network_config(nat_mac: str, networks: list[dict]) -> str:
+    """The seed's NoCloud network-config (version 2): the NAT NIC by DHCP, each private network's
+    fixed address, every NIC matched by the MAC devenv gave it (names differ between guests).
+
+    Given a network-config, cloud-init configures only what it lists: the NAT NIC is in it."""
+
+    def mac(m: str) -> str:
+        return ":".join(m[i : i + 2] for i in range(0, 12, 2)).lower()
+
+    lines = [
+        "version: 2",
+        "ethernets:",
+        "  nat:",
+        "    match:",
+        f'      macaddress: "{mac(nat_mac)}"',
+        "    dhcp4: true",
+    ]
+    for n in networks:
+        prefix = ipaddress.ip_network(n["subnet"]).prefixlen
+        lines += [
+            f"  devenv-{n['name']}:",  # a network name is [a-z0-9_-]: a plain YAML key
+            "    match:",
+            f'      macaddress: "{mac(n["mac"])}"',
+            f'    addresses: ["{ipaddress.IPv4Address(n["ip"])}/{prefix}"]',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _digest(text: str) -> int:
+    """A stable number from text (Python's hash() changes between runs)."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:16], 16)
+
+
 def snapshot_names(text: str) -> list[str]:
     """`snapshot VM list --machinereadable`: SnapshotName, SnapshotName-1, SnapshotName-1-1, ..."""
     return [v for k, v in parse_machinereadable(text).items() if re.fullmatch(r"SnapshotName(-\d+)*", k)]
@@ -126,7 +194,7 @@ class VirtualBoxDriver(VmMetadataMixin):
 
     name: ClassVar[str] = "virtualbox"
     features: ClassVar[Features] = Features(
-        snapshots=True, suspend=True, apply_settings=True, copy_sync=True, env_at_create=False
+        snapshots=True, suspend=True, apply_settings=True, copy_sync=True, networks=True, env_at_create=False
     )
     reporter: Reporter = QUIET  # set by the core before use
     options: ClassVar[Table] = _OPTIONS
@@ -190,16 +258,21 @@ class VirtualBoxDriver(VmMetadataMixin):
             return args[2] if len(args) > 2 else "?"
         return args[1] if len(args) > 1 else "?"
 
-    def _error(self, args: tuple[str, ...], r: subprocess.CompletedProcess) -> DevenvError:
-        """VBoxManage's failure as a devenv error (the first error line is the useful one)."""
-        text = f"{r.stderr}\n{r.stdout}"
+    @staticmethod
+    def _first_error(r: subprocess.CompletedProcess) -> str:
+        """The useful line of VBoxManage's failure: its first error line that is no Details/Context."""
         errors = [
             line.split("error:", 1)[1].strip()
             for line in r.stderr.splitlines()
             if "error:" in line and not line.split("error:", 1)[1].strip().startswith(("Details:", "Context:"))
         ]
         first = errors[0] if errors else (r.stderr.strip() or r.stdout.strip() or f"exit code {r.returncode}")
-        first = first.splitlines()[0]
+        return first.splitlines()[0]
+
+    def _error(self, args: tuple[str, ...], r: subprocess.CompletedProcess) -> DevenvError:
+        """VBoxManage's failure as a devenv error (the first error line is the useful one)."""
+        text = f"{r.stderr}\n{r.stdout}"
+        first = self._first_error(r)
         vm = self._vm_arg(args)
         if args[0] in ("controlvm", "snapshot"):
             what = " ".join(args[:1] + args[2:3])  # VBoxManage controlvm VM ACTION
@@ -332,11 +405,26 @@ class VirtualBoxDriver(VmMetadataMixin):
         for i, p in enumerate(machine.ports):
             if ":" in p.host_ip:
                 problems.append(Problem(("ports", i, "host_ip"), "VirtualBox NAT forwards IPv4 host addresses only"))
+        if len(machine.networks) > MAX_NICS - 1:
+            problems.append(
+                Problem(
+                    ("networks",),
+                    f"a VirtualBox machine joins at most {MAX_NICS - 1} private networks "
+                    f"({MAX_NICS} network adapters, the first one NAT)",
+                )
+            )
         return problems
 
     # -- boxes ---------------------------------------------------------------------------------
     def preflight(self, target: Target) -> None:
         check_host_addresses(target)  # VirtualBox's NAT forwards bind on this host
+        hostonly = [a for a in target.machine.networks if self._is_hostonly(a)]
+        if hostonly:
+            # A subnet that collides with a host-only interface is said before anything is made.
+            interfaces = self._hostonlyifs()
+            for a in hostonly:
+                assert a.network.subnet is not None  # _is_hostonly
+                self._hostonly_match(a.name, a.network.subnet, interfaces)
 
     def prepare_box(self, target: Target, box: str, *, pull: bool = False) -> BoxArtifact:
         ref = store.parse_ref(box)
@@ -506,7 +594,27 @@ class VirtualBoxDriver(VmMetadataMixin):
         old: dict | None = None,
         retry_locked: float = 0,
     ) -> None:
-        """Hardware, NAT forwards, seed DVD, shared folders, then the devenv record (last)."""
+        """Hardware, NAT forwards, private networks, seed DVD, shared folders, then the devenv record (last).
+
+        A machine on private networks (or leaving them) is configured under the network lock, up
+        to its record: the next machine then sees the interfaces, subnets and addresses it took."""
+        joins = bool(target.machine.networks or (old or {}).get("networks"))
+        with self._network_lock() if joins else contextlib.nullcontext():
+            self._configure_vm(target, box, name, ssh_port, forwards, sync, old, retry_locked)
+            if any(n.get("kind") == "hostonly" for n in (old or {}).get("networks", [])):
+                self._remove_unused_hostonly()  # a network the machine left may have been its last user
+
+    def _configure_vm(
+        self,
+        target: Target,
+        box: BoxArtifact,
+        name: str,
+        ssh_port: int,
+        forwards: list[dict],
+        sync: list[dict],
+        old: dict | None,
+        retry_locked: float,
+    ) -> None:
         from devenv.drivers.vm import identity, seed
         from devenv.state import ProjectState
 
@@ -519,22 +627,8 @@ class VirtualBoxDriver(VmMetadataMixin):
         )
         keys.pin("127.0.0.1", ssh_port)
         ssh_user = opts.get("ssh_user") or box.extra.get("ssh_user", "root")
-        folder = self.storage_dir(name)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        seed_iso = folder / "seed.iso"
-        seed.write_iso(
-            seed_iso,
-            {
-                "meta-data": seed.meta_data(f"{name}-{int(time.time())}", m.hostname),
-                "user-data": seed.user_data(
-                    hostname=m.hostname,
-                    authorized_key=keys.client_pub,
-                    host_key_private=keys.host_private,
-                    host_key_public=keys.host_pub,
-                ),
-            },
-        )
         info = self._info(name) or {}
+        networks = self._plan_networks(target, name, old)
         args = ["modifyvm", name]
         if m.cpus:
             args += ["--cpus", str(max(1, int(m.cpus)))]
@@ -547,7 +641,40 @@ class VirtualBoxDriver(VmMetadataMixin):
         args += ["--natpf1", f"ssh,tcp,127.0.0.1,{ssh_port},,22"]
         for i, f in enumerate(forwards):
             args += ["--natpf1", f"port{i},{f['protocol']},{f['host_ip']},{f['host']},,{f['guest']}"]
+        nat_mac = info.get("macaddress1", "")
+        if networks and not re.fullmatch(r"[0-9A-Fa-f]{12}", nat_mac):
+            nat_mac = self._mac(name, "nat")  # the guest's network-config names the NAT NIC by its MAC
+            args += ["--macaddress1", nat_mac]
+        for n in networks:
+            nic = n["nic"]
+            args += [f"--nic{nic}", n["kind"], f"--macaddress{nic}", n["mac"]]
+            args += (
+                [f"--hostonlyadapter{nic}", n["adapter"]]
+                if n["kind"] == "hostonly"
+                else [f"--intnet{nic}", n["intnet"]]
+            )
+        # NICs of networks the machine left (a reload) are switched off.
+        for nic in sorted({int(n["nic"]) for n in (old or {}).get("networks", [])} - {n["nic"] for n in networks}):
+            args += [f"--nic{nic}", "none"]
         self._run(*args, retry_locked=retry_locked)
+        folder = self.storage_dir(name)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        seed_iso = folder / "seed.iso"
+        files = {
+            "meta-data": seed.meta_data(f"{name}-{int(time.time())}", m.hostname),
+            "user-data": seed.user_data(
+                hostname=m.hostname,
+                authorized_key=keys.client_pub,
+                host_key_private=keys.host_private,
+                host_key_public=keys.host_pub,
+            ),
+        }
+        if networks:
+            # The guest configures its fixed addresses from the seed, as Vagrant configures a
+            # private_network's: cloud-init applies a NoCloud network-config (a new instance-id
+            # above makes it apply again after a reload).
+            files["network-config"] = network_config(nat_mac, networks)
+        seed.write_iso(seed_iso, files)
         slot = self._seed_slot(info, old)
         if slot is None:
             self._run("storagectl", name, "--name", SEED_CONTROLLER, "--add", "ide")
@@ -588,6 +715,8 @@ class VirtualBoxDriver(VmMetadataMixin):
             "seed": [ctl, port, device],
             "box": {"name": box.name, "version": box.version, "digest": box.digest},
         }
+        if networks:
+            meta["networks"] = networks
         self._run("setextradata", name, KEY_META, json.dumps(meta, sort_keys=True, separators=(",", ":")))
 
     def apply_settings(self, handle: str, target: Target, box: BoxArtifact) -> bool:
@@ -605,6 +734,328 @@ class VirtualBoxDriver(VmMetadataMixin):
             target, box, handle, ssh_port=port, forwards=forwards, sync=sync, old=old, retry_locked=LOCK_RETRY_SECONDS
         )
         return True
+
+    # -- private networks (contract.Networks) ----------------------------------------------------
+    @contextlib.contextmanager
+    def _network_lock(self) -> Iterator[None]:
+        """One machine's network choices at a time, across threads (parallel `up`: flock locks of
+        separate open()s exclude each other) and processes (other projects share host-only
+        interfaces and the record of the ones devenv made)."""
+        self.home().mkdir(parents=True, exist_ok=True)
+        with open(self.home() / ".networks.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    @staticmethod
+    def _is_hostonly(att: Attachment) -> bool:
+        """A network the host is on: one with a subnet that is not `internal` (Vagrant's
+        private_network). The others are internal networks: no host side at all."""
+        return bool(att.network.subnet) and not att.network.internal
+
+    @staticmethod
+    def _mac(vm: str, network: str) -> str:
+        """A NIC's MAC address, stable for the VM and network (the guest's network-config matches
+        it): VirtualBox's own prefix 08:00:27, unicast."""
+        return "080027" + hashlib.sha256(f"{vm}/{network}".encode()).hexdigest()[:6].upper()
+
+    def _hostonlyifs(self) -> list[dict[str, str]]:
+        return parse_hostonlyifs(self._run("list", "hostonlyifs").stdout)
+
+    def _hostonly_record(self) -> dict[str, dict]:
+        """The host-only interfaces devenv made, by name, with the address and mask it gave them."""
+        try:
+            data = json.loads((self.home() / HOSTONLY_RECORD).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if safe_handle(k) and isinstance(v, dict)}
+
+    def _save_hostonly_record(self, record: dict[str, dict]) -> None:
+        path = self.home() / HOSTONLY_RECORD
+        if not record:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _made_by_devenv(iface: dict[str, str], record: dict[str, dict]) -> bool:
+        # The name alone is not enough: VirtualBox gives a new interface the lowest free vboxnetN
+        # (and, on Linux, a GUID made from it), so a removed one's name comes back on another.
+        rec = record.get(iface.get("Name", ""))
+        return rec is not None and (rec.get("ip"), rec.get("mask")) == (
+            iface.get("IPAddress"),
+            iface.get("NetworkMask"),
+        )
+
+    def _hostonly_match(self, network: str, subnet: str, interfaces: list[dict[str, str]]) -> str | None:
+        """The host-only interface that is network ``network`` (``subnet``): the one whose address
+        is the subnet's first host with the subnet's mask (whoever made it, as Vagrant reuses it).
+        None when there is none; an error when another interface overlaps the subnet."""
+        net = ipaddress.IPv4Network(subnet)
+        gateway, mask = str(next(net.hosts())), str(net.netmask)
+        for iface in interfaces:
+            if (iface.get("IPAddress"), iface.get("NetworkMask")) == (gateway, mask) and safe_handle(iface.get("Name")):
+                return iface["Name"]
+        record = self._hostonly_record()
+        for iface in interfaces:
+            try:
+                theirs = ipaddress.IPv4Network(f"{iface.get('IPAddress')}/{iface.get('NetworkMask')}", strict=False)
+            except ValueError:
+                continue  # no IPv4 address configured
+            if not theirs.overlaps(net):
+                continue
+            name, ip = iface.get("Name", "?"), iface.get("IPAddress")
+            where = f"the host-only interface {name} ({ip}/{theirs.prefixlen})"
+            if self._made_by_devenv(iface, record):
+                raise MachineStateError(
+                    f"network '{network}' ({subnet}) collides with {where}, which devenv made for a network on "
+                    "another subnet",
+                    hint=f"give [networks.{network}] a subnet that overlaps no other (`VBoxManage list hostonlyifs`), "
+                    "or `devenv destroy` the machines on that one (this project's, when its subnet changed)",
+                )
+            share = (
+                f'subnet = "{theirs}" (to share {name}), '
+                if ip == str(next(theirs.hosts(), None)) and theirs.prefixlen <= 29
+                else ""
+            )
+            raise MachineStateError(
+                f"network '{network}' ({subnet}) collides with {where}, which devenv did not make: "
+                f"devenv gives the host {gateway}/{net.prefixlen} there",
+                hint=f"give [networks.{network}] {share}a subnet no host-only interface overlaps "
+                f"(`VBoxManage list hostonlyifs`), or reconfigure or remove {name} if nothing needs it",
+            )
+        return None
+
+    def _ensure_hostonly(self, network: str, subnet: str) -> str:
+        """The host-only interface of ``subnet``, made when there is none (under the network lock).
+
+        No DHCP server: every address on it is fixed (the guest is configured statically, as
+        Vagrant does for a private_network with an ip)."""
+        found = self._hostonly_match(network, subnet, self._hostonlyifs())
+        if found is not None:
+            return found
+        net = ipaddress.IPv4Network(subnet)
+        gateway, mask = str(next(net.hosts())), str(net.netmask)
+        self.reporter.info(None, f"making a VirtualBox host-only interface for network '{network}' ({subnet})")
+        r = self._run("hostonlyif", "create", check=False, timeout=120)
+        made = re.search(r"Interface '([^']+)' was successfully created", r.stdout)
+        if r.returncode != 0 or made is None or not safe_handle(made.group(1)):
+            err = self._error(("hostonlyif", "create"), r)
+            if r.returncode != 0 and not isinstance(err, CommandFailed):
+                raise err  # VirtualBox itself is unusable (no VBoxSVC, no vboxdrv): that error says so
+            detail = self._first_error(r) if r.returncode else "its output names no interface"
+            raise BackendUnavailable(
+                f"VirtualBox cannot make a host-only interface for network '{network}' ({subnet}): {detail}",
+                hint="VirtualBox's vboxnetadp kernel module must be loaded (`sudo /sbin/vboxconfig` builds and "
+                "loads it); `VBoxManage hostonlyif create` shows the details",
+            )
+        name = made.group(1)
+        r = self._run("hostonlyif", "ipconfig", name, "--ip", gateway, "--netmask", mask, check=False)
+        if r.returncode != 0:
+            self._run("hostonlyif", "remove", name, check=False)  # devenv's, unconfigured: never left behind
+            if "E_ACCESSDENIED" in r.stderr or "Access denied" in r.stderr:
+                raise BackendUnavailable(
+                    f"VirtualBox refuses the host-only network {subnet} for network '{network}': since 6.1.28 "
+                    "host-only addresses must lie in the ranges /etc/vbox/networks.conf allows (without that "
+                    "file: only 192.168.56.0/21)",
+                    hint=f"add the line `* {subnet}` to /etc/vbox/networks.conf (as root; a `*` line lists every "
+                    f"range allowed), or give [networks.{network}] a subnet inside 192.168.56.0/21",
+                )
+            raise self._error(("hostonlyif", "ipconfig"), r)
+        record = self._hostonly_record()
+        record[name] = {"ip": gateway, "mask": mask}
+        self._save_hostonly_record(record)
+        return name
+
+    def _remove_unused_hostonly(self) -> list[str]:
+        """Remove the host-only interfaces devenv made that no registered VM (devenv's or anyone's)
+        has a NIC on any more (under the network lock). Interfaces devenv did not make are never
+        touched; one reconfigured since devenv made it is no longer devenv's."""
+        record = self._hostonly_record()
+        if not record:
+            return []
+        live = {i.get("Name"): i for i in self._hostonlyifs()}
+        used: set[str] = set()
+        for vm in parse_list(self._run("list", "vms").stdout):
+            try:
+                info = self._info(vm) or {}
+            except DevenvError:
+                return []  # a VM that cannot be read might use any of them: keep them all
+            used.update(
+                info.get(f"hostonlyadapter{n}", "") for n in range(1, MAX_NICS + 1) if info.get(f"nic{n}") == "hostonly"
+            )
+        removed, keep = [], {}
+        for name, rec in record.items():
+            iface = live.get(name)
+            if iface is None or not self._made_by_devenv(iface, record):
+                continue  # gone, or someone reconfigured it: not devenv's to remove
+            if name in used:
+                keep[name] = rec
+                continue
+            r = self._run("hostonlyif", "remove", name, check=False)
+            if r.returncode == 0:
+                removed.append(name)
+            else:
+                keep[name] = rec
+                self.reporter.warn(
+                    f"cannot remove the host-only interface {name}: {self._error(('hostonlyif', 'remove'), r)}"
+                )
+        self._save_hostonly_record(keep)
+        return removed
+
+    def _peer_networks(self, target: Target) -> list[dict]:
+        """What this project's other machines recorded about their networks (their devenv/meta,
+        with the machine's name), so a machine takes the subnet its peers chose for a network
+        without one, and no address a peer holds. The driver sees one machine at a time: its
+        peers' records are what it knows of the others."""
+        prefix = f"devenv-{target.project_id}-"
+        out = []
+        for vm in parse_list(self._run("list", "vms").stdout):
+            if not vm.startswith(prefix) or vm == target.resource_name:
+                continue
+            meta = self.metadata(vm) or {}
+            if meta.get("project") != target.project_id or meta.get("root", str(target.project_root)) != str(
+                target.project_root
+            ):
+                continue
+            for n in meta.get("networks") or []:
+                if isinstance(n, dict) and isinstance(n.get("name"), str):
+                    out.append({**n, "machine": meta.get("machine", vm)})
+        return out
+
+    def _plan_networks(self, target: Target, vm: str, old: dict | None) -> list[dict]:
+        """Each private network the machine joins, as its NIC is made and its metadata records it:
+        name, nic, kind (hostonly/intnet), adapter or intnet, subnet, ip (assigned: devenv chose
+        it), mac. Under the network lock; addresses are settled before any interface is made."""
+        m = target.machine
+        if not m.networks:
+            return []
+        peers = self._peer_networks(target)
+        interfaces = self._hostonlyifs()
+        previous = {n.get("name"): n for n in (old or {}).get("networks", []) if isinstance(n, dict)}
+        plan = []
+        for i, att in enumerate(m.networks):
+            subnet = att.network.subnet or self._intnet_subnet(target, att, peers, previous.get(att.name), interfaces)
+            ip = self._address(m.name, att, subnet, peers, previous.get(att.name))
+            entry: dict = {"name": att.name, "nic": i + 2, "subnet": subnet, "ip": ip, "assigned": att.ip is None}
+            if self._is_hostonly(att):
+                entry.update(kind="hostonly")
+            else:
+                entry.update(kind="intnet", intnet=f"devenv-{target.project_id}-{att.name}")
+            entry["mac"] = self._mac(vm, att.name)
+            plan.append(entry)
+        for entry in plan:
+            if entry["kind"] == "hostonly":
+                entry["adapter"] = self._ensure_hostonly(entry["name"], entry["subnet"])
+        return plan
+
+    def _intnet_subnet(
+        self, target: Target, att: Attachment, peers: list[dict], previous: dict | None, interfaces: list[dict]
+    ) -> str:
+        """The subnet of a network the Devfile gives none (the project's default network, say).
+
+        Such a network is an internal network, not a host-only one: nobody wrote it, so it must
+        not need host setup that can fail (VirtualBox 7 allows host-only addresses only in
+        192.168.56.0/21 unless /etc/vbox/networks.conf says more) or leave interfaces on the host;
+        the host reaches machines through their NAT forwards anyway. The subnet is the one the
+        project's machines already use for it, else a /24 of INTNET_POOL chosen by a hash of the
+        project and network (so each project's pick is stable), skipping subnets of host-only
+        interfaces and of the project's other networks (the guest would route those here)."""
+        for p in peers:
+            if p["name"] == att.name and p.get("subnet"):
+                return str(p["subnet"])
+        if previous and previous.get("kind") == "intnet" and previous.get("subnet"):
+            return str(previous["subnet"])
+        avoid = [ipaddress.IPv4Network(a.network.subnet) for a in target.machine.networks if a.network.subnet]
+        avoid += [ipaddress.IPv4Network(p["subnet"]) for p in peers if p.get("subnet")]
+        for iface in interfaces:
+            with contextlib.suppress(ValueError):
+                avoid.append(
+                    ipaddress.IPv4Network(f"{iface.get('IPAddress')}/{iface.get('NetworkMask')}", strict=False)
+                )
+        pool = ipaddress.IPv4Network(INTNET_POOL)
+        count = 2 ** (24 - pool.prefixlen)
+        start = _digest(f"{target.project_id}/{att.name}") % count
+        for k in range(count):
+            candidate = ipaddress.IPv4Network((int(pool.network_address) + ((start + k) % count) * 256, 24))
+            if not any(candidate.overlaps(a) for a in avoid):
+                return str(candidate)
+        raise MachineStateError(
+            f"no free /24 in {INTNET_POOL} for network '{att.name}'",
+            hint=f'give [networks.{att.name}] a subnet, e.g. subnet = "10.123.0.0/24"',
+        )
+
+    @staticmethod
+    def _address(machine: str, att: Attachment, subnet: str, peers: list[dict], previous: dict | None) -> str:
+        """The machine's address on the network: the Devfile's ``ip``, else the one it had, else
+        one devenv assigns. Assigned addresses come from the upper half of the subnet, starting at
+        a hash of the machine name and skipping what the project's other machines hold: the driver
+        sees only its own machine, so the fixed addresses other machines' Devfile entries name are
+        unknown until those machines exist, and people write low ones (.10, .11, ...)."""
+        net = ipaddress.IPv4Network(subnet)
+        on_it = [p for p in peers if p["name"] == att.name and p.get("ip")]
+        taken = {str(p["ip"]): str(p["machine"]) for p in on_it}
+        if att.ip:
+            holder = next((p for p in on_it if p["ip"] == att.ip), None)
+            if holder is not None:
+                who = holder["machine"]
+                how = " (devenv assigned it there)" if holder.get("assigned") else ""
+                raise MachineStateError(
+                    f"{att.ip} on network '{att.name}' is already machine '{who}'s{how}",
+                    hint=f"give machine '{who}' another fixed ip on '{att.name}' (then `devenv reload {who}`), "
+                    "or this machine another one",
+                )
+            return att.ip
+        if previous and previous.get("subnet") == subnet and previous.get("ip") and previous["ip"] not in taken:
+            return str(previous["ip"])
+        hosts = net.num_addresses - 2  # without the network and broadcast addresses
+        lower = hosts // 2  # the gateway (the first host) is in the lower half
+        count = hosts - lower
+        start = _digest(machine) % count
+        for k in range(count):
+            addr = str(net.network_address + 1 + lower + (start + k) % count)
+            if addr not in taken:
+                return addr
+        raise MachineStateError(
+            f"network '{att.name}' ({subnet}) has no free address left for machine '{machine}'",
+            hint=f"give the machine a fixed ip on '{att.name}', or the network a larger subnet",
+        )
+
+    def addresses(self, handle: str) -> dict[str, str]:
+        """The machine's address per private network, as its metadata records them."""
+        out = {}
+        for n in (self.metadata(handle) or {}).get("networks") or []:
+            if isinstance(n, dict) and isinstance(n.get("name"), str) and isinstance(n.get("ip"), str):
+                out[n["name"]] = n["ip"]
+        return out
+
+    @staticmethod
+    def _hostonly_nets(meta: dict) -> list[dict]:
+        return [n for n in meta.get("networks") or [] if isinstance(n, dict) and n.get("kind") == "hostonly"]
+
+    def _ensure_adapters(self, handle: str, meta: dict) -> dict:
+        """Before a stopped machine starts: a host-only interface it is on that has gone since
+        (removed by hand, a VirtualBox reinstall) is found or made again, as at create: VirtualBox
+        refuses to start a VM on a host-only interface that does not exist."""
+        existing = {i.get("Name") for i in self._hostonlyifs()}
+        if all(n.get("adapter") in existing for n in self._hostonly_nets(meta)):
+            return meta
+        with self._network_lock():
+            existing = {i.get("Name") for i in self._hostonlyifs()}
+            args = ["modifyvm", handle]
+            networks = []
+            for n in meta["networks"]:
+                if isinstance(n, dict) and n.get("kind") == "hostonly" and n.get("adapter") not in existing:
+                    n = {**n, "adapter": self._ensure_hostonly(n["name"], n["subnet"])}
+                    args += [f"--hostonlyadapter{n['nic']}", n["adapter"]]
+                networks.append(n)
+            self._run(*args, retry_locked=LOCK_RETRY_SECONDS)
+            meta = {**meta, "networks": networks}
+            self._run("setextradata", handle, KEY_META, json.dumps(meta, sort_keys=True, separators=(",", ":")))
+        return meta
 
     def find(self, target: Target) -> str | None:
         """The machine's VM by its name, when it is complete (create replaces a half-made one).
@@ -661,6 +1112,8 @@ class VirtualBoxDriver(VmMetadataMixin):
         )
 
     def _startvm(self, handle: str, meta: dict) -> None:
+        if self._hostonly_nets(meta) and self._vmstate(handle) in ("poweroff", "aborted"):
+            meta = self._ensure_adapters(handle, meta)  # (a saved VM keeps its NICs: it cannot change them)
         for f in meta.get("ports", []):
             if not _port_free(f["host_ip"], int(f["host"]), f["protocol"]):
                 raise PortConflict(
@@ -728,6 +1181,11 @@ class VirtualBoxDriver(VmMetadataMixin):
                 self._run("controlvm", handle, "poweroff", check=False)
             self._run("unregistervm", handle, "--delete", retry_locked=LOCK_RETRY_SECONDS)
         shutil.rmtree(self.storage_dir(handle), ignore_errors=True)
+        # Its NICs went with the VM; a host-only interface devenv made for it goes with the last
+        # VM on it (even one a crashed create left behind, recorded but on no VM).
+        if self._hostonly_record():
+            with self._network_lock():
+                self._remove_unused_hostonly()
 
     def state(self, handle: str) -> MachineState:
         st = self._vmstate(handle)
@@ -766,6 +1224,9 @@ class VirtualBoxDriver(VmMetadataMixin):
             if ours or half_made:
                 self.destroy(name)
                 removed.append(name)
+        if not removed and self._hostonly_record():
+            with self._network_lock():  # (destroy did it otherwise) interfaces a crashed `up` left on no VM
+                removed += self._remove_unused_hostonly()
         return removed
 
     # -- optional roles ------------------------------------------------------------------------
