@@ -14,6 +14,7 @@ PACKAGES=(
   libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-dev pkg-config
   genisoimage dropbear-bin busybox-static linux-image-cloud-amd64 qemu-guest-agent
   syslinux syslinux-common mtools dosfstools fdisk
+  dnsmasq-base iptables  # private networks: libvirt runs dnsmasq on each bridge and sets firewall rules
 )
 
 VIRSH_URI=qemu:///system

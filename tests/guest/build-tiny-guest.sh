@@ -156,9 +156,12 @@ case "$1" in
       ip route del default 2>/dev/null
       for r in $router; do ip route add default via "$r" dev "$interface"; break; done
     fi
-    : >/etc/resolv.conf
-    [ -n "$domain" ] && echo "search $domain" >>/etc/resolv.conf
-    for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
+    # One resolver list per interface; a project network's (eth1...) come before QEMU's (eth0),
+    # as devenv's seed orders them in its Debian box: the machines' names first.
+    : >"/run/resolv.$interface"
+    [ -n "$domain" ] && echo "search $domain" >>"/run/resolv.$interface"
+    for d in $dns; do echo "nameserver $d" >>"/run/resolv.$interface"; done
+    cat $(ls /run/resolv.eth* | grep -v '/run/resolv.eth0$') /run/resolv.eth0 2>/dev/null >/etc/resolv.conf
     ;;
 esac
 exit 0
@@ -249,9 +252,13 @@ for m in $(cat /etc/modules.order); do
 done
 log "modules loaded (uptime $(cut -d' ' -f1 /proc/uptime))"
 
-# --- network: udhcpc in the background (QEMU user networking hands out 10.0.2.15) ---
-ip link set eth0 up 2>/dev/null
-udhcpc -i eth0 -b -q -t 20 -T 1 -A 1 -S -s /usr/share/udhcpc/default.script >/dev/null 2>&1
+# --- network: udhcpc in the background on every NIC (eth0: QEMU user networking, 10.0.2.15;
+# eth1...: devenv's private networks, whose dnsmasq has the machine's reservation) ---
+for nic in /sys/class/net/eth*; do
+  nic=${nic##*/}
+  ip link set "$nic" up 2>/dev/null
+  udhcpc -i "$nic" -b -q -t 20 -T 1 -A 1 -S -s /usr/share/udhcpc/default.script >/dev/null 2>&1
+done
 
 # --- data disk ---
 wait_dev() { i=0; while [ $i -lt "$2" ]; do [ -b "$1" ] && return 0; sleep 0.1; i=$((i+1)); done; return 1; }

@@ -29,8 +29,19 @@ from xml.sax.saxutils import escape, quoteattr
 
 from devenv.boxes import store
 from devenv.boxes.disks import qcow2_backing
-from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, Reporter, Target, safe_handle
+from devenv.contract import (
+    QUIET,
+    BoxArtifact,
+    BuildTarget,
+    Features,
+    MachineState,
+    Ownership,
+    Reporter,
+    Target,
+    safe_handle,
+)
 from devenv.drivers.hostports import check_host_addresses, free_port, plan_forwards, port_free, ssh_banner
+from devenv.drivers.libvirt import networks as nets
 from devenv.drivers.vm.common import VmMetadataMixin
 from devenv.errors import (
     BackendUnavailable,
@@ -181,7 +192,13 @@ class LibvirtDriver(VmMetadataMixin):
 
     name: ClassVar[str] = "libvirt"
     features: ClassVar[Features] = Features(
-        snapshots=True, suspend=True, apply_settings=True, package=True, copy_sync=True, env_at_create=False
+        snapshots=True,
+        suspend=True,
+        apply_settings=True,
+        package=True,
+        copy_sync=True,
+        networks=True,
+        env_at_create=False,
     )
     reporter: Reporter = QUIET  # set by the core before use
     options: ClassVar[Table] = _OPTIONS
@@ -323,6 +340,15 @@ class LibvirtDriver(VmMetadataMixin):
 
     def preflight(self, target: Target) -> None:
         check_host_addresses(target)  # QEMU's forwards bind on this host
+        uri = self._uri_for(target.machine)
+        if target.machine.networks and uri.split("?")[0].endswith("/session"):
+            names = ", ".join(a.name for a in target.machine.networks)
+            raise UnsupportedOperation(
+                f"machine '{target.name}' joins the private network(s) {names}, and a session libvirt ({uri}) "
+                "cannot make networks: a bridge with DHCP and DNS on it needs the system daemon",
+                hint="use qemu:///system for this machine (as root or in the 'libvirt' group), or the docker "
+                "driver; a single machine needs no network (leave `networks` out)",
+            )
 
     # -- boxes ---------------------------------------------------------------------------------
     def prepare_box(self, target: Target, box: str) -> BoxArtifact:
@@ -485,6 +511,7 @@ class LibvirtDriver(VmMetadataMixin):
         forwards = self._forwards(target)
         sync = self._sync_plan(target, box)
         ssh_user = m.driver_options().get("ssh_user") or box.extra.get("ssh_user", "root")
+        joined = self._join_networks(target, uri)
         mounts = [
             (s["tag"], s["guest"], s["kind"], MOUNT_OPTIONS[s["kind"]] + (",ro" if s["read_only"] else ""))
             for s in sync
@@ -500,6 +527,7 @@ class LibvirtDriver(VmMetadataMixin):
                     host_key_private=keys.host_private,
                     host_key_public=keys.host_pub,
                     mounts=mounts,
+                    nameservers=nets.nameservers(joined) if joined else (),
                 ),
             },
         )
@@ -514,6 +542,7 @@ class LibvirtDriver(VmMetadataMixin):
             keys_dir=keys.folder,
             forwards=forwards,
             sync=sync,
+            joined=joined,
         )
         existing = self._dom(handle)
         if existing is not None:
@@ -528,6 +557,19 @@ class LibvirtDriver(VmMetadataMixin):
             self.conn(uri).defineXML(xml)
         except lib.libvirtError as exc:
             raise BoxError(f"libvirt refused the domain for '{m.name}': {exc}") from exc
+
+    def _join_networks(self, target: Target, uri: str) -> list[nets.Joined]:
+        """The machine's place on each project network it joins (made when missing), and its
+        reservations taken off the project networks it no longer joins."""
+        if not target.machine.networks and isinstance(target, BuildTarget):
+            return []
+        conn = self.conn(uri)
+        keep = {a.name for a in target.machine.networks}
+        nets.release(conn, target.project_id, str(target.project_root), target.resource_name, keep=keep)
+        return [nets.ensure(conn, target, att, uri) for att in target.machine.networks]
+
+    def addresses(self, handle: str) -> dict[str, str]:
+        return {n["name"]: n["ip"] for n in (self.metadata(handle) or {}).get("nets", []) if n.get("ip")}
 
     def apply_settings(self, handle: str, target: Target, box: BoxArtifact) -> bool:
         """Apply changed cpus/memory/ports/hostname/sync in place: stop, redefine, keep the disk."""
@@ -566,6 +608,7 @@ class LibvirtDriver(VmMetadataMixin):
         keys_dir: Path,
         forwards: list[dict],
         sync: list[dict],
+        joined: list[nets.Joined] = (),
     ) -> str:
         m = target.machine
         opts = m.driver_options()
@@ -589,6 +632,7 @@ class LibvirtDriver(VmMetadataMixin):
                 for s in sync
             ],
             f"<devenv:box name={q(box.name)} version={q(box.version or '')} digest={q(box.digest or '')}/>",
+            *nets.metadata_xml(list(joined)),
             "</devenv:machine>",
         ]
         kernel = box.extra.get("kernel")
@@ -661,6 +705,7 @@ class LibvirtDriver(VmMetadataMixin):
                 f"    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
                 f"<source file={q(str(folder / 'seed.iso'))}/><target dev='sda' bus='scsi'/><readonly/></disk>",
                 *[f"    {x}" for x in fs],
+                *[f"    {x}" for x in nets.interface_xml(list(joined))],
                 f"    <serial type='file'><source path={q(str(folder / 'console.log'))} append='on'/>"
                 "<target port='0'/></serial>",
                 "    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
@@ -698,6 +743,7 @@ class LibvirtDriver(VmMetadataMixin):
             "ports": [dict(p.attrib) for p in root.findall("port")],
             "sync": [dict(s.attrib) for s in root.findall("sync")],
             "box": dict(box.attrib) if box is not None else {},
+            "nets": [dict(n.attrib) for n in root.findall("net")],
         }
 
     def find(self, target: Target) -> str | None:
@@ -772,6 +818,7 @@ class LibvirtDriver(VmMetadataMixin):
             raise MachineStateError("the domain is gone", hint="run `devenv up` to recreate it")
         lib = self._lib()
         if not dom.isActive():
+            self._start_networks(handle, dom)
             try:
                 dom.create()
             except lib.libvirtError as exc:
@@ -786,6 +833,19 @@ class LibvirtDriver(VmMetadataMixin):
             meta = self.metadata(handle) or {}
             timeout = self._boot_timeout(meta)
         self._wait_ssh(handle, timeout)
+
+    def _start_networks(self, handle: str, dom: Any) -> None:
+        """The project networks the domain is on, started: after a host reboot or a libvirtd
+        restart they are defined but down, and the domain would not start."""
+        uri, _ = split_handle(handle)
+        for n in (self.metadata(handle) or {}).get("nets", []):
+            net = nets.lookup(self.conn(uri), n.get("network", ""))
+            if net is None:
+                raise MachineStateError(
+                    f"the libvirt network {n.get('network')} of network '{n.get('name')}' is gone",
+                    hint="`devenv reload` the machine (devenv makes the network again)",
+                )
+            nets.start(net, n.get("name", ""))
 
     def _boot_timeout(self, meta: dict) -> float:
         return float(meta.get("ssh", {}).get("boot_timeout", 180))
@@ -830,6 +890,7 @@ class LibvirtDriver(VmMetadataMixin):
     def destroy(self, handle: str) -> None:
         dom = self._dom(handle)
         lib = self._lib()
+        meta = self.metadata(handle) if dom is not None else None
         if dom is not None:
             if dom.isActive():
                 try:
@@ -846,6 +907,10 @@ class LibvirtDriver(VmMetadataMixin):
             except lib.libvirtError as exc:
                 if exc.get_error_code() != lib.VIR_ERR_NO_DOMAIN:
                     raise
+        if meta and meta.get("project"):
+            # Its addresses are free again; a network the project's last machine left goes.
+            uri, name = split_handle(handle)
+            nets.release(self.conn(uri), meta["project"], meta.get("root") or None, name)
         shutil.rmtree(self.storage_dir(split_handle(handle)[1]), ignore_errors=True)
 
     def state(self, handle: str) -> MachineState:
@@ -876,6 +941,7 @@ class LibvirtDriver(VmMetadataMixin):
             if meta and meta.get("project") == project_id and not other_root:
                 self.destroy(handle)
                 removed.append(dom.name())
+        removed += nets.sweep(conn, project_id, str(root) if root is not None else None)
         return removed
 
     def package(

@@ -3,7 +3,8 @@ reads at first boot — and that devenv's own boxes apply with a small boot scri
 
 The subset devenv writes (and its boxes understand): meta-data `instance-id`, `local-hostname`;
 user-data (#cloud-config) `hostname`, `ssh_authorized_keys`, `ssh_keys` (ed25519 host key pair),
-`disable_root: false`, `mounts` (9p shares), and `ssh_pwauth: false`.
+`disable_root: false`, `mounts` (9p shares), `ssh_pwauth: false`, and `manage_resolv_conf` with
+`resolv_conf.nameservers` (the project networks' DNS first, for machines on private networks).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def user_data(
     host_key_private: str,
     host_key_public: str,
     mounts: list[tuple[str, str, str, str]] = (),
+    nameservers: list[str] | tuple[str, ...] = (),
 ) -> str:
     from devenv.drivers.vm.identity import is_private_key, is_public_key
 
@@ -59,6 +61,17 @@ def user_data(
         lines.append("mounts:")
         for tag, guest, fstype, options in mounts:
             lines.append(f'  - [{_q(tag)}, {_q(guest)}, {_q(fstype)}, {_q(options)}, "0", "0"]')
+    if nameservers:
+        import ipaddress
+
+        # Addresses only (the driver's own, checked again here): they are spliced into YAML.
+        servers = [str(ipaddress.IPv4Address(ns)) for ns in nameservers]
+        lines += [
+            "manage_resolv_conf: true",
+            "resolv_conf:",
+            f"  nameservers: [{', '.join(_q(ns) for ns in servers)}]",
+            "  options: {timeout: 1, attempts: 2}",
+        ]
     return "\n".join(lines) + "\n"
 
 
