@@ -124,14 +124,25 @@ def _check_source(src: dict, path: tuple, problems: list) -> None:
         problems.append(Problem(path, f"a '{t}' source needs exactly one of 'url' or 'path'"))
 
 
+# Debian policy's package names (lowercase, digits, + - .), optionally :ARCH; never an option.
+DEB_PACKAGE = r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?"
+DEB_PACKAGE_HELP = "a Debian package name (lowercase letters, digits, + - .)"
+
 _SOURCE = Table(
     {
         "type": Field(Str(choices=SOURCE_TYPES), required=True),
         "image": Field(Str(description="Engine image used when present (pulled only with --pull)")),
         "suite": Field(Str(description="Debian suite for debootstrap, e.g. bookworm")),
         "variant": Field(Str(choices=("minbase", "buildd", "fakechroot")), default="minbase"),
-        "include": Field(ListOf(Str()), default=list),
-        "vm_include": Field(ListOf(Str(description="Extra packages for VM outputs only")), default=list),
+        "include": Field(ListOf(Str(pattern=DEB_PACKAGE, pattern_help=DEB_PACKAGE_HELP)), default=list),
+        "vm_include": Field(
+            ListOf(
+                Str(
+                    pattern=DEB_PACKAGE, pattern_help=DEB_PACKAGE_HELP, description="Extra packages for VM outputs only"
+                )
+            ),
+            default=list,
+        ),
         "mirror": Field(Str(description="Debian mirror; default: the one the host's apt sources use")),
         "url": Field(Str(description="cloud-image / box: where to download it (http, https, file)")),
         "path": Field(Str(description="cloud-image / box: a local file, relative to the recipe's project")),
@@ -181,6 +192,14 @@ _RECIPE = Table(
             ),
             default=lambda: ["docker"],
         ),
+        # One package set for every output (Debian package names): a debootstrap source installs
+        # them, an engine image source gets them installed before the steps. vm_packages are for VM
+        # outputs only (kernel, SSH server, guest agent): what a container has no use for.
+        "packages": Field(ListOf(Str(pattern=DEB_PACKAGE, pattern_help=DEB_PACKAGE_HELP)), default=list),
+        "vm_packages": Field(ListOf(Str(pattern=DEB_PACKAGE, pattern_help=DEB_PACKAGE_HELP)), default=list),
+        # What a container machine made from the box runs as PID 1 unless the machine says
+        # otherwise ([machines.NAME.docker] init): "systemd" for a box that behaves like a VM.
+        "init": Field(Str(choices=("systemd",), description="PID 1 of container machines made from the box")),
         # The same step syntax as a Devfile's provision list; paths start at the folder above boxes/.
         "provision": Field(_StepsNode(), default=list),
     },
@@ -198,6 +217,17 @@ class Recipe:
     path: Path
     root: Path = field(default=Path("."))  # where the recipe's relative paths start
     provision: tuple = ()  # devenv.model.devfile.Step, baked in order
+    packages: tuple[str, ...] = ()  # on every output
+    vm_packages: tuple[str, ...] = ()  # on VM outputs only
+    init: str | None = None  # PID 1 of container machines ("systemd"), None: the engine's default
+
+    def packages_for(self, src: dict, *, vm: bool) -> list[str]:
+        """The packages an output built from ``src`` installs: the recipe's, the source's own
+        `include` (older recipes), and for VM outputs the VM-only ones."""
+        names = [*self.packages, *src.get("include", [])]
+        if vm:
+            names += [*self.vm_packages, *src.get("vm_include", [])]
+        return list(dict.fromkeys(names))
 
     @property
     def origin(self) -> str:
@@ -295,6 +325,9 @@ def load_recipe(path: Path) -> Recipe:
         path=path,
         root=root,
         provision=tuple(steps),
+        packages=tuple(r["packages"]),
+        vm_packages=tuple(r["vm_packages"]),
+        init=r.get("init"),
     )
 
 

@@ -209,6 +209,35 @@ def tiny_box(tiny_guest, tmp_path):
     )
 
 
+@pytest.fixture(scope="session")
+def debian_vm_store(tmp_path_factory, libvirt_driver) -> Path:
+    """The bundled debian-12 recipe's libvirt box, built once per run (debootstrap + a bake VM,
+    minutes under emulation) in a box store of its own; tests take it with ``debian_vm_box``."""
+    home = tmp_path_factory.mktemp("debian-vm-home")
+    r = subprocess.run(
+        [*DEVENV, "box", "build", "debian-12", "--output", "libvirt"],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "DEVENV_HOME": str(home)},
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, r.stderr
+    return home / "boxes"
+
+
+@pytest.fixture
+def debian_vm_box(debian_vm_store) -> None:
+    """debian-12 (libvirt) in this test's box store: hard links to the run's one build (QEMU only
+    reads a box's files; each machine writes its own overlay)."""
+    from devenv.boxes.store import store_root
+
+    dest = store_root()
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", f"{debian_vm_store}/.", str(dest)], check=True)
+
+
 class VmProj(Proj):
     def domains(self, libvirt_driver) -> list[str]:
         out = []

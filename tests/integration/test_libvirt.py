@@ -152,8 +152,8 @@ def test_docker_and_libvirt_in_one_devfile(vm, tiny_box):
 
 
 @pytest.mark.slow
-def test_debian_box_boots_with_shared_folder(vm):
-    """The real Debian box (debootstrap + cloud kernel + OpenSSH + systemd), built on first use."""
+def test_debian_box_boots_with_shared_folder(vm, debian_vm_box):
+    """The real Debian box (debootstrap + cloud kernel + OpenSSH + systemd), built once per run."""
     vm.devfile("""\
         [machines.deb]
         driver = "libvirt"

@@ -33,12 +33,10 @@ DEVFILE = """\
 box = "debian-12"
 ports = [{{ guest = 8080, host = {port} }}]
 provision = [
-  {{ type = "file", source = "hello.service", destination = "/etc/systemd/system/hello.service" }},
-  {{ type = "shell", inline = "mkdir -p /srv/hello && echo 'hello from a systemd unit' > /srv/hello/index.html && systemctl enable --now hello.service" }},
+  {{ type = "file", source = "hello.service", destination = "/tmp/hello.service" }},
+  {{ type = "shell", inline = "install -m 644 /tmp/hello.service /etc/systemd/system/ && mkdir -p /srv/hello && echo 'hello from a systemd unit' > /srv/hello/index.html && systemctl enable --now hello.service" }},
 ]
-[machines.svc.docker]
-init = "systemd"
-"""
+"""  # no init key: debian-12 declares init = "systemd" (its recipe); the file goes by /tmp, as Vagrant's do
 
 
 def _get(port: int, tries: int = 50) -> str:
@@ -64,7 +62,7 @@ def test_systemd_runs_enabled_units_and_brings_them_back_after_halt(proj, docker
     [name] = proj.labelled()["containers"]
     host = docker_client.api.inspect_container(name)["HostConfig"]
     assert host["Privileged"] is False and not host.get("CapAdd")  # unprivileged, as every machine
-    assert set(host["Tmpfs"]) == {"/run", "/run/lock", "/tmp"}
+    assert set(host["Tmpfs"]) == {"/run", "/run/lock"}  # not /tmp: uploads there must stay visible
 
     # halt stops systemd cleanly (SIGRTMIN+3); up boots it again and it starts the enabled unit.
     proj.run("halt", check=True, timeout=120)
@@ -89,6 +87,7 @@ def test_systemd_on_a_box_without_it_is_one_clear_error_and_leaves_nothing(proj)
 def test_without_an_init_a_systemctl_step_warns_naming_init_systemd(proj):
     proj.devfile(
         '[machines.m]\nbox = "debian-12"\nprovision = [{ type = "shell", inline = "systemctl start cron || true" }]\n'
+        "[machines.m.docker]\ninit = true\n"  # the machine's own init overrides what the box declares
     )
     r = proj.run("up", timeout=900)
     assert r.returncode == 0, r.stderr

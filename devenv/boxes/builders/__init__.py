@@ -197,6 +197,7 @@ def bake(
     label: str,
     reporter: Reporter = QUIET,
     boot: str | None = None,
+    prepare: Sequence[str] | None = None,
     finish: Sequence[str] | None = None,
     record: Mapping[str, Any] | None = None,
 ) -> dict:
@@ -204,6 +205,7 @@ def bake(
     recipe's box with the driver's Package role; returns what ``package`` returns.
 
     ``boot``: the progress text of creating and starting the machine (slow ones: VMs).
+    ``prepare``: a command run before the steps (installing the recipe's packages on an image base).
     ``finish``: a command run after the steps (e.g. scrubbing the build machine's identity).
     ``record``: what the box records besides its steps (see contract.Package).
     The build machine is destroyed whatever happens, so only a machine whose every step succeeded
@@ -220,6 +222,16 @@ def bake(
             handle = driver.create(target, box)
             driver.start(handle)
         transport = driver.transport(handle)
+        if prepare:
+            lines: list[str] = []
+            with reporter.progress(label, f"installing the recipe's packages ({len(recipe.packages)})", phase="build"):
+                code = transport.run(list(prepare), on_output=lines.append)
+            if code != 0:
+                raise BoxError(
+                    f"box {recipe.label}: installing its packages failed (exit {code}); nothing was stored\n"
+                    + "\n".join(lines[-15:]),
+                    hint=f"check the package names in {recipe.path} and the Debian mirror",
+                )
         bake_steps(recipe, transport, label, reporter)
         if finish:
             transport.run(list(finish))

@@ -12,6 +12,7 @@ lifecycle for the build machine, Package for the commit.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ def build(
         raise BoxError(f"the {driver.name} driver cannot build image boxes (it has no box_sources and package roles)")
     failures: list[str] = []
     base: str | None = None
+    prepare: list[str] | None = None
     temp_base = f"{IMAGE_REPO}/{recipe.name}:{recipe.version}-base"
     for src in recipe.sources:
         kind = src["type"]
@@ -72,6 +74,8 @@ def build(
                         continue
                     driver.pull_image(src["image"], machine)
                 base = src["image"]
+                # The recipe's packages on the engine's image too: one recipe, one package set.
+                prepare = apt_install(recipe.packages) if recipe.packages else None
             elif kind in ("cloud-image", "box"):
                 failures.append(f"{kind}: a disk image source makes VM outputs only")
                 continue
@@ -98,11 +102,23 @@ def build(
                 target=build_target(recipe, driver.name, Path(tmp)),
                 label=machine or f"box {recipe.name}",
                 reporter=reporter,
-                record={"origin": recipe.origin},
+                prepare=prepare,
+                record={"origin": recipe.origin, **({"init": recipe.init} if recipe.init else {})},
             )
     finally:
         if base == temp_base:
             driver.remove_image(temp_base)
+
+
+def apt_install(packages: Sequence[str]) -> list[str]:
+    """The command that installs ``packages`` (checked names: the recipe's schema) in a build
+    machine, leaving no package lists behind (they are the mirror's, and stale tomorrow)."""
+    names = " ".join(packages)
+    script = (
+        "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -q; "
+        f"apt-get install -y -q --no-install-recommends {names}; apt-get clean; rm -rf /var/lib/apt/lists/*"
+    )
+    return ["/bin/sh", "-c", script]
 
 
 def _base_from_rootfs(
@@ -122,7 +138,7 @@ def _base_from_rootfs(
                     root,
                     suite=src["suite"],
                     variant=src.get("variant", "minbase"),
-                    include=list(src.get("include", [])),
+                    include=recipe.packages_for(src, vm=False),
                     mirror=src.get("mirror"),
                     on_output=lambda line: reporter.output(machine, line) if reporter.debug_enabled else None,
                 )

@@ -26,6 +26,10 @@ from devenv.errors import BoxError
 from devenv.masking import tail
 from devenv.model.recipe import Recipe
 
+# What devenv's VM machinery needs to boot any debootstrap recipe (direct kernel boot, the seed
+# unit, SSH, the guest agent's shutdown, rsync sync folders). A recipe that means the same set on
+# every output lists the ones it shares in `packages` and the VM-only ones in `vm_packages`
+# (boxes/debian-12.toml does; a test compares both outputs' dpkg lists).
 VM_PACKAGES = [
     "linux-image-cloud-amd64",
     "openssh-server",
@@ -34,7 +38,6 @@ VM_PACKAGES = [
     "dbus",  # without it systemd-logind never runs: ACPI power button and `shutdown +0` do nothing
     "iproute2",
     "rsync",
-    "sudo",
     "ca-certificates",
     "qemu-guest-agent",
 ]
@@ -77,6 +80,26 @@ while read -r tag path fstype opts _; do
   mkdir -p "$path"
   mountpoint -q "$path" || mount -t "$fstype" -o "$opts" "$tag" "$path" || echo "devenv-seed: cannot mount $tag" >&2
 done
+# resolv_conf: nameservers: ["a", "b"] (the project networks' DNS, then QEMU's); without it the box's own.
+ns=$(sed -n 's/^[[:space:]]*nameservers:[[:space:]]*\[\(.*\)\][[:space:]]*$/\1/p' "$ud" | head -n1 | tr -d '"' | tr ',' ' ')
+if [ -n "$ns" ]; then
+  { echo "# devenv-seed: from the machine's seed"; for n in $ns; do echo "nameserver $n"; done; echo "options timeout:1 attempts:2"; } > /etc/resolv.conf
+elif grep -q '^# devenv-seed' /etc/resolv.conf 2>/dev/null; then
+  echo "nameserver 10.0.2.3" > /etc/resolv.conf
+fi
+# network-config (version 2): a NIC matched by macaddress with fixed addresses (VirtualBox's
+# host-only networks have no DHCP) gets a systemd-networkd file ahead of the box's DHCP one.
+rm -f /etc/systemd/network/05-devenv-static-*.network
+if [ -f "$mnt/network-config" ]; then
+  awk '/macaddress:/{gsub(/["[:space:]]/,"",$2); mac=$2; next}
+       /addresses:/ && mac!=""{line=$0; sub(/^[^[]*\[/,"",line); sub(/\].*$/,"",line); gsub(/[" ]/,"",line); print mac, line; mac=""}' \
+    "$mnt/network-config" | while read -r mac addrs; do
+    case "$mac" in *[!0-9a-fA-F:]*|"") continue;; esac
+    f="/etc/systemd/network/05-devenv-static-$(echo "$mac" | tr -d :).network"
+    { echo "[Match]"; echo "MACAddress=$mac"; echo "[Network]"
+      for a in $(echo "$addrs" | tr ',' ' '); do case "$a" in *[!0-9./]*) ;; *) echo "Address=$a";; esac; done; } > "$f"
+  done
+fi
 umount "$mnt"
 echo "devenv-seed: applied"
 """  # noqa: E501 - the guest-side shell script reads best unwrapped
@@ -218,7 +241,7 @@ def build_libvirt_box(
     for tool in ("mkfs.ext4", "qemu-img"):
         if shutil.which(tool) is None:
             raise BoxError(f"{tool} is not installed", hint="apt-get install e2fsprogs qemu-utils")
-    include = list(dict.fromkeys([*src.get("include", []), *src.get("vm_include", []), *VM_PACKAGES]))
+    include = list(dict.fromkeys([*recipe.packages_for(src, vm=True), *VM_PACKAGES]))
     with tempfile.TemporaryDirectory(prefix="devenv-vmbox-") as tmp:
         work = Path(tmp)
         root = work / "rootfs"

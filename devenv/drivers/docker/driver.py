@@ -51,6 +51,14 @@ from devenv.model.schema import MISSING, Bool, Custom, Field, ListOf, MapOf, Pro
 from devenv.transports.dockerapi import context_host
 
 
+def machine_init(opts: dict, box: BoxArtifact) -> bool | str:
+    """PID 1 of the machine: its own `init`, else what its box declares, else Docker's init."""
+    init = opts.get("init")
+    if init is None:
+        init = box.extra.get("init") or True
+    return init
+
+
 def _init(value: Any, path: tuple, problems: list) -> Any:
     if isinstance(value, bool) or value == "systemd":
         return value
@@ -61,7 +69,10 @@ def _init(value: Any, path: tuple, problems: list) -> Any:
 # systemd as PID 1 in an unprivileged container: it needs its runtime folders on tmpfs, the
 # cgroup file system (cgroup v1: the host's, read-only, is enough; cgroup v2: a private cgroup
 # namespace), `container=` in its environment, and SIGRTMIN+3 to shut down cleanly.
-SYSTEMD_TMPFS = {"/run": "rw,nosuid,nodev,mode=755", "/run/lock": "rw,nosuid,nodev,noexec", "/tmp": "rw,nosuid,nodev"}
+# Not /tmp: the engine's archive API (how files reach a container) cannot write into a tmpfs
+# mount -- the copy "succeeds" into the layer underneath, hidden -- and provisioning uploads to
+# /tmp, as Vagrant projects' file steps do (destination = "/tmp/app.conf", then a shell step).
+SYSTEMD_TMPFS = {"/run": "rw,nosuid,nodev,mode=755", "/run/lock": "rw,nosuid,nodev,noexec"}
 SYSTEMD_STOP_SIGNAL = "SIGRTMIN+3"
 LABEL_NETWORK = "devenv.network"  # a project network's Devfile name (its engine name is devenv-PROJECT-NAME)
 SYSTEMD_BOOT_TIMEOUT = 120.0  # seconds until is-system-running must say running (or degraded)
@@ -104,9 +115,9 @@ _OPTIONS = Table(
                 _init,
                 {"anyOf": [{"type": "boolean"}, {"const": "systemd"}]},
                 description='PID 1: true = Docker\'s init (reaps zombies), false = none, "systemd" = boot '
-                "systemd (unprivileged) so services run and come back after halt + up",
+                "systemd (unprivileged) so services run and come back after halt + up; default: what the "
+                'box declares (debian-12: "systemd"), else true',
             ),
-            default=True,
         ),
         "labels": Field(MapOf(Str(nonempty=False)), default=dict),
         "shm_size": Field(Str()),
@@ -268,7 +279,13 @@ class DockerDriver:
         baked = [b for b in labels.get(LABEL_BAKED, "").split(",") if b]
         # Boxes devenv built carry its keep-alive already: `up` need not copy it in (~40 ms).
         has_keepalive = labels.get(LABEL_KEEPALIVE) == keepalive.digest()
-        extra = {"baked": baked, "arch": img.get("Architecture", ""), "keepalive": has_keepalive}
+        extra = {
+            "baked": baked,
+            "arch": img.get("Architecture", ""),
+            "keepalive": has_keepalive,
+            # What the box's recipe declares as PID 1 (init = "systemd"): the machine's default.
+            "init": "systemd" if labels.get(f"{LABEL_BOX}.init") == "systemd" else None,
+        }
         return BoxArtifact(name=name, version=version, ref=ref, digest=img["Id"], extra=extra)
 
     # -- validation ----------------------------------------------------------------------------
@@ -518,9 +535,9 @@ class DockerDriver:
             ],
             "PortBindings": ports,
             "Privileged": bool(opts.get("privileged", False)),
-            "Init": opts.get("init", True) is True,
+            "Init": machine_init(opts, box) is True,
         }
-        systemd = opts.get("init") == "systemd"
+        systemd = machine_init(opts, box) == "systemd"
         if systemd:
             host["Tmpfs"] = dict(SYSTEMD_TMPFS)
             if self._cgroup_version() == "2":
