@@ -152,6 +152,20 @@ class Event:
         )
 
 
+class ProgressNote:
+    """What long work says of itself while it runs (one line, e.g. "120/800 MiB, 40 MiB/s")."""
+
+    __slots__ = ("detail",)
+
+    def __init__(self) -> None:
+        self.detail = ""
+
+    def transfer(self, done: int, total: int, started: float) -> None:
+        mib = 1024 * 1024
+        rate = done / max(time.monotonic() - started, 1e-3) / mib
+        self.detail = f"{done / mib:.1f}/{total / mib:.1f} MiB, {rate:.1f} MiB/s"
+
+
 class Reporter:
     """What drivers, provisioners, box builders and the core report through.
 
@@ -192,21 +206,27 @@ class Reporter:
     @contextmanager
     def progress(
         self, machine: str | None, text: str, *, every: float = 5.0, phase: str | None = None
-    ) -> Iterator[None]:
+    ) -> Iterator[ProgressNote]:
         """Long work: a ``begin`` event, a ``tick`` every ``every`` seconds, an ``end`` when it
-        succeeded (a failure is the caller's error to report), so slow work never looks hung."""
+        succeeded (a failure is the caller's error to report), so slow work never looks hung.
+        What the work says of itself (``note.detail``: bytes and rate of a transfer) rides on
+        each tick."""
         self.emit(Event("begin", text, machine, phase))
         start = time.monotonic()
         done = threading.Event()
+        note = ProgressNote()
 
         def ticker() -> None:
             while not done.wait(every):
-                self.emit(Event("tick", text, machine, phase, {"elapsed": round(time.monotonic() - start, 1)}))
+                data: dict[str, Any] = {"elapsed": round(time.monotonic() - start, 1)}
+                if note.detail:
+                    data["detail"] = note.detail
+                self.emit(Event("tick", text, machine, phase, data))
 
         t = threading.Thread(target=ticker, daemon=True)
         t.start()
         try:
-            yield
+            yield note
         finally:
             done.set()
             t.join()
@@ -447,6 +467,15 @@ class BoxImages(Protocol):
 
     def list_boxes(self) -> list[dict]: ...
     def remove_box(self, name: str, version: str | None) -> list[str]: ...
+    def push_box(self, local: str, remote: str, machine: str | None = None) -> str:
+        """Push the box image ``local`` to the registry image ``remote`` (HOST/REPO:TAG) with the
+        engine's own credentials; returns the manifest digest the registry gave it."""
+        ...
+
+    def pull_box(self, remote: str, local: str, machine: str | None = None) -> str:
+        """Pull ``remote`` (by tag or @sha256 digest; the engine checks the digest) and tag it
+        ``local``; returns its image id (what Devfile.lock pins)."""
+        ...
 
 
 @runtime_checkable

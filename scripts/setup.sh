@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--test" ]; then bash scripts/engines.sh --for-tests; else bash scripts/engines.sh; fi
 # The test suite drives libvirt + QEMU too (real VMs, under emulation when there is no KVM).
 if [ "${1:-}" = "--test" ]; then bash scripts/libvirt.sh; fi
+# ... and an OCI registry (team boxes: `devenv box publish`, pulls).
+if [ "${1:-}" = "--test" ]; then bash scripts/registry.sh; fi
 
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
@@ -19,7 +21,7 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test,libvirt]"
+[ "${1:-}" = "--test" ] && extras="[test,libvirt,registry]"
 echo "==> installing devenv${extras} into .venv" >&2
 # compat mode: a plain path entry in a .pth file. The default (an import-hook finder) costs every
 # devenv command ~10 ms of start-up, which is most of a Python program's own start.

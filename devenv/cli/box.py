@@ -55,6 +55,30 @@ def box_build(
     build_box(name, _project_root(), outputs=output, pull=pull, force=force, reporter=_reporter())
 
 
+@box_app.command("publish")
+@handle_errors
+def box_publish(
+    box: Annotated[str, typer.Argument(help="NAME or NAME@VERSION (default: the recipe's version)")],
+    to: Annotated[str, typer.Option("--to", help="oci://HOST[:PORT]/REPO: an OCI registry repository")],
+    output: Annotated[
+        Optional[list[str]], typer.Option("--output", help="Only these outputs (docker, libvirt)")
+    ] = None,
+) -> None:
+    """Push a built box's outputs to an OCI registry: the Docker image as REPO:VERSION, the VM disk
+    as the artifact REPO:VERSION-libvirt. Credentials are Docker's (`docker login HOST`)."""
+    from devenv.boxes.builders import registry
+    from devenv.errors import BoxError
+    from devenv.model.recipe import find_recipe, parse_ref
+
+    ref = parse_ref(box)
+    try:
+        recipe = find_recipe(ref, _project_root())
+    except BoxError:
+        recipe = None  # a box added or packaged here: its stored versions decide
+    # Each output is reported as it is pushed (a "publish" event); the digests are in them.
+    registry.publish(ref.name, ref.version, to, outputs=output, recipe=recipe, reporter=_reporter())
+
+
 @box_app.command("add")
 @handle_errors
 def box_add(

@@ -28,7 +28,8 @@ def _text(event: Event) -> None:
     elif kind == "begin":
         ui.info(machine, text + " ...")
     elif kind == "tick":
-        ui.info(machine, f"{text} ... {event.data.get('elapsed', 0):.0f}s")
+        detail = f" ({event.data['detail']})" if event.data.get("detail") else ""
+        ui.info(machine, f"{text} ... {event.data.get('elapsed', 0):.0f}s{detail}")
     elif kind == "end":
         ui.info(machine, f"{text}: done in {event.data.get('elapsed', 0):.1f}s")
 

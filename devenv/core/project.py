@@ -35,6 +35,7 @@ from devenv.contract import (
 )
 from devenv.core.plan import StepPlan, identity_hash, plan_steps, settings_hash
 from devenv.errors import (
+    BoxError,
     DevenvError,
     MachineStateError,
     ProvisionError,
@@ -407,7 +408,7 @@ class Project:
             )
         with self._box_lock(wanted):
             try:
-                ensure_built(wanted, driver, target, self.reporter)
+                ensure_built(wanted, driver, target, self.reporter, frozen=choice.frozen)
                 box = driver.prepare_box(target, wanted)
             except DevenvError as exc:
                 if locked and wanted != (m.box or ""):
@@ -420,6 +421,15 @@ class Project:
         if locked and locked.digest and box.digest != locked.digest:
             here = f"{name}: box {box.name}@{box.version} here has digest {box.digest}"
             msg = f"{here}, Devfile.lock says {locked.digest}"
+            pulled = box.extra.get("pulled_from")
+            if pulled:
+                # A team box is the artifact the lock names, byte for byte: a registry whose tag
+                # now holds another one is not followed silently.
+                raise BoxError(
+                    f"{here} (pulled from {pulled}), Devfile.lock says {locked.digest}: refused",
+                    hint="the registry's tag moved: `devenv box update` accepts the new artifact (then commit "
+                    "Devfile.lock), or remove the pulled box and pull the locked one by digest",
+                )
             if choice.frozen:
                 raise UsageError(
                     f"--frozen: {msg}",

@@ -47,7 +47,12 @@ LABEL_KEEPALIVE = "devenv.keepalive"  # the image holds devenv's keep-alive with
 # otherwise build an artifact under devenv's own name that every other project would then boot.
 LABEL_ORIGIN = "devenv.box.origin"
 
-SOURCE_TYPES = ("image", "debootstrap", "busybox", "cloud-image", "box")
+SOURCE_TYPES = ("registry", "image", "debootstrap", "busybox", "cloud-image", "box")
+# Where a recipe's published versions live: an OCI repository (no tag: the version is the tag).
+REGISTRY_REPO = (
+    r"oci://(?P<host>[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)"
+    r"/(?P<repo>[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*)"
+)
 OUTPUTS = ("docker", "libvirt", "vagrant")
 
 # Names and versions of boxes become folders of the box store: one rule for every way they enter
@@ -88,17 +93,21 @@ def check_name(value: object, what: str = "box name") -> str:
 class BoxRef:
     """What a Devfile's `box` names."""
 
-    kind: str  # "recipe" | "image" | "file"
+    kind: str  # "recipe" | "image" | "file" | "registry" (oci://HOST/REPO:TAG or @sha256:...)
     name: str
     version: str | None = None
 
     def __str__(self) -> str:
         if self.kind == "image":
             return f"docker:{self.name}"
+        if self.kind == "registry":
+            return self.name
         return f"{self.name}@{self.version}" if self.version else self.name
 
 
 def parse_ref(text: str) -> BoxRef:
+    if text.startswith("oci://"):
+        return BoxRef("registry", text)
     if text.startswith("docker:"):
         return BoxRef("image", text[len("docker:") :])
     if text.endswith(".box") or "://" in text:
@@ -110,6 +119,7 @@ def parse_ref(text: str) -> BoxRef:
 def _check_source(src: dict, path: tuple, problems: list) -> None:
     t = src.get("type")
     need = {
+        "registry": ("ref",),
         "image": ("image",),
         "debootstrap": ("suite",),
         "busybox": (),
@@ -132,6 +142,13 @@ _SOURCE = Table(
     {
         "type": Field(Str(choices=SOURCE_TYPES), required=True),
         "image": Field(Str(description="Engine image used when present (pulled only with --pull)")),
+        "ref": Field(
+            Str(
+                pattern=REGISTRY_REPO,
+                pattern_help="an OCI repository: oci://HOST[:PORT]/REPO (no tag: the recipe's version is the tag)",
+                description="registry: where `devenv box publish` put the recipe's versions; pulled before building",
+            )
+        ),
         "suite": Field(Str(description="Debian suite for debootstrap, e.g. bookworm")),
         "variant": Field(Str(choices=("minbase", "buildd", "fakechroot")), default="minbase"),
         "include": Field(ListOf(Str(pattern=DEB_PACKAGE, pattern_help=DEB_PACKAGE_HELP)), default=list),
@@ -241,6 +258,11 @@ class Recipe:
         import os
 
         real = os.path.realpath(self.path)
+        registry = next((s["ref"] for s in self.sources if s.get("type") == "registry"), None)
+        if registry and os.path.dirname(real) != str(BUNDLED):
+            # Published to a registry: the box is the one there, whichever laptop's checkout (at
+            # whatever path) pulls or builds it. The same repository is the same box.
+            return "registry-" + hashlib.sha256(f"registry\0{registry}".encode()).hexdigest()[:24]
         if os.path.dirname(real) != str(BUNDLED):
             return hashlib.sha256(os.fsencode(real)).hexdigest()[:32]
         from devenv.plugins import get_provisioner

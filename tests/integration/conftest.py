@@ -238,6 +238,58 @@ def debian_vm_box(debian_vm_store) -> None:
     subprocess.run(["cp", "-al", f"{debian_vm_store}/.", str(dest)], check=True)
 
 
+class Registry:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storage in a temp folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.storage = folder / "data"
+        self.storage.mkdir(parents=True)
+        config = folder / "config.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n"
+        )
+        self.log = open(folder / "registry.log", "w")  # noqa: SIM115 - open for the process's life
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self.log, stderr=self.log)
+        import time
+        import urllib.request
+
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"docker-registry did not start: {(folder / 'registry.log').read_text()}")
+
+    def repo(self, name: str) -> str:
+        return f"oci://{self.host}/{name}"
+
+    def blob(self, digest: str) -> Path:
+        hexd = digest.split(":", 1)[1]
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    from tests.support import missing
+
+    if shutil.which("docker-registry") is None:
+        missing("docker-registry is not installed (scripts/registry.sh installs it)")
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
 class VmProj(Proj):
     def domains(self, libvirt_driver) -> list[str]:
         out = []

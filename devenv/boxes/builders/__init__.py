@@ -105,12 +105,14 @@ def build_box(
     return results
 
 
-def ensure_built(box: str, driver: Any, target: Target, reporter: Reporter = QUIET) -> None:
-    """Build the box a machine names from its recipe when ``driver``'s engine or store lacks it.
+def ensure_built(box: str, driver: Any, target: Target, reporter: Reporter = QUIET, *, frozen: bool = False) -> None:
+    """Get the box a machine names when ``driver``'s engine or store lacks it: pulled from the
+    recipe's registry sources when it has any, else (or when they cannot give it) built.
 
     Called by the core before ``driver.prepare_box``, which then only looks the box up. A box
     with no recipe here (added, packaged, an engine image), or a driver no builder makes boxes
-    for, is left to ``prepare_box`` (which says what is missing)."""
+    for, is left to ``prepare_box`` (which says what is missing). ``frozen`` (`up --frozen`):
+    a recipe with registry sources must come from one of them, never from a local build."""
     ref = parse_ref(box)
     if ref.kind != "recipe":
         return
@@ -123,6 +125,17 @@ def ensure_built(box: str, driver: Any, target: Target, reporter: Reporter = QUI
         return  # no recipe for it (or for that version): a box from elsewhere, looked up as it is
     if not builder.wanted(recipe) or builder.present(recipe, driver):
         return
+    from devenv.boxes.builders import registry
+
+    if registry.registry_sources(recipe):
+        if registry.pull(recipe, driver.name, driver, machine=target.name, reporter=reporter):
+            return
+        if frozen:
+            raise BoxError(
+                f"--frozen: box {recipe.label} ({driver.name}) could not be pulled from its registry, and a "
+                "local build would not be the published artifact",
+                hint="make the registry reachable (or publish the version), or run `devenv up` without --frozen",
+            )
     builder.build(recipe, driver, machine=target.name, reporter=reporter)
 
 

@@ -79,6 +79,8 @@ def build(
             elif kind in ("cloud-image", "box"):
                 failures.append(f"{kind}: a disk image source makes VM outputs only")
                 continue
+            elif kind == "registry":
+                continue  # a published version: pulled by `up` before it builds, never a base
             else:
                 _base_from_rootfs(driver, recipe, src, temp_base, machine=machine, reporter=reporter)
                 base = temp_base

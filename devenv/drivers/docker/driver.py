@@ -285,6 +285,8 @@ class DockerDriver:
             "keepalive": has_keepalive,
             # What the box's recipe declares as PID 1 (init = "systemd"): the machine's default.
             "init": "systemd" if labels.get(f"{LABEL_BOX}.init") == "systemd" else None,
+            # A box that came from (or went to) a registry: the digests it is known by there.
+            "pulled_from": (img.get("RepoDigests") or [None])[0],
         }
         return BoxArtifact(name=name, version=version, ref=ref, digest=img["Id"], extra=extra)
 
@@ -337,6 +339,15 @@ class DockerDriver:
             art = self._artifact(str(ref), None, ref.name, img)
             del art.extra["baked"]
             return art
+        if ref.kind == "registry":
+            # An exact published artifact (`up --box oci://HOST/REPO@sha256:...`, or by tag): the
+            # engine pulls it and checks the digest; it runs under its registry name.
+            from devenv.boxes import oci
+
+            image = oci.parse_ref(ref.name).image
+            img = self._image(image) or self._pull(image, target.name)
+            labels = (img.get("Config") or {}).get("Labels") or {}
+            return self._artifact(labels.get(LABEL_BOX) or box, labels.get(LABEL_VERSION), image, img)
         if ref.version:
             # A pinned version (Devfile or lock) that is already built: the recipe is read only to
             # check that this project's recipe (when it has one) is what built the image.
@@ -380,10 +391,15 @@ class DockerDriver:
     def _pull(self, image: str, machine: str | None) -> dict:
         """Pull an image; returns its inspect data."""
         errors = self._errors()
-        repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+        if "@" in image:  # by digest: the engine checks what it pulls against it
+            repo, tag = image, None
+        else:
+            repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
         try:
             with self.reporter.progress(machine, f"pulling image {image}"):
-                for ev in self.client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                for ev in self.client.api.pull(
+                    repo, tag=tag if tag is None else (tag or "latest"), stream=True, decode=True
+                ):
                     if "error" in ev:
                         raise errors.APIError(ev["error"])
             img = self._image(image)
@@ -422,10 +438,65 @@ class DockerDriver:
         except errors.APIError:
             pass  # gone already, or still the parent of a committed box: untagged is enough
 
+    def push_box(self, local: str, remote: str, machine: str | None = None) -> str:
+        errors = self._errors()
+        repo, _, tag = remote.rpartition(":")
+        try:
+            self._call("tag", self.client.api.tag, local, repo, tag=tag)
+            digest = None
+            with self.reporter.progress(machine, f"pushing {local} to {remote}"):
+                for ev in self.client.api.push(repo, tag=tag, stream=True, decode=True):
+                    if "error" in ev:
+                        raise errors.APIError(ev["error"])
+                    aux = ev.get("aux") or {}
+                    digest = aux.get("Digest") or digest
+        except errors.APIError as exc:
+            why = getattr(exc, "explanation", None) or exc
+            raise BoxError(
+                f"the engine cannot push {local} to {remote}: {why}",
+                hint=f"is the registry running? Credentials come from `docker login {repo.split('/')[0]}`",
+            ) from exc
+        finally:
+            try:  # the registry's name for the image was only the way to push it
+                self._call("untag", self.client.api.remove_image, remote, noprune=True)
+            except errors.APIError:
+                pass
+        if not digest:
+            raise BoxError(f"the engine pushed {remote} but reported no digest")
+        return digest
+
+    def pull_box(self, remote: str, local: str, machine: str | None = None) -> str:
+        errors = self._errors()
+        by_digest = "@" in remote
+        repo, _, ref = remote.partition("@") if by_digest else remote.rpartition(":")
+        try:
+            with self.reporter.progress(machine, f"pulling {remote}"):
+                for ev in self.client.api.pull(repo, tag=ref, stream=True, decode=True):
+                    if "error" in ev:
+                        raise errors.APIError(ev["error"])
+            img = self._image(remote)
+            if img is None:
+                raise errors.APIError("the pull finished but the engine does not have the image")
+            local_repo, _, local_tag = local.rpartition(":")
+            self._call("tag", self.client.api.tag, img["Id"], local_repo, tag=local_tag)
+        except errors.APIError as exc:
+            why = str(getattr(exc, "explanation", None) or exc)
+            hint = "`devenv box publish` it, or check the name and version"
+            if "connection refused" in why.lower() or "no such host" in why.lower():
+                hint = "is the registry running and reachable from the engine?"
+            raise BoxError(f"the engine cannot pull {remote}: {why}", hint=hint) from exc
+        # The registry tag stays beside devenv's: with it the engine keeps the image's registry
+        # digest, which says the box was pulled (Devfile.lock then refuses another digest).
+        return img["Id"]
+
     def list_boxes(self) -> list[dict]:
         out = []
         for img in self._call("list images", self.client.images.list, filters={"label": LABEL_BOX}):
-            for tag in img.tags or [None]:
+            # A pulled team box keeps its registry tag too (so the engine keeps its registry
+            # digest): one box, listed under devenv's own tag, where it came from beside it.
+            tags = [t for t in img.tags or [] if t.startswith(f"{IMAGE_REPO}/")] or img.tags or [None]
+            others = [t for t in img.tags or [] if t not in tags]
+            for tag in tags:
                 out.append(
                     {
                         "baked": [b for b in img.labels.get(LABEL_BAKED, "").split(",") if b],
@@ -435,6 +506,7 @@ class DockerDriver:
                         "digest": img.id,
                         "size": img.attrs.get("Size"),
                         "provider": "docker",
+                        "also": others,
                     }
                 )
         return out
@@ -445,6 +517,8 @@ class DockerDriver:
         for b in self.list_boxes():
             if b["name"] == name and (version is None or b["version"] == version) and b["tag"]:
                 try:
+                    for other in b.get("also") or []:  # its registry tag: the box goes as a whole
+                        self.client.images.remove(other, noprune=True)
                     self.client.images.remove(b["tag"])
                 except errors.APIError as exc:
                     if "conflict" in str(exc).lower() or "being used" in str(exc):

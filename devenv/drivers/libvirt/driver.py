@@ -355,6 +355,8 @@ class LibvirtDriver(VmMetadataMixin):
         """The stored libvirt box the machine names; a recipe's box must be built already
         (devenv.boxes.builders.ensure_built, which `up` runs first)."""
         ref = parse_ref(box)
+        if ref.kind == "registry":
+            return self._artifact_of(self._pulled(ref.name, target.name))
         if ref.kind != "recipe":
             raise BoxError(
                 f"the libvirt driver cannot use box '{box}' yet",
@@ -383,6 +385,42 @@ class LibvirtDriver(VmMetadataMixin):
                 hint=f"build it: `devenv box build {recipe.name} --output libvirt` "
                 "(`devenv up` builds a missing box itself)",
             )
+        return self._artifact_of(stored)
+
+    def _pulled(self, text: str, machine: str) -> store.StoredBox:
+        """The box artifact an oci:// reference names: the stored one pulled by that manifest
+        digest (no registry needed), else pulled now, every byte checked (devenv.boxes.oci)."""
+        import time as _time
+
+        from devenv.boxes import oci
+
+        ref = oci.parse_ref(text)
+        digest = ref.digest
+        if digest is not None:
+            found = oci.find_pulled(digest)
+            if found is not None:
+                return found
+        else:
+            reg = oci.Registry(ref.host)
+            reg.ping()
+            digest = reg.manifest(ref)[1]  # the tag now: the digest decides from here on
+            found = oci.find_pulled(digest)
+            if found is not None:
+                return found
+        started = _time.monotonic()
+        got: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+        with self.reporter.progress(machine, f"pulling box {ref}") as note:
+
+            def progress(key: str, done: int, size: int) -> None:
+                got[key], sizes[key] = done, size
+                note.transfer(sum(got.values()), sum(sizes.values()), started)
+
+            stored = oci.fetch_box(ref._replace(digest=digest), progress=progress)
+        self.reporter.info(machine, f"box {stored.name}@{stored.version} pulled from {ref}")
+        return stored
+
+    def _artifact_of(self, stored: store.StoredBox) -> BoxArtifact:
         disk = stored.file("disk")
         if disk is None or not disk.is_file():
             raise BoxError(
@@ -407,6 +445,8 @@ class LibvirtDriver(VmMetadataMixin):
                 "ssh_user": stored.meta.get("ssh_user", "root"),
                 "sync": stored.meta.get("sync", ["9p", "rsync"]),
                 "baked": stored.meta.get("baked", []),
+                # Where a team box came from (Devfile.lock pins it: the core refuses another digest).
+                "pulled_from": (stored.meta.get("source") or {}).get("registry"),
             },
         )
 

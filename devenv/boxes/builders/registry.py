@@ -1,0 +1,217 @@
+"""Team boxes: `devenv box publish` puts a built box's outputs in an OCI registry, and `up` pulls
+a recipe's published version (its `[[sources]] type = "registry"`) before it would build one.
+
+In the repository ``oci://HOST/REPO``, version V of a box is
+- ``REPO:V``: the Docker output, an ordinary image pushed and pulled by the engine (which checks
+  its digests); the engine's credentials are Docker's own;
+- ``REPO:V-libvirt``: the libvirt output (disk, kernel, initrd) as one OCI artifact
+  (devenv.boxes.oci: every blob hashed and checked before the box is stored).
+
+A pulled box is stored like a built one (same name, version, store or engine tag) and records
+where it came from; Devfile.lock pins what a machine was made from, and a pulled artifact whose
+digest differs from the lock is refused by the core.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from devenv.contract import QUIET, Reporter, supports
+from devenv.errors import BackendUnavailable, BoxError, UsageError
+from devenv.model.recipe import IMAGE_REPO, Recipe, check_name
+
+PUBLISHABLE = ("docker", "libvirt")
+
+
+@dataclass(frozen=True)
+class Published:
+    output: str
+    name: str
+    version: str
+    ref: str  # where it is now: oci://HOST/REPO:TAG@sha256:...
+    digest: str
+
+    def data(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _repo_ref(text: str) -> Any:
+    from devenv.boxes import oci
+
+    ref = oci.parse_ref(text)
+    if ref.tag or ref.digest:
+        raise UsageError(
+            f"publish to a repository, not a tag: {text}",
+            hint="the box's version is the tag (VERSION for the Docker image, VERSION-libvirt for the disk)",
+        )
+    return ref
+
+
+def _tag(version: str, output: str) -> str:
+    return version if output == "docker" else f"{version}-{output}"
+
+
+def publish(
+    name: str,
+    version: str | None,
+    to: str,
+    *,
+    outputs: Sequence[str] | None = None,
+    recipe: Recipe | None = None,
+    reporter: Reporter = QUIET,
+) -> list[Published]:
+    """Push the outputs of box NAME@VERSION that exist here (or only ``outputs``) to ``to``."""
+    from devenv.boxes import store
+
+    repo = _repo_ref(to)
+    check_name(name)
+    version = version or (recipe.version if recipe is not None else None)
+    if version is None:
+        stored = [b for b in store.list_stored() if b.name == name]
+        if not stored:
+            raise UsageError(f"no box named {name} here", hint="`devenv box list` shows the boxes; build one first")
+        version = max(stored, key=lambda b: store.version_key(b.version)).version
+    check_name(version, "box version")
+    wanted = list(outputs or PUBLISHABLE)
+    for out in wanted:
+        if out not in PUBLISHABLE:
+            raise UsageError(f"'{out}' cannot be published (publishable: {', '.join(PUBLISHABLE)})")
+    done: list[Published] = []
+    for out in wanted:
+        if out == "docker":
+            result = _publish_docker(name, version, repo, explicit=outputs is not None, reporter=reporter)
+        else:
+            result = _publish_libvirt(name, version, repo, explicit=outputs is not None, reporter=reporter)
+        if result is not None:
+            reporter.phase(None, "publish", f"published {name}@{version} ({out}) as {result.ref}", **result.data())
+            done.append(result)
+    if not done:
+        raise UsageError(
+            f"box {name}@{version} has no output here to publish",
+            hint=f"build it first: `devenv box build {name}`",
+        )
+    return done
+
+
+def _docker_driver(reporter: Reporter) -> Any:
+    from devenv.plugins import get_driver
+
+    driver = get_driver("docker")
+    driver.reporter = reporter
+    driver.check_available()
+    if not supports(driver, "box_images"):
+        raise BoxError("the docker driver cannot push or pull box images")
+    return driver
+
+
+def _publish_docker(name: str, version: str, repo: Any, *, explicit: bool, reporter: Reporter) -> Published | None:
+    local = f"{IMAGE_REPO}/{name}:{version}"
+    try:
+        driver = _docker_driver(reporter)
+    except BackendUnavailable:
+        if explicit:
+            raise
+        return None
+    if not driver.has_image(local):
+        if explicit:
+            raise UsageError(
+                f"box {name}@{version} has no Docker image here ({local})", hint=f"`devenv box build {name}`"
+            )
+        return None
+    ref = repo.with_tag(_tag(version, "docker"))
+    digest = driver.push_box(local, ref.image)
+    return Published("docker", name, version, str(ref._replace(digest=digest)), digest)
+
+
+def _publish_libvirt(name: str, version: str, repo: Any, *, explicit: bool, reporter: Reporter) -> Published | None:
+    from devenv.boxes import oci, store
+
+    stored = store.find_stored(name, version, "libvirt")
+    if stored is None:
+        if explicit:
+            raise UsageError(f"box {name}@{version} has no libvirt output here", hint=f"`devenv box build {name}`")
+        return None
+    files = {}
+    for key in sorted(stored.meta.get("files") or {}):
+        f = stored.file(key)
+        if f is None or not f.is_file():
+            raise BoxError(f"box {name}@{version} (libvirt) is incomplete: its {key} is missing")
+        files[key] = f
+    config = {k: v for k, v in stored.meta.items() if k not in ("source",)}
+    ref = repo.with_tag(_tag(version, "libvirt"))
+    total = sum(f.stat().st_size for f in files.values())
+    sent: dict[str, int] = {}
+    started = time.monotonic()
+    with reporter.progress(None, f"pushing {name}@{version} (libvirt) to {ref}") as note:
+
+        def progress(key: str, got: int, _size: int) -> None:
+            sent[key] = got
+            note.transfer(sum(sent.values()), total, started)
+
+        digest = oci.push_box(ref, files, config, progress=progress)
+    return Published("libvirt", name, version, str(ref._replace(digest=digest)), digest)
+
+
+# -- pull -----------------------------------------------------------------------------------------
+def registry_sources(recipe: Recipe) -> list[str]:
+    return [s["ref"] for s in recipe.sources if s.get("type") == "registry"]
+
+
+def pull(recipe: Recipe, output: str, driver: Any, *, machine: str | None, reporter: Reporter) -> bool:
+    """Pull the recipe's version from its registry sources, in order; True when one gave it.
+
+    A registry that does not answer or lacks the version is said in one line and the next source
+    is tried (then the build); an artifact that fails its checks is an error, never skipped."""
+    for text in registry_sources(recipe):
+        from devenv.boxes import oci
+
+        ref = oci.parse_ref(text).with_tag(_tag(recipe.version, output))
+        try:
+            if output == "docker":
+                _pull_docker(recipe, ref, driver, machine)
+            else:
+                _pull_libvirt(recipe, ref, machine, reporter)
+        except BackendUnavailable as exc:
+            reporter.warn(f"box {recipe.label}: {exc.message}; building it instead", machine)
+            continue
+        except BoxError as exc:
+            if "is not in the registry" in exc.message or "cannot pull" in exc.message:
+                reporter.warn(f"box {recipe.label}: {exc.message.splitlines()[0]}; building it instead", machine)
+                continue
+            raise
+        reporter.info(machine, f"box {recipe.label} ({output}) pulled from {ref}")
+        return True
+    return False
+
+
+def _pull_docker(recipe: Recipe, ref: Any, driver: Any, machine: str | None) -> None:
+    if not supports(driver, "box_images"):
+        raise BoxError(f"the {driver.name} driver cannot pull box images")
+    driver.pull_box(ref.image, recipe.docker_tag, machine)
+    found = [b for b in driver.list_boxes() if b.get("tag") == recipe.docker_tag]
+    if not found or found[0].get("name") != recipe.name or found[0].get("version") != recipe.version:
+        driver.remove_image(recipe.docker_tag)
+        raise BoxError(
+            f"{ref} is not box {recipe.label}: its labels name "
+            f"{(found[0].get('name'), found[0].get('version')) if found else 'no devenv box'}; it was not kept",
+            hint="the registry's tag holds another image: publish the box again",
+        )
+
+
+def _pull_libvirt(recipe: Recipe, ref: Any, machine: str | None, reporter: Reporter) -> None:
+    from devenv.boxes import oci
+
+    started = time.monotonic()
+    got: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    with reporter.progress(machine, f"pulling box {recipe.label} (libvirt) from {ref}") as note:
+
+        def progress(key: str, done: int, size: int) -> None:
+            got[key], sizes[key] = done, size
+            note.transfer(sum(got.values()), sum(sizes.values()), started)
+
+        # The box is this recipe's now (its registry source named it): the origin is the recipe's.
+        oci.fetch_box(ref, name=recipe.name, version=recipe.version, origin=recipe.origin, progress=progress)
