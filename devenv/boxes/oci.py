@@ -94,6 +94,13 @@ def is_loopback(host: str) -> bool:
 Progress = Callable[[int, int], None]  # (bytes so far, total)
 
 
+def docker_config() -> str:
+    """Docker's client config (its credentials and credential stores): $DOCKER_CONFIG/config.json,
+    else ~/.docker/config.json -- the file `docker login` writes."""
+    folder = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+    return os.path.join(folder, "config.json")
+
+
 class Registry:
     """One registry host, through the ORAS client: its auth, its session."""
 
@@ -106,14 +113,26 @@ class Registry:
                 "registry boxes need the ORAS client (oras-py), which is not installed",
                 hint="pip install 'devenv[registry]'",
             ) from exc
-        oras.logger.setup_logger(quiet=True)  # devenv reports; the library does not print
+        import logging
+
+        # devenv reports what happened; the library prints nothing (its warnings go to this logger).
+        logging.getLogger(oras.logger.__name__).disabled = True
         self.host = host
         insecure = is_loopback(host)
         self.scheme = "http" if insecure else "https"
         # TLS is verified against the system's CAs, or REQUESTS_CA_BUNDLE / DEVENV_REGISTRY_CA for
         # a team's own CA; never switched off.
-        ca = os.environ.get("DEVENV_REGISTRY_CA") or True
-        self.client = oras.client.OrasClient(hostname=host, insecure=insecure, tls_verify=ca)
+        self._ca: bool | str = os.environ.get("DEVENV_REGISTRY_CA") or True
+        self._insecure = insecure
+        self._basic = False
+        self.client = oras.client.OrasClient(hostname=host, insecure=insecure, tls_verify=self._ca)
+
+    def _use_backend(self, backend: str) -> None:
+        import oras.client
+
+        self.client = oras.client.OrasClient(
+            hostname=self.host, insecure=self._insecure, tls_verify=self._ca, auth_backend=backend
+        )
 
     # -- plumbing ------------------------------------------------------------------------------
     def _url(self, ref: OciRef, path: str) -> str:
@@ -138,13 +157,27 @@ class Registry:
             ) from exc
         if r.status_code not in (200, 401):
             raise BackendUnavailable(f"{self.host} is not an OCI registry (GET /v2/ answered {r.status_code})")
+        # The registry says how it authenticates: a token service (Bearer, what hosted registries
+        # run) or HTTP basic auth (a team's own distribution with htpasswd).
+        challenge = r.headers.get("WWW-Authenticate", "")
+        if r.status_code == 401 and challenge.lower().startswith("basic"):
+            self._use_backend("basic")
+            self._basic = True
 
     def _request(self, ref: OciRef, method: str, url: str, **kw: Any) -> Any:
         import requests
 
-        self.client.auth.load_configs(self.client.get_container(f"{ref.host}/{ref.repo}"))
+        auth = self.client.auth
+        config = docker_config()
+        auth.load_configs(
+            self.client.get_container(f"{ref.host}/{ref.repo}"), configs=[config] if os.path.isfile(config) else None
+        )
         try:
-            r = self.client.do_request(url, method, **kw)
+            if self._basic and not getattr(auth, "_basic_auth", None):
+                # No credentials for this registry: asked as is, its 401 is the answer to report.
+                r = self.client.session.request(method, url, verify=self._ca, timeout=TIMEOUT, **kw)
+            else:
+                r = self.client.do_request(url, method, **kw)
         except requests.RequestException as exc:
             raise BackendUnavailable(f"the registry {self.host} failed during {method}: {_short(exc)}") from exc
         except ValueError as exc:  # the ORAS client's "cannot respond to request for authentication"

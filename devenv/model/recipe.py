@@ -47,7 +47,7 @@ LABEL_KEEPALIVE = "devenv.keepalive"  # the image holds devenv's keep-alive with
 # otherwise build an artifact under devenv's own name that every other project would then boot.
 LABEL_ORIGIN = "devenv.box.origin"
 
-SOURCE_TYPES = ("registry", "image", "debootstrap", "busybox", "cloud-image", "box")
+SOURCE_TYPES = ("registry", "catalog", "image", "debootstrap", "busybox", "cloud-image", "box")
 # Where a recipe's published versions live: an OCI repository (no tag: the version is the tag).
 REGISTRY_REPO = (
     r"oci://(?P<host>[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)"
@@ -120,6 +120,7 @@ def _check_source(src: dict, path: tuple, problems: list) -> None:
     t = src.get("type")
     need = {
         "registry": ("ref",),
+        "catalog": ("url",),
         "image": ("image",),
         "debootstrap": ("suite",),
         "busybox": (),

@@ -241,7 +241,7 @@ def debian_vm_box(debian_vm_store) -> None:
 class Registry:
     """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storage in a temp folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, users: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
@@ -253,15 +253,29 @@ class Registry:
             f"    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.host}\n"
         )
+        if users:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt  # libxcrypt's bcrypt: what distribution's htpasswd backend reads
+
+                lines = [f"{u}:{crypt.crypt(pw, crypt.mksalt(crypt.METHOD_BLOWFISH))}" for u, pw in users.items()]
+            (folder / "htpasswd").write_text("\n".join(lines) + "\n")
+            with open(config, "a") as f:
+                f.write(f"auth:\n  htpasswd:\n    realm: devenv-test\n    path: {folder / 'htpasswd'}\n")
         self.log = open(folder / "registry.log", "w")  # noqa: SIM115 - open for the process's life
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self.log, stderr=self.log)
         import time
+        import urllib.error
         import urllib.request
 
         for _ in range(100):
             try:
                 urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
                 return
+            except urllib.error.HTTPError:
+                return  # it answers (401: it wants a login)
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"docker-registry did not start: {(folder / 'registry.log').read_text()}")
@@ -277,6 +291,18 @@ class Registry:
         self.proc.terminate()
         self.proc.wait(10)
         self.log.close()
+
+
+@pytest.fixture
+def private_registry(tmp_path):
+    """A registry that wants a login (user team, password s3cret-pw), for one test."""
+    from tests.support import missing
+
+    if shutil.which("docker-registry") is None:
+        missing("docker-registry is not installed (scripts/registry.sh installs it)")
+    reg = Registry(tmp_path / "private-registry", users={"team": "s3cret-pw"})
+    yield reg
+    reg.stop()
 
 
 @pytest.fixture(scope="session")

@@ -170,3 +170,89 @@ def test_a_published_vm_box_is_pulled_verified_and_boots(vm, tiny_box, registry,
     st = {m["name"]: m for m in json.loads(vm.run("status", "--json", env={"DEVENV_HOME": str(home)}).stdout)}
     assert st["t"]["box"] == f"tiny-vm@1-{digest[7:19]}" and st["t"]["state"] == "running"
     vm.run("destroy", "-f", env={"DEVENV_HOME": str(home)}, check=True)
+
+
+CATALOG_RECIPE = """\
+name = "tiny-vm"
+version = "1"
+outputs = ["libvirt"]
+
+[[sources]]
+type = "catalog"
+url = "{url}"
+"""
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A static web server on 127.0.0.1 for a folder (how a team serves its catalog)."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "www"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.libvirt
+def test_a_vm_box_in_a_static_catalog_is_pulled_and_a_version_without_checksum_refused(
+    vm, tiny_box, http_folder, tmp_path
+):
+    folder, base = http_folder
+    r = vm.run("box", "publish", "tiny-vm@1", "--to", str(folder))
+    assert r.returncode == 0, r.stderr
+    catalog = json.loads((folder / "tiny-vm.json").read_text())
+    [entry] = catalog["versions"]
+    [prov] = entry["providers"]
+    assert (entry["version"], prov["name"], prov["url"]) == ("1", "libvirt", "tiny-vm/1/libvirt.box")
+    from devenv.boxes.store import sha256_file
+
+    assert prov["checksum"] == sha256_file(folder / prov["url"])
+
+    # A listing without a checksum is refused before anything is downloaded or stored.
+    bad = dict(catalog, versions=[dict(entry, providers=[{k: v for k, v in prov.items() if k != "checksum"}])])
+    (folder / "bad.json").write_text(json.dumps(bad))
+    vm.write("boxes/tiny-vm.toml", CATALOG_RECIPE.format(url=f"{base}/bad.json"))
+    vm.devfile('[machines.t]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n')
+    home = tmp_path / "laptop-bad"
+    r = vm.run("up", env={"DEVENV_HOME": str(home)}, timeout=300)
+    assert r.returncode == 7 and "has no checksum" in r.stderr, r.stderr
+    assert not (home / "boxes" / "tiny-vm").exists()
+
+    vm.write("boxes/tiny-vm.toml", CATALOG_RECIPE.format(url=f"{base}/tiny-vm.json"))
+    home = tmp_path / "laptop2"
+    r = vm.run("up", env={"DEVENV_HOME": str(home)}, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"pulled from the catalog {base}/tiny-vm.json" in r.stderr
+    assert vm.run("ssh", "t", "-c", "echo booted", env={"DEVENV_HOME": str(home)}).stdout == "booted\n"
+    vm.run("destroy", "-f", env={"DEVENV_HOME": str(home)}, check=True)
+
+
+@pytest.mark.libvirt
+def test_wrong_credentials_are_one_message_and_never_printed(vm, tiny_box, private_registry, tmp_path):
+    import base64
+
+    cfg = tmp_path / "docker-config"
+    cfg.mkdir()
+    repo = private_registry.repo("boxes/tiny-vm")
+
+    def login(password: str) -> dict:
+        auth = base64.b64encode(f"team:{password}".encode()).decode()
+        (cfg / "config.json").write_text(json.dumps({"auths": {private_registry.host: {"auth": auth}}}))
+        return {"DOCKER_CONFIG": str(cfg)}
+
+    for env in ({"DOCKER_CONFIG": str(tmp_path / "nobody")}, login("not-the-password")):
+        r = vm.run("box", "publish", "tiny-vm@1", "--to", repo, "--output", "libvirt", env=env)
+        assert r.returncode == 7, r.stderr
+        assert "refused access" in r.stderr and f"docker login {private_registry.host}" in r.stderr
+        assert "not-the-password" not in r.stderr + r.stdout
+        assert_no_traceback(r)
+    r = vm.run("box", "publish", "tiny-vm@1", "--to", repo, "--output", "libvirt", env=login("s3cret-pw"))
+    assert r.returncode == 0, r.stderr
+    assert "s3cret-pw" not in r.stderr + r.stdout

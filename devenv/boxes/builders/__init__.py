@@ -127,8 +127,11 @@ def ensure_built(box: str, driver: Any, target: Target, reporter: Reporter = QUI
         return
     from devenv.boxes.builders import registry
 
-    if registry.registry_sources(recipe):
+    published = registry.registry_sources(recipe) or (driver.name == "libvirt" and registry.catalog_sources(recipe))
+    if published:
         if registry.pull(recipe, driver.name, driver, machine=target.name, reporter=reporter):
+            return
+        if driver.name == "libvirt" and registry.pull_catalog(recipe, machine=target.name, reporter=reporter):
             return
         if frozen:
             raise BoxError(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from devenv.contract import QUIET, Reporter, supports
@@ -66,6 +67,8 @@ def publish(
     """Push the outputs of box NAME@VERSION that exist here (or only ``outputs``) to ``to``."""
     from devenv.boxes import store
 
+    if not to.startswith("oci://"):
+        return publish_catalog(name, version, Path(to.removeprefix("file://")), recipe=recipe, reporter=reporter)
     repo = _repo_ref(to)
     check_name(name)
     version = version or (recipe.version if recipe is not None else None)
@@ -215,3 +218,96 @@ def _pull_libvirt(recipe: Recipe, ref: Any, machine: str | None, reporter: Repor
 
         # The box is this recipe's now (its registry source named it): the origin is the recipe's.
         oci.fetch_box(ref, name=recipe.name, version=recipe.version, origin=recipe.origin, progress=progress)
+
+
+# -- a static catalog ------------------------------------------------------------------------------
+def publish_catalog(
+    name: str, version: str | None, folder: Path, *, recipe: Recipe | None = None, reporter: Reporter = QUIET
+) -> list[Published]:
+    """Write box NAME@VERSION's VM outputs as Vagrant .box files into ``folder`` and list them in
+    its Vagrant catalog ``folder/NAME.json`` (updated in place: older versions stay listed), with
+    relative URLs, so that any web server or bucket can serve the folder as it is."""
+    import json
+
+    from devenv.boxes import store, vagrantbox
+    from devenv.paths import write_new_file
+
+    check_name(name)
+    version = version or (recipe.version if recipe is not None else None)
+    if version is None:
+        found = [b for b in store.list_stored() if b.name == name]
+        if not found:
+            raise UsageError(f"no box named {name} here", hint="`devenv box list` shows the boxes; build one first")
+        version = max(found, key=lambda b: store.version_key(b.version)).version
+    check_name(version, "box version")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder", hint="publish to a folder (it is made when missing)")
+    folder.mkdir(parents=True, exist_ok=True)
+    catalog = folder / f"{name}.json"
+    doc: dict[str, Any] = {"name": name, "description": "", "versions": []}
+    if catalog.exists():
+        try:
+            doc = json.loads(catalog.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BoxError(
+                f"{catalog} is not a catalog devenv can update ({exc})", hint="move it away or publish elsewhere"
+            ) from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("versions"), list):
+            raise BoxError(f"{catalog} is not a Vagrant catalog (no versions list)", hint="move it away")
+    providers = []
+    done: list[Published] = []
+    writers = {"libvirt": vagrantbox.write_libvirt_box, "virtualbox": vagrantbox.write_virtualbox_box}
+    for provider, write in writers.items():
+        stored = store.find_stored(name, version, provider)
+        if stored is None:
+            continue
+        rel = f"{name}/{version}/{provider}.box"
+        out = folder / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with reporter.progress(None, f"writing {rel} into {folder}"):
+            write(stored, out)
+        sha = store.sha256_file(out)
+        providers.append({"name": provider, "url": rel, "checksum_type": "sha256", "checksum": sha})
+        done.append(Published(provider, name, version, str(out), f"sha256:{sha}"))
+    if not providers:
+        raise UsageError(
+            f"box {name}@{version} has no VM output here to put in a catalog (Docker images go to a registry: "
+            "--to oci://HOST/REPO)",
+            hint=f"build it first: `devenv box build {name} --output libvirt`",
+        )
+    versions = [v for v in doc["versions"] if not (isinstance(v, dict) and str(v.get("version")) == version)]
+    versions.append({"version": version, "providers": providers})
+    doc["versions"] = sorted(versions, key=lambda v: store.version_key(str(v.get("version", ""))))
+    if recipe is not None and not doc.get("description"):
+        doc["description"] = recipe.description
+    write_new_file(catalog, json.dumps(doc, indent=2) + "\n", force=True)
+    for result in done:
+        reporter.phase(None, "publish", f"published {name}@{version} ({result.output}) in {catalog}", **result.data())
+    return done
+
+
+def catalog_sources(recipe: Recipe) -> list[str]:
+    return [s["url"] for s in recipe.sources if s.get("type") == "catalog"]
+
+
+def pull_catalog(recipe: Recipe, *, machine: str | None, reporter: Reporter) -> bool:
+    """The recipe's version from its catalog sources (libvirt .box files, checksums required)."""
+    from devenv.boxes import vagrantbox
+
+    for url in catalog_sources(recipe):
+        ref = url if "://" in url else str((recipe.root / url).resolve())
+        try:
+            with reporter.progress(machine, f"pulling box {recipe.label} (libvirt) from the catalog {url}"):
+                vagrantbox.add_from_catalog(ref, version=recipe.version, name=recipe.name, reporter=reporter)
+        except BackendUnavailable as exc:
+            reporter.warn(f"box {recipe.label}: {exc.message}; building it instead", machine)
+            continue
+        except BoxError as exc:
+            text = exc.message.splitlines()[0]
+            if "has no libvirt box" in text or "cannot download" in text or "cannot read" in text:
+                reporter.warn(f"box {recipe.label}: {text}; building it instead", machine)
+                continue
+            raise
+        reporter.info(machine, f"box {recipe.label} (libvirt) pulled from the catalog {url}")
+        return True
+    return False

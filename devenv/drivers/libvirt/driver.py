@@ -446,7 +446,8 @@ class LibvirtDriver(VmMetadataMixin):
                 "sync": stored.meta.get("sync", ["9p", "rsync"]),
                 "baked": stored.meta.get("baked", []),
                 # Where a team box came from (Devfile.lock pins it: the core refuses another digest).
-                "pulled_from": (stored.meta.get("source") or {}).get("registry"),
+                "pulled_from": (stored.meta.get("source") or {}).get("registry")
+                or (stored.meta.get("source") or {}).get("catalog"),
             },
         )
 
