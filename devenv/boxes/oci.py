@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from devenv.errors import BackendUnavailable, BoxError, UsageError
-from devenv.model.recipe import REGISTRY_REPO
+from devenv.model.refs import REGISTRY_REPO
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 ARTIFACT_TYPE = "application/vnd.devenv.box.v1"

@@ -392,7 +392,7 @@ class Project:
         if override:
             self.reporter.info(name, f"using box {override} (--box; Devfile.lock is not changed)")
             with self._box_lock(override):
-                ensure_built(override, driver, target, self.reporter)
+                ensure_built(override, driver, target, self.reporter, box_registry=self.devfile.box_registry)
                 return driver.prepare_box(target, override)
         ref = parse_ref(m.box or "")
         entry = self.lock.get(name)
@@ -408,7 +408,9 @@ class Project:
             )
         with self._box_lock(wanted):
             try:
-                ensure_built(wanted, driver, target, self.reporter, frozen=choice.frozen)
+                ensure_built(
+                    wanted, driver, target, self.reporter, frozen=choice.frozen, box_registry=self.devfile.box_registry
+                )
                 box = driver.prepare_box(target, wanted)
             except DevenvError as exc:
                 if locked and wanted != (m.box or ""):
@@ -643,7 +645,7 @@ class Project:
                 with self._box_lock(m.box):
                     from devenv.boxes.builders import ensure_built
 
-                    ensure_built(m.box, driver, self.target(n), self.reporter)
+                    ensure_built(m.box, driver, self.target(n), self.reporter, box_registry=self.devfile.box_registry)
                     box = driver.prepare_box(self.target(n), m.box)
                 new = LockEntry(box.name, box.version, driver.name, box.digest)
                 if old != new:
@@ -713,7 +715,13 @@ class Project:
                             if target.machine.box:
                                 from devenv.boxes.builders import ensure_built
 
-                                ensure_built(target.machine.box, driver, target, self.reporter)
+                                ensure_built(
+                                    target.machine.box,
+                                    driver,
+                                    target,
+                                    self.reporter,
+                                    box_registry=self.devfile.box_registry,
+                                )
                             box = driver.prepare_box(target, target.machine.box)
                         check_sync_at_use(target.machine, self.root)
                         applier.apply_settings(h, target, box)

@@ -21,6 +21,7 @@ from devenv import plugins
 from devenv.errors import DevfileError
 from devenv.model.networks import ATTACHMENT, NETWORKS, Attachment, Network
 from devenv.model.networks import resolve as resolve_networks
+from devenv.model.refs import REGISTRY_REPO
 from devenv.model.schema import (
     MISSING,
     USER_NAME_HELP,
@@ -154,6 +155,7 @@ class Devfile:
     project_name: str
     machines: dict[str, Machine] = field(hash=False)
     networks: dict[str, Network] = field(default_factory=dict, hash=False)
+    box_registry: str | None = None  # [project] box_registry: oci://HOST/PATH
 
     @property
     def project_id(self) -> str:
@@ -434,7 +436,16 @@ _PROJECT = Table(
     {
         "name": Field(
             Str(pattern=NAME_PATTERN, pattern_help=NAME_HELP, description="Project name (default: folder name)")
-        )
+        ),
+        # The team's box registry: every recipe box of the project (bundled ones too) is pulled
+        # from REGISTRY/NAME:VERSION before it is built -- how a laptop gets the boxes CI published.
+        "box_registry": Field(
+            Str(
+                pattern=REGISTRY_REPO,
+                pattern_help="an OCI repository prefix: oci://HOST[:PORT]/PATH (boxes are PATH/NAME:VERSION)",
+                description="Where the team's published boxes are (devenv box publish): tried before building",
+            )
+        ),
     },
     description="The project",
 )
@@ -686,7 +697,14 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
             vagrant: Any = plugins.get_driver("vagrant")  # by the registry: the model imports no driver
             for p in vagrant.validate_paths(m, root):
                 problems.append(Problem(("machines", m.name, *p.path), p.message))
-    return Devfile(path=path, root=root, project_name=name, machines=machines, networks=networks)
+    return Devfile(
+        path=path,
+        root=root,
+        project_name=name,
+        machines=machines,
+        networks=networks,
+        box_registry=(project or {}).get("box_registry"),
+    )
 
 
 def _makes_networks(driver: str) -> bool:

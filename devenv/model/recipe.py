@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devenv.errors import BoxError, DevfileError
+from devenv.model.refs import REGISTRY_REPO  # a registry source's ref: an OCI repository, no tag
 from devenv.model.schema import (
     MISSING,
     USER_NAME_HELP,
@@ -48,11 +49,7 @@ LABEL_KEEPALIVE = "devenv.keepalive"  # the image holds devenv's keep-alive with
 LABEL_ORIGIN = "devenv.box.origin"
 
 SOURCE_TYPES = ("registry", "catalog", "image", "debootstrap", "busybox", "cloud-image", "box")
-# Where a recipe's published versions live: an OCI repository (no tag: the version is the tag).
-REGISTRY_REPO = (
-    r"oci://(?P<host>[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)"
-    r"/(?P<repo>[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*)"
-)
+
 OUTPUTS = ("docker", "libvirt", "vagrant")
 
 # Names and versions of boxes become folders of the box store: one rule for every way they enter

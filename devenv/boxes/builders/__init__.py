@@ -105,14 +105,24 @@ def build_box(
     return results
 
 
-def ensure_built(box: str, driver: Any, target: Target, reporter: Reporter = QUIET, *, frozen: bool = False) -> None:
+def ensure_built(
+    box: str,
+    driver: Any,
+    target: Target,
+    reporter: Reporter = QUIET,
+    *,
+    frozen: bool = False,
+    box_registry: str | None = None,
+) -> None:
     """Get the box a machine names when ``driver``'s engine or store lacks it: pulled from the
     recipe's registry sources when it has any, else (or when they cannot give it) built.
 
     Called by the core before ``driver.prepare_box``, which then only looks the box up. A box
     with no recipe here (added, packaged, an engine image), or a driver no builder makes boxes
     for, is left to ``prepare_box`` (which says what is missing). ``frozen`` (`up --frozen`):
-    a recipe with registry sources must come from one of them, never from a local build."""
+    a recipe with registry sources must come from one of them, never from a local build.
+    ``box_registry`` (the Devfile's `[project] box_registry`): the team's registry, where every
+    recipe box is REGISTRY/NAME, tried after the recipe's own registry sources."""
     ref = parse_ref(box)
     if ref.kind != "recipe":
         return
@@ -127,9 +137,10 @@ def ensure_built(box: str, driver: Any, target: Target, reporter: Reporter = QUI
         return
     from devenv.boxes.builders import registry
 
-    published = registry.registry_sources(recipe) or (driver.name == "libvirt" and registry.catalog_sources(recipe))
+    refs = registry.registry_sources(recipe) + ([f"{box_registry}/{recipe.name}"] if box_registry else [])
+    published = refs or (driver.name == "libvirt" and registry.catalog_sources(recipe))
     if published:
-        if registry.pull(recipe, driver.name, driver, machine=target.name, reporter=reporter):
+        if registry.pull(recipe, driver.name, driver, machine=target.name, reporter=reporter, refs=refs):
             return
         if driver.name == "libvirt" and registry.pull_catalog(recipe, machine=target.name, reporter=reporter):
             return

@@ -163,14 +163,22 @@ def registry_sources(recipe: Recipe) -> list[str]:
     return [s["ref"] for s in recipe.sources if s.get("type") == "registry"]
 
 
-def pull(recipe: Recipe, output: str, driver: Any, *, machine: str | None, reporter: Reporter) -> bool:
+def pull(
+    recipe: Recipe,
+    output: str,
+    driver: Any,
+    *,
+    machine: str | None,
+    reporter: Reporter,
+    refs: Sequence[str] | None = None,
+) -> bool:
     """Pull the recipe's version from its registry sources, in order; True when one gave it.
 
     A registry that does not answer or lacks the version is said in one line and the next source
     is tried (then the build); an artifact that fails its checks is an error, never skipped."""
-    for text in registry_sources(recipe):
-        from devenv.boxes import oci
+    from devenv.boxes import oci
 
+    for text in registry_sources(recipe) if refs is None else refs:
         ref = oci.parse_ref(text).with_tag(_tag(recipe.version, output))
         try:
             if output == "docker":
