@@ -92,3 +92,18 @@ def test_a_transfer_says_its_bytes_and_rate():
     note = ProgressNote()
     note.transfer(50 * 1024 * 1024, 200 * 1024 * 1024, time.monotonic() - 2)
     assert note.detail.startswith("50.0/200.0 MiB, ") and note.detail.endswith(" MiB/s")
+
+
+def test_a_devfile_names_the_teams_registry_once_and_a_bad_one_has_its_line(tmp_path):
+    from devenv.model import devfile
+
+    (tmp_path / "Devfile").write_text(
+        '[project]\nbox_registry = "oci://registry.example.com/boxes"\n\n[machines.m]\nbox = "debian-12"\n'
+    )
+    assert devfile.load(tmp_path / "Devfile").box_registry == "oci://registry.example.com/boxes"
+    (tmp_path / "Devfile").write_text(
+        '[project]\nbox_registry = "https://registry.example.com/boxes"\n\n[machines.m]\n'
+    )
+    with pytest.raises(DevfileError) as exc:
+        devfile.load(tmp_path / "Devfile")
+    assert any(p.line == 2 and p.key == "project.box_registry" for p in exc.value.problems), exc.value.problems
