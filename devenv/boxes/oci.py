@@ -143,8 +143,26 @@ class Registry:
         retry a refused connection for minutes)."""
         import requests
 
+        r = None
+        if self._insecure:
+            # A loopback registry: TLS when it speaks TLS (a team's throw-away CA), plain HTTP
+            # when it does not -- what Docker does for 127.0.0.0/8. A certificate that fails the
+            # check is said, never talked past.
+            try:
+                r = self.client.session.get(f"https://{self.host}/v2/", timeout=5, verify=self._ca)
+                self._insecure, self.scheme = False, "https"
+                self._use_backend("token")
+            except requests.exceptions.SSLError as exc:
+                if "certificate" in str(exc).lower():
+                    raise BackendUnavailable(
+                        f"the registry {self.host} does not pass the TLS check: {_short(exc)}",
+                        hint="give its CA in DEVENV_REGISTRY_CA (a PEM file), or fix its certificate",
+                    ) from exc
+            except requests.RequestException:
+                pass  # refused or reset over TLS: try plain HTTP, which says whether it is there
         try:
-            r = self.client.session.get(f"{self.scheme}://{self.host}/v2/", timeout=5, verify=self.client._tls_verify)
+            if r is None:
+                r = self.client.session.get(f"{self.scheme}://{self.host}/v2/", timeout=5, verify=self._ca)
         except requests.exceptions.SSLError as exc:
             raise BackendUnavailable(
                 f"the registry {self.host} does not pass the TLS check: {_short(exc)}",

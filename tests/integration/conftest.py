@@ -241,8 +241,9 @@ def debian_vm_box(debian_vm_store) -> None:
 class Registry:
     """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storage in a temp folder."""
 
-    def __init__(self, folder: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, users: dict[str, str] | None = None, tls: bool = False) -> None:
         self.folder = folder
+        self.ca: Path | None = None
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.storage = folder / "data"
@@ -253,6 +254,10 @@ class Registry:
             f"    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.host}\n"
         )
+        if tls:
+            self.ca = self._make_certificates(folder)
+            with open(config, "a") as f:
+                f.write(f"  tls:\n    certificate: {folder / 'cert.pem'}\n    key: {folder / 'key.pem'}\n")
         if users:
             import warnings
 
@@ -266,19 +271,67 @@ class Registry:
                 f.write(f"auth:\n  htpasswd:\n    realm: devenv-test\n    path: {folder / 'htpasswd'}\n")
         self.log = open(folder / "registry.log", "w")  # noqa: SIM115 - open for the process's life
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self.log, stderr=self.log)
+        import ssl
         import time
         import urllib.error
         import urllib.request
 
+        scheme = "https" if tls else "http"
+        context = ssl.create_default_context(cafile=str(self.ca)) if tls else None
         for _ in range(100):
             try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                urllib.request.urlopen(f"{scheme}://{self.host}/v2/", timeout=1, context=context)
                 return
             except urllib.error.HTTPError:
                 return  # it answers (401: it wants a login)
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"docker-registry did not start: {(folder / 'registry.log').read_text()}")
+
+    @staticmethod
+    def _make_certificates(folder: Path) -> Path:
+        """A throw-away CA and a certificate for 127.0.0.1 signed by it, as a team runs its own."""
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=devenv test CA",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+        )
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "req.pem"
+        )
+        (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            "req.pem",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.cnf",
+            "-out",
+            "cert.pem",
+        )
+        return folder / "ca.pem"
 
     def repo(self, name: str) -> str:
         return f"oci://{self.host}/{name}"
@@ -301,6 +354,18 @@ def private_registry(tmp_path):
     if shutil.which("docker-registry") is None:
         missing("docker-registry is not installed (scripts/registry.sh installs it)")
     reg = Registry(tmp_path / "private-registry", users={"team": "s3cret-pw"})
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def tls_registry(tmp_path):
+    """A registry on 127.0.0.1 with TLS from a throw-away CA (reg.ca), for one test."""
+    from tests.support import missing
+
+    if shutil.which("docker-registry") is None:
+        missing("docker-registry is not installed (scripts/registry.sh installs it)")
+    reg = Registry(tmp_path / "tls-registry", tls=True)
     yield reg
     reg.stop()
 

@@ -256,3 +256,50 @@ def test_wrong_credentials_are_one_message_and_never_printed(vm, tiny_box, priva
     r = vm.run("box", "publish", "tiny-vm@1", "--to", repo, "--output", "libvirt", env=login("s3cret-pw"))
     assert r.returncode == 0, r.stderr
     assert "s3cret-pw" not in r.stderr + r.stdout
+
+
+@pytest.mark.libvirt
+def test_a_tls_registry_with_the_teams_own_ca(vm, tiny_box, tls_registry, tmp_path):
+    repo = tls_registry.repo("boxes/tiny-vm")
+    # Without the CA the certificate does not check out: one message, the CA variable named.
+    r = vm.run("box", "publish", "tiny-vm@1", "--to", repo, "--output", "libvirt")
+    assert r.returncode == 3 and "does not pass the TLS check" in r.stderr and "DEVENV_REGISTRY_CA" in r.stderr
+    assert_no_traceback(r)
+    ca = {"DEVENV_REGISTRY_CA": str(tls_registry.ca)}
+    vm.run("box", "publish", "tiny-vm@1", "--to", repo, "--output", "libvirt", env=ca, check=True)
+
+    vm.write("boxes/tiny-vm.toml", TINY_RECIPE.format(ref=repo))
+    vm.devfile('[machines.t]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n')
+    home = {**ca, "DEVENV_HOME": str(tmp_path / "laptop")}
+    r = vm.run("up", env=home, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"pulled from {repo}:1-libvirt" in r.stderr
+    vm.run("destroy", "-f", env=home, check=True)
+
+
+@pytest.mark.libvirt
+def test_a_disk_that_fills_while_pulling_leaves_nothing_and_the_next_pull_works(vm, tiny_box, registry, tmp_path):
+    """DEVENV_HOME on a 2 MiB tmpfs: the box does not fit. One message, nothing stored, no partial."""
+    import subprocess
+
+    repo = registry.repo("boxes/tiny-vm-full")
+    vm.run("box", "publish", "tiny-vm@1", "--to", repo, "--output", "libvirt", check=True)
+    vm.write("boxes/tiny-vm.toml", TINY_RECIPE.format(ref=repo))
+    vm.devfile('[machines.t]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n')
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)]).returncode != 0:
+        pytest.fail("cannot mount a small tmpfs (needs root): the disk-full case is not exercised")
+    try:
+        r = vm.run("up", env={"DEVENV_HOME": str(small)}, timeout=300)
+        assert r.returncode == 7, r.stderr
+        assert "free some disk space" in r.stderr and "No space left" in r.stderr, r.stderr
+        assert_no_traceback(r)
+        assert not (small / "boxes" / "tiny-vm").exists()
+        assert [p.name for p in small.rglob("*") if p.name.endswith(".partial") or p.name.startswith(".pull-")] == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    home = {"DEVENV_HOME": str(tmp_path / "roomy")}
+    r = vm.run("up", env=home, timeout=600)
+    assert r.returncode == 0, r.stderr
+    vm.run("destroy", "-f", env=home, check=True)
