@@ -303,3 +303,32 @@ def test_a_disk_that_fills_while_pulling_leaves_nothing_and_the_next_pull_works(
     r = vm.run("up", env=home, timeout=600)
     assert r.returncode == 0, r.stderr
     vm.run("destroy", "-f", env=home, check=True)
+
+
+@pytest.mark.libvirt
+def test_a_missing_tag_falls_back_in_one_line_and_a_tampered_manifest_is_refused(vm, tiny_box, registry, tmp_path):
+    from devenv.boxes import oci
+
+    repo = registry.repo("boxes/tiny-vm-tamper")
+    r = vm.run("--progress", "json", "box", "publish", "tiny-vm@1", "--to", repo, "--output", "libvirt")
+    assert r.returncode == 0, r.stderr
+    [event] = [e for e in map(json.loads, r.stderr.splitlines()) if e.get("phase") == "publish"]
+
+    # A version the registry does not have: one line, then the next source (here: none left).
+    vm.write("boxes/tiny-vm.toml", TINY_RECIPE.format(ref=repo).replace('version = "1"', 'version = "9"'))
+    vm.devfile('[machines.t]\ndriver = "libvirt"\nbox = "tiny-vm"\nmemory = "256MiB"\n')
+    r = vm.run("up", env={"DEVENV_HOME": str(tmp_path / "h1")}, timeout=300)
+    lines = [line for line in r.stderr.splitlines() if "is not in the registry" in line]
+    assert len(lines) == 1 and "building it instead" in lines[0], r.stderr
+    assert r.returncode == 7 and "needs a debootstrap, cloud-image or box source" in r.stderr
+    assert_no_traceback(r)
+
+    # The registry's stored manifest altered: asked for by digest, it is not that artifact.
+    manifest = registry.blob(event["digest"])
+    doc = json.loads(manifest.read_text())
+    doc["annotations"]["org.opencontainers.image.version"] = "tampered"
+    manifest.write_text(json.dumps(doc))
+    r = vm.run("up", "--box", f"{repo}@{event['digest']}", env={"DEVENV_HOME": str(tmp_path / "h2")}, timeout=300)
+    assert r.returncode == 7 and "it is not the artifact asked for" in r.stderr, r.stderr
+    assert not (tmp_path / "h2" / "boxes" / "tiny-vm").exists()
+    assert oci.parse_ref(f"{repo}@{event['digest']}").digest == event["digest"]
