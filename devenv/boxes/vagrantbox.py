@@ -18,6 +18,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -154,6 +155,33 @@ class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+def _http_auth(parsed: urllib.parse.ParseResult) -> str | None:
+    """The Authorization a catalog or box download sends, from the user's environment only (never
+    stored by devenv, never in a Devfile or recipe): DEVENV_HTTP_TOKEN (Bearer), or
+    DEVENV_HTTP_USER + DEVENV_HTTP_PASSWORD (Basic). Only over https, or plain http to loopback:
+    a credential never crosses a network in clear text."""
+    import base64
+    import ipaddress
+
+    token = os.environ.get("DEVENV_HTTP_TOKEN")
+    user, password = os.environ.get("DEVENV_HTTP_USER"), os.environ.get("DEVENV_HTTP_PASSWORD")
+    if not token and not (user and password):
+        return None
+    host = parsed.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parsed.scheme.lower() != "https" and not loopback:
+        raise BoxError(
+            f"refusing to send DEVENV_HTTP_* credentials to {archive.shown(parsed.geturl())} over plain http",
+            hint="use the https:// URL (or unset DEVENV_HTTP_TOKEN / DEVENV_HTTP_USER for a public catalog)",
+        )
+    if token:
+        return f"Bearer {token}"
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None, reporter: Reporter = QUIET) -> Path:
     """A local path or a file:// / http(s):// URL, downloaded to a temp file first (no partial file).
 
@@ -176,9 +204,15 @@ def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None, reporte
         )
     tmp = dest.with_name(f".{dest.name}.part")
     opener = urllib.request.build_opener(_SameSchemeRedirects)
+    request = urllib.request.Request(url_or_path)
+    auth = _http_auth(parsed)
+    if auth:
+        # Unredirected: a redirect (to a bucket, a CDN, anywhere) never carries the credential on.
+        request.add_unredirected_header("Authorization", auth)
+    started = time.monotonic()
     try:
-        with reporter.progress(None, f"downloading {url_or_path}"):
-            with opener.open(url_or_path, timeout=60) as r, open(tmp, "wb") as f:
+        with reporter.progress(None, f"downloading {url_or_path}") as note:
+            with opener.open(request, timeout=60) as r, open(tmp, "wb") as f:
                 length = (r.headers.get("Content-Length") or "").strip()
                 expected = int(length) if length.isdigit() else None
                 if expected is not None and expected > cap:
@@ -195,6 +229,7 @@ def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None, reporte
                             hint="raise DEVENV_BOX_MAX_SIZE if the box is meant to be this big",
                         )
                     f.write(chunk)
+                    note.transfer(n, expected or n, started)
                 if expected is not None and n != expected:
                     raise BoxError(
                         f"download of {url_or_path} was interrupted ({n} of {expected} bytes)", hint="try again"

@@ -107,3 +107,67 @@ def test_a_devfile_names_the_teams_registry_once_and_a_bad_one_has_its_line(tmp_
     with pytest.raises(DevfileError) as exc:
         devfile.load(tmp_path / "Devfile")
     assert any(p.line == 2 and p.key == "project.box_registry" for p in exc.value.problems), exc.value.problems
+
+
+@pytest.fixture
+def auth_server():
+    """A catalog server on 127.0.0.1 that wants `Authorization: Bearer t0ken`; /moved redirects
+    to a second server that records what it was sent."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"elsewhere")
+
+        def log_message(self, *a):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+
+    class Main(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{other.server_address[1]}/x")
+                self.end_headers()
+                return
+            if self.headers.get("Authorization") != "Bearer t0ken":
+                self.send_response(401)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *a):
+            pass
+
+    main = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Main)
+    for s in (main, other):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{main.server_address[1]}", seen
+    main.shutdown()
+    other.shutdown()
+
+
+def test_http_credentials_come_from_the_environment_and_never_follow_a_redirect(auth_server, tmp_path, monkeypatch):
+    from devenv.boxes import vagrantbox
+    from devenv.errors import BoxError
+
+    base, seen = auth_server
+    with pytest.raises(BoxError, match="401"):
+        vagrantbox.fetch(f"{base}/c.json", tmp_path / "a")
+    monkeypatch.setenv("DEVENV_HTTP_TOKEN", "t0ken")
+    assert vagrantbox.fetch(f"{base}/c.json", tmp_path / "b").read_bytes() == b"ok"
+    vagrantbox.fetch(f"{base}/moved", tmp_path / "c")
+    assert seen == [None]  # the redirect's target never got the token
+    with pytest.raises(BoxError, match="over plain http") as exc:
+        vagrantbox.fetch("http://catalog.example.com/c.json", tmp_path / "d")
+    assert "t0ken" not in str(exc.value.message) + str(exc.value.hint)
