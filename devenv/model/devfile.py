@@ -384,6 +384,58 @@ def _driver_tables(value: dict, path: tuple, problems: list) -> dict[str, Any]:
     return out
 
 
+# Vagrant's habits in a machine table, and what devenv calls them: `validate` says so at an
+# unknown key (difflib alone would guess wrong: "ip" is not close to "networks").
+_NETWORKS_HINT = (
+    'a fixed address goes in networks = [{ name = "private", ip = "192.168.56.10" }], with a [networks.private] '
+    "table (Vagrant's private_network)"
+)
+_RESOURCES_HINT = 'memory and CPUs are keys of the machine: memory = "2GiB", cpus = 2 (Vagrant\'s vb.memory, vb.cpus)'
+_PORTS_HINT = "did you mean 'ports'? ports = [{ guest = 80, host = 8080 }] (Vagrant's forwarded_port)"
+_SYNC_HINT = 'did you mean \'sync\'? sync = [{ host = ".", guest = "/vagrant" }] (Vagrant\'s synced_folder)'
+VAGRANT_MACHINE_HINTS = {
+    "ip": _NETWORKS_HINT,
+    "ips": _NETWORKS_HINT,
+    "private_network": _NETWORKS_HINT,
+    "private_networks": _NETWORKS_HINT,
+    "public_network": 'devenv does not bridge machines onto a host network: forward ports (host_ip = "0.0.0.0" '
+    "shares one on your network)",
+    "vb": _RESOURCES_HINT,
+    "memory_mb": _RESOURCES_HINT,
+    "memsize": _RESOURCES_HINT,
+    "ram": _RESOURCES_HINT,
+    "customize": _RESOURCES_HINT,
+    "vcpus": _RESOURCES_HINT,
+    "numvcpus": _RESOURCES_HINT,
+    "forwarded_port": _PORTS_HINT,
+    "forwarded_ports": _PORTS_HINT,
+    "synced_folder": _SYNC_HINT,
+    "synced_folders": _SYNC_HINT,
+    "vm": "a machine table has no vm table: box, hostname, memory, cpus, ports, sync and networks are keys of "
+    "the machine itself",
+}
+# "owner/name": how Vagrant Cloud names boxes (ubuntu/jammy64, bento/debian-12).
+_VAGRANT_CLOUD_BOX = r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+@dataclass
+class _BoxName(Str):
+    """A box name; a Vagrant Cloud one gets the way to a devenv box."""
+
+    def check(self, value, path, problems):
+        if isinstance(value, str) and not re.fullmatch(BOX_PATTERN, value) and re.fullmatch(_VAGRANT_CLOUD_BOX, value):
+            problems.append(
+                Problem(
+                    path,
+                    f"'{value}' is a Vagrant Cloud box: devenv boots its own boxes (box = \"debian-12\") or an "
+                    'engine image ("docker:IMAGE"); `devenv import-vagrant` turns a Vagrantfile into a Devfile '
+                    "and maps its boxes (debian/*64, bento/debian-*, generic/debian* -> debian-12)",
+                )
+            )
+            return MISSING
+        return super().check(value, path, problems)
+
+
 def machine_table(required: bool) -> Table:
     """The schema of a [machines.NAME] table; [defaults] uses it with nothing required."""
     return Table(
@@ -393,7 +445,7 @@ def machine_table(required: bool) -> Table:
                 Str(choices=plugins.DRIVER_NAMES, description="docker, libvirt, virtualbox, vagrant or a plugin's")
             ),
             "box": Field(
-                Str(
+                _BoxName(
                     pattern=BOX_PATTERN,
                     pattern_help='a box name ("debian-12", "debian-12@VERSION"), "docker:IMAGE", or a .box path/URL',
                     description="What the machine boots",
@@ -425,6 +477,7 @@ def machine_table(required: bool) -> Table:
         extra_keys=_driver_tables,
         extra_names=plugins.DRIVER_NAMES,
         extra_schema=lambda: {n: plugins.driver_class(n).options.json_schema() for n in plugins.driver_names()},
+        hints=VAGRANT_MACHINE_HINTS,
     )
 
 

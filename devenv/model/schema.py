@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -349,8 +349,12 @@ class Table(Node):
     extra_names: Collection[str] = ()
     extra_schema: Callable[[], dict] | None = None
     check_fn: Callable[[dict, tuple, list], None] | None = None
+    # What an unknown key most likely meant, by its name, when difflib cannot know (Vagrant's
+    # `path` is devenv's `script`): the text follows "unknown key: ".
+    hints: Mapping[str, str] = field(default_factory=dict)
 
-    def check(self, value, path, problems):
+    def check(self, value, path, problems, *, hints: Mapping[str, str] | None = None):
+        """``hints``: more of them, from the caller (a provisioner's table knows none of Vagrant's)."""
         if not isinstance(value, dict):
             problems.append(Problem(path, f"expected a table, got {_type_name(value)}"))
             return MISSING
@@ -361,6 +365,10 @@ class Table(Node):
                 continue
             f = self.fields.get(k)
             if f is None:
+                hint = (hints or {}).get(k) or self.hints.get(k)
+                if hint:
+                    problems.append(Problem(path + (k,), f"unknown key: {hint}"))
+                    continue
                 known = list(self.fields) + list(self.extra_names)
                 problems.append(Problem(path + (k,), f"unknown key{did_you_mean(k, known)}"))
                 continue

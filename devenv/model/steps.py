@@ -10,12 +10,31 @@ from typing import Any
 
 from devenv import plugins
 from devenv.errors import DevfileError
-from devenv.model.schema import MISSING, Problem, Str, did_you_mean
+from devenv.model.schema import MISSING, Problem, Str, Table, did_you_mean
 
 MAX_DEVFILE_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_VALUES = 100_000  # keys and array items in all: real Devfiles have hundreds; checking costs per value
 # A secret becomes an environment variable, which Linux caps at 128 KiB (MAX_ARG_STRLEN).
+
+
+# Vagrant's provisioner options and types where devenv says it otherwise: `validate` names the
+# devenv word at the unknown key (difflib would offer 'args' for Vagrant's `path`).
+VAGRANT_STEP_HINTS = {
+    "shell": {
+        "path": "did you mean 'script'? (Vagrant's path: a script in the project, copied in and run)",
+        "privileged": 'steps run as root; user = "NAME" runs one as another user (Vagrant\'s privileged: false)',
+        "upload_path": "devenv uploads a script itself (to /tmp/devenv-provision/)",
+    },
+    "ansible": {
+        "host_vars": "did you mean 'inventory_vars'? (the machine's host variables in devenv's inventory)",
+        "inventory_path": "devenv generates the inventory: the machine, reached with its pinned key",
+    },
+}
+VAGRANT_STEP_TYPES = {
+    "ansible_local": 'devenv\'s ansible step runs ansible-playbook on this host against the machine: type = "ansible"',
+    "docker": 'a container is a machine of its own in devenv: box = "docker:IMAGE"',
+}
 
 
 @dataclass(frozen=True)
@@ -44,12 +63,8 @@ def check_step(value: Any, path: tuple, problems: list) -> Any:
         return MISSING
     if t not in plugins.PROVISIONER_TYPES:  # a built-in type is answered without scanning for plugins
         known = plugins.provisioner_types()
-        problems.append(
-            Problem(
-                path + ("type",),
-                f"unknown provisioner type '{t}' (known: {', '.join(known)})" + did_you_mean(t, known),
-            )
-        )
+        hint = f": {VAGRANT_STEP_TYPES[t]}" if t in VAGRANT_STEP_TYPES else did_you_mean(t, known)
+        problems.append(Problem(path + ("type",), f"unknown provisioner type '{t}' (known: {', '.join(known)})" + hint))
         return MISSING
     try:
         options = plugins.get_provisioner(t).options
@@ -57,7 +72,10 @@ def check_step(value: Any, path: tuple, problems: list) -> Any:
         problems.append(Problem(path + ("type",), exc.message))
         return MISSING
     before = len(problems)
-    out = options.check(value, path, problems)
+    if isinstance(options, Table):
+        out = options.check(value, path, problems, hints=VAGRANT_STEP_HINTS.get(t))
+    else:
+        out = options.check(value, path, problems)
     if out is MISSING or len(problems) > before:
         return MISSING
     return out

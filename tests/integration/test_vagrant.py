@@ -230,18 +230,18 @@ def test_lifecycle_through_vagrant(vproj, docker_client):
 
 def test_import_vagrant_gives_a_devfile_that_works(vproj):
     vproj.write("vms/Vagrantfile", vagrantfile("web", "db_1"))
-    r = vproj.run("import-vagrant", "vms", check=True)
+    r = vproj.run("import-vagrant", "--bridge", "vms", check=True)
     assert r.stdout.count('driver = "vagrant"') == 2
     assert '[machines.db-1.vagrant]\ndir = "vms"\nmachine = "db_1"\nprovider = "docker"\n' in r.stdout
     assert vproj.vagrant_calls() == ["status --machine-readable"]
 
-    r = vproj.run("import-vagrant", "vms", "-o", "Devfile", check=True)
+    r = vproj.run("import-vagrant", "--bridge", "vms", "-o", "Devfile", check=True)
     assert "wrote Devfile (2 machine(s): web, db_1)" in r.stderr
     assert vproj.vagrant_calls() == ["status --machine-readable"]
     r = vproj.run("validate", check=True)
     assert "2 machine(s): web, db-1" in r.stdout
     assert vproj.vagrant_calls() == []  # validating never asks Vagrant
-    r = vproj.run("import-vagrant", "vms", "-o", "Devfile")
+    r = vproj.run("import-vagrant", "--bridge", "vms", "-o", "Devfile")
     assert r.returncode == 2 and "Devfile already exists" in r.stderr
 
     vproj.run("up", "db-1", check=True)
@@ -306,7 +306,7 @@ def test_vagrant_missing_is_one_clear_error(vproj):
     vproj.devfile('[machines.web]\ndriver = "vagrant"\n[machines.web.vagrant]\ndir = "vm"\n')
     empty = vproj.root / "empty-bin"
     empty.mkdir()
-    for args in (("up",), ("status",), ("import-vagrant", "vm")):
+    for args in (("up",), ("status",), ("import-vagrant", "--bridge", "vm")):
         r = vproj.run(*args, env_extra={"PATH": str(empty)})
         assert r.returncode == 3, r.stderr
         assert_no_traceback(r)

@@ -129,11 +129,11 @@ def test_import_vagrant_output_never_writes_through_a_planted_link(tmp_path, dan
     victim = tmp_path / "victim"
     _plant(repo, "Devfile", victim, dangling=dangling)
     env = {"DEVENV_HOME": str(tmp_path / "h"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    r = _cli(repo, "import-vagrant", "vm", "-o", "Devfile", env=env)
+    r = _cli(repo, "import-vagrant", "--bridge", "vm", "-o", "Devfile", env=env)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "already exists" in r.stderr and "Traceback" not in r.stderr
     assert victim.exists() is not dangling
-    r = _cli(repo, "import-vagrant", "vm", "-o", "Devfile", "--force", env=env)
+    r = _cli(repo, "import-vagrant", "--bridge", "vm", "-o", "Devfile", "--force", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not (repo / "Devfile").is_symlink()
     assert "[machines.web.vagrant]" in (repo / "Devfile").read_text()

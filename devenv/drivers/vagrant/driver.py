@@ -562,6 +562,18 @@ class VagrantDriver:
                 f"the Vagrantfile in {folder} does not load:\n  " + "\n  ".join(lines),
                 hint=f"fix it; `vagrant validate` in {folder} shows the same error",
             )
+        if "No usable default provider" in text or (
+            err and err[0].endswith(("NoDefaultProvider", "ProviderNotUsable"))
+        ):
+            # Vagrant's advice is what the user needs here (which providers, how to force one): whole.
+            advice = [ln.rstrip() for ln in (err[1] if err else stderr).strip().splitlines()]
+            return CommandFailed(
+                f"`vagrant {verb}` failed in {folder}: Vagrant has no usable provider on this host:\n"
+                + "\n".join(f"  {ln}" if ln else "" for ln in advice),
+                hint="install a provider Vagrant can use here (VAGRANT_DEFAULT_PROVIDER=docker uses the Docker "
+                "engine), or let devenv run the machines itself: `devenv import-vagrant DIR` (without --bridge) "
+                "writes native docker or libvirt machines from the Vagrantfile",
+            )
         if "not supported" in text or "doesn't support this action" in text:
             first = re.split(r"(?<=\.)\s", " ".join(lines), maxsplit=1)[0]
             return UnsupportedOperation(

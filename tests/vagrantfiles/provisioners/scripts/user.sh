@@ -1,0 +1,2 @@
+#!/bin/bash
+mkdir -p /home/vagrant/.config && echo ok > /home/vagrant/.config/app
