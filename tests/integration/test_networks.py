@@ -96,3 +96,21 @@ def test_a_lost_state_still_finds_and_removes_the_networks(proj):
     shutil.rmtree(proj.root / ".devenv")
     proj.run("destroy", "-f", check=True)
     assert proj.labelled() == {"containers": [], "volumes": [], "networks": []}
+
+
+def test_machines_made_in_parallel_share_a_network_with_a_fixed_subnet(proj):
+    """Two machines with no order between them make one network: the engine refuses a second
+    create of an overlapping pool, so devenv makes it once."""
+    proj.devfile(
+        '[networks.lab]\nsubnet = "10.231.9.0/24"\n\n[defaults]\nbox = "busybox"\n\n'
+        '[machines.a]\nnetworks = [{ name = "lab", ip = "10.231.9.11" }]\n'
+        '[machines.b]\nnetworks = [{ name = "lab", ip = "10.231.9.12" }]\n'
+        '[machines.c]\nnetworks = ["lab"]\n'
+    )
+    r = proj.run("up", timeout=300)
+    assert r.returncode == 0, r.stderr
+    st = proj.status()
+    assert st["a"]["addresses"] == {"lab": "10.231.9.11"} and st["b"]["addresses"] == {"lab": "10.231.9.12"}
+    assert len(proj.labelled()["networks"]) == 1
+    proj.run("destroy", "-f", check=True)
+    assert proj.labelled() == {"containers": [], "volumes": [], "networks": []}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -867,8 +868,16 @@ class DockerDriver:
         found = self._eng(self.engine.networks, [f"{LABEL_PROJECT}={project_id}"])
         return [n for n in found if root is None or (n.get("Labels") or {}).get(LABEL_ROOT, root) == root]
 
+    # `up` makes a project's machines in threads: two machines on one network with a fixed subnet
+    # would both create it, and the engine refuses the second with "Pool overlaps" (not a 409).
+    _network_lock = threading.Lock()
+
     def _ensure_network(self, target: Target, att: Any) -> None:
         """The project network ``att`` names, made (labelled) when it does not exist yet."""
+        with self._network_lock:
+            self._ensure_network_locked(target, att)
+
+    def _ensure_network_locked(self, target: Target, att: Any) -> None:
         from devenv.transports.dockerapi import EngineError
 
         name = self._network_name(target, att.name)
@@ -899,8 +908,13 @@ class DockerDriver:
         try:
             self._eng(self.engine.create_network, config)
         except EngineError as exc:
-            if exc.status == 409:  # a machine being made beside this one created it first
+            if exc.status == 409:  # made meanwhile (another devenv process on the same engine)
                 return
+            if "overlap" in exc.message and any(
+                (x.get("Labels") or {}).get(LABEL_NETWORK) == att.name
+                for x in self._project_networks(target.project_id, str(target.project_root))
+            ):
+                return  # the same: made meanwhile under its own subnet
             hint = "pick another subnet in [networks] (ip route shows the host's)" if "overlap" in exc.message else None
             raise MachineStateError(f"cannot make network '{att.name}': {exc.message}", hint=hint) from exc
 
