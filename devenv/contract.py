@@ -165,6 +165,19 @@ class ProgressNote:
         rate = done / max(time.monotonic() - started, 1e-3) / mib
         self.detail = f"{done / mib:.1f}/{total / mib:.1f} MiB, {rate:.1f} MiB/s"
 
+    def files(self) -> Any:
+        """A callback ``(key, bytes so far, size)`` for a transfer of several files: the note
+        says the bytes of all of them and the rate since the first call was made."""
+        started = time.monotonic()
+        got: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+
+        def update(key: str, done: int, size: int) -> None:
+            got[key], sizes[key] = done, size
+            self.transfer(sum(got.values()), sum(sizes.values()), started)
+
+        return update
+
 
 class Reporter:
     """What drivers, provisioners, box builders and the core report through.

@@ -14,7 +14,6 @@ digest differs from the lock is refused by the core.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,19 +64,11 @@ def publish(
     reporter: Reporter = QUIET,
 ) -> list[Published]:
     """Push the outputs of box NAME@VERSION that exist here (or only ``outputs``) to ``to``."""
-    from devenv.boxes import store
 
     if not to.startswith("oci://"):
         return publish_catalog(name, version, Path(to.removeprefix("file://")), recipe=recipe, reporter=reporter)
     repo = _repo_ref(to)
-    check_name(name)
-    version = version or (recipe.version if recipe is not None else None)
-    if version is None:
-        stored = [b for b in store.list_stored() if b.name == name]
-        if not stored:
-            raise UsageError(f"no box named {name} here", hint="`devenv box list` shows the boxes; build one first")
-        version = max(stored, key=lambda b: store.version_key(b.version)).version
-    check_name(version, "box version")
+    version = _version_of(name, version, recipe)
     wanted = list(outputs or PUBLISHABLE)
     for out in wanted:
         if out not in PUBLISHABLE:
@@ -97,6 +88,20 @@ def publish(
             hint=f"build it first: `devenv box build {name}`",
         )
     return done
+
+
+def _version_of(name: str, version: str | None, recipe: Recipe | None) -> str:
+    """The version to publish: the one given, else the recipe's, else the newest stored here."""
+    from devenv.boxes import store
+
+    check_name(name)
+    version = version or (recipe.version if recipe is not None else None)
+    if version is None:
+        found = [b for b in store.list_stored() if b.name == name]
+        if not found:
+            raise UsageError(f"no box named {name} here", hint="`devenv box list` shows the boxes; build one first")
+        version = max(found, key=lambda b: store.version_key(b.version)).version
+    return check_name(version, "box version")
 
 
 def _docker_driver(reporter: Reporter) -> Any:
@@ -145,16 +150,8 @@ def _publish_libvirt(name: str, version: str, repo: Any, *, explicit: bool, repo
         files[key] = f
     config = {k: v for k, v in stored.meta.items() if k not in ("source",)}
     ref = repo.with_tag(_tag(version, "libvirt"))
-    total = sum(f.stat().st_size for f in files.values())
-    sent: dict[str, int] = {}
-    started = time.monotonic()
     with reporter.progress(None, f"pushing {name}@{version} (libvirt) to {ref}") as note:
-
-        def progress(key: str, got: int, _size: int) -> None:
-            sent[key] = got
-            note.transfer(sum(sent.values()), total, started)
-
-        digest = oci.push_box(ref, files, config, progress=progress)
+        digest = oci.push_box(ref, files, config, progress=note.files())
     return Published("libvirt", name, version, str(ref._replace(digest=digest)), digest)
 
 
@@ -215,17 +212,9 @@ def _pull_docker(recipe: Recipe, ref: Any, driver: Any, machine: str | None) -> 
 def _pull_libvirt(recipe: Recipe, ref: Any, machine: str | None, reporter: Reporter) -> None:
     from devenv.boxes import oci
 
-    started = time.monotonic()
-    got: dict[str, int] = {}
-    sizes: dict[str, int] = {}
     with reporter.progress(machine, f"pulling box {recipe.label} (libvirt) from {ref}") as note:
-
-        def progress(key: str, done: int, size: int) -> None:
-            got[key], sizes[key] = done, size
-            note.transfer(sum(got.values()), sum(sizes.values()), started)
-
         # The box is this recipe's now (its registry source named it): the origin is the recipe's.
-        oci.fetch_box(ref, name=recipe.name, version=recipe.version, origin=recipe.origin, progress=progress)
+        oci.fetch_box(ref, name=recipe.name, version=recipe.version, origin=recipe.origin, progress=note.files())
 
 
 # -- a static catalog ------------------------------------------------------------------------------
@@ -240,14 +229,7 @@ def publish_catalog(
     from devenv.boxes import store, vagrantbox
     from devenv.paths import write_new_file
 
-    check_name(name)
-    version = version or (recipe.version if recipe is not None else None)
-    if version is None:
-        found = [b for b in store.list_stored() if b.name == name]
-        if not found:
-            raise UsageError(f"no box named {name} here", hint="`devenv box list` shows the boxes; build one first")
-        version = max(found, key=lambda b: store.version_key(b.version)).version
-    check_name(version, "box version")
+    version = _version_of(name, version, recipe)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} is not a folder", hint="publish to a folder (it is made when missing)")
     folder.mkdir(parents=True, exist_ok=True)

@@ -390,8 +390,6 @@ class LibvirtDriver(VmMetadataMixin):
     def _pulled(self, text: str, machine: str) -> store.StoredBox:
         """The box artifact an oci:// reference names: the stored one pulled by that manifest
         digest (no registry needed), else pulled now, every byte checked (devenv.boxes.oci)."""
-        import time as _time
-
         from devenv.boxes import oci
 
         ref = oci.parse_ref(text)
@@ -407,16 +405,8 @@ class LibvirtDriver(VmMetadataMixin):
             found = oci.find_pulled(digest)
             if found is not None:
                 return found
-        started = _time.monotonic()
-        got: dict[str, int] = {}
-        sizes: dict[str, int] = {}
         with self.reporter.progress(machine, f"pulling box {ref}") as note:
-
-            def progress(key: str, done: int, size: int) -> None:
-                got[key], sizes[key] = done, size
-                note.transfer(sum(got.values()), sum(sizes.values()), started)
-
-            stored = oci.fetch_box(ref._replace(digest=digest), progress=progress)
+            stored = oci.fetch_box(ref._replace(digest=digest), progress=note.files())
         self.reporter.info(machine, f"box {stored.name}@{stored.version} pulled from {ref}")
         return stored
 
