@@ -67,6 +67,15 @@ class BoxError(DevenvError):
     exit_code = 7
 
 
+class NotPublished(BoxError):
+    """A registry or catalog answered, and does not have the box (or that version of it): the
+    next source (a build) may still make it. Anything else wrong with an artifact is a BoxError."""
+
+
+class Unreachable(BoxError):
+    """A download did not get through (refused, timed out, broke off): the next source may."""
+
+
 class StateError(DevenvError):
     """The .devenv/ store or the global index cannot be read or written."""
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from devenv.errors import BackendUnavailable, BoxError, UsageError
+from devenv.errors import BackendUnavailable, BoxError, NotPublished, UsageError
 from devenv.model.refs import REGISTRY_REPO
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -215,7 +215,7 @@ class Registry:
         """The manifest ``ref`` names and its digest (checked against ``ref``'s digest, if any)."""
         r = self._request(ref, "GET", self._url(ref, f"manifests/{ref.reference}"), headers={"Accept": MANIFEST_TYPE})
         if r.status_code == 404:
-            raise BoxError(
+            raise NotPublished(
                 f"{ref} is not in the registry (no such tag or digest)",
                 hint="`devenv box publish` it first, or check the name and version",
             )

@@ -19,6 +19,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from typing import BinaryIO
 
 from devenv.boxes import archive, diskcheck, store
 from devenv.contract import QUIET, Reporter
-from devenv.errors import BoxError
+from devenv.errors import BoxError, NotPublished, Unreachable
 from devenv.model.schema import USER_NAME_PATTERN
 
 LIBVIRT_VAGRANTFILE = """\
@@ -236,7 +237,9 @@ def fetch(url_or_path: str, dest: Path, *, max_bytes: int | None = None, reporte
                     )
     except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, a malformed URL or response
         tmp.unlink(missing_ok=True)
-        raise BoxError(f"cannot download {url_or_path}: {exc}", hint="check the URL and the network") from exc
+        if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
+            raise NotPublished(f"cannot download {url_or_path}: {exc}", hint="check the URL") from exc
+        raise Unreachable(f"cannot download {url_or_path}: {exc}", hint="check the URL and the network") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -471,7 +474,9 @@ def add_from_catalog(
                 if version is None or ver == version:
                     candidates.append((store.version_key(ver), ver, p))
         if not candidates:
-            raise BoxError(f"catalog {catalog_ref} has no libvirt box" + (f" at version {version}" if version else ""))
+            raise NotPublished(
+                f"catalog {catalog_ref} has no libvirt box" + (f" at version {version}" if version else "")
+            )
         _, ver, prov = max(candidates, key=lambda c: c[0])
         if not prov.get("checksum"):
             raise BoxError(f"catalog {catalog_ref}: {box_name}@{ver} has no checksum; devenv adds only verified boxes")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from devenv.contract import QUIET, Reporter, supports
-from devenv.errors import BackendUnavailable, BoxError, UsageError
+from devenv.errors import BackendUnavailable, BoxError, NotPublished, Unreachable, UsageError
 from devenv.model.recipe import IMAGE_REPO, Recipe, check_name
 
 PUBLISHABLE = ("docker", "libvirt")
@@ -182,14 +182,10 @@ def pull(
                 _pull_docker(recipe, ref, driver, machine)
             else:
                 _pull_libvirt(recipe, ref, machine, reporter)
-        except BackendUnavailable as exc:
-            reporter.warn(f"box {recipe.label}: {exc.message}; building it instead", machine)
+        except (BackendUnavailable, NotPublished, Unreachable) as exc:
+            # Not there, or not reachable: said once, and the next source (a build) goes on.
+            reporter.warn(f"box {recipe.label}: {exc.message.splitlines()[0]}; building it instead", machine)
             continue
-        except BoxError as exc:
-            if "is not in the registry" in exc.message or "cannot pull" in exc.message:
-                reporter.warn(f"box {recipe.label}: {exc.message.splitlines()[0]}; building it instead", machine)
-                continue
-            raise
         reporter.info(machine, f"box {recipe.label} ({output}) pulled from {ref}")
         return True
     return False
@@ -289,15 +285,9 @@ def pull_catalog(recipe: Recipe, *, machine: str | None, reporter: Reporter) -> 
         try:
             with reporter.progress(machine, f"pulling box {recipe.label} (libvirt) from the catalog {url}"):
                 vagrantbox.add_from_catalog(ref, version=recipe.version, name=recipe.name, reporter=reporter)
-        except BackendUnavailable as exc:
-            reporter.warn(f"box {recipe.label}: {exc.message}; building it instead", machine)
+        except (BackendUnavailable, NotPublished, Unreachable) as exc:
+            reporter.warn(f"box {recipe.label}: {exc.message.splitlines()[0]}; building it instead", machine)
             continue
-        except BoxError as exc:
-            text = exc.message.splitlines()[0]
-            if "has no libvirt box" in text or "cannot download" in text or "cannot read" in text:
-                reporter.warn(f"box {recipe.label}: {text}; building it instead", machine)
-                continue
-            raise
         reporter.info(machine, f"box {recipe.label} (libvirt) pulled from the catalog {url}")
         return True
     return False

@@ -36,7 +36,7 @@ from devenv.contract import (
 )
 from devenv.drivers.docker import keepalive
 from devenv.drivers.hostports import check_host_addresses, is_loopback, resolve_host_port
-from devenv.errors import BackendUnavailable, BoxError, MachineStateError, PortConflict, UsageError
+from devenv.errors import BackendUnavailable, BoxError, MachineStateError, NotPublished, PortConflict, UsageError
 from devenv.model.recipe import (
     IMAGE_REPO,
     LABEL_BAKED,
@@ -482,10 +482,17 @@ class DockerDriver:
             self._call("tag", self.client.api.tag, img["Id"], local_repo, tag=local_tag)
         except errors.APIError as exc:
             why = str(getattr(exc, "explanation", None) or exc)
-            hint = "`devenv box publish` it, or check the name and version"
-            if "connection refused" in why.lower() or "no such host" in why.lower():
-                hint = "is the registry running and reachable from the engine?"
-            raise BoxError(f"the engine cannot pull {remote}: {why}", hint=hint) from exc
+            low = why.lower()
+            if "manifest unknown" in low or "not found" in low:
+                raise NotPublished(
+                    f"{remote} is not in the registry ({why})", hint="`devenv box publish` it, or check the version"
+                ) from exc
+            if "connection refused" in low or "no such host" in low or "timeout" in low or "dial tcp" in low:
+                raise BackendUnavailable(
+                    f"the engine cannot reach the registry for {remote}: {why}",
+                    hint="is the registry running and reachable from the engine?",
+                ) from exc
+            raise BoxError(f"the engine cannot pull {remote}: {why}") from exc
         # The registry tag stays beside devenv's: with it the engine keeps the image's registry
         # digest, which says the box was pulled (Devfile.lock then refuses another digest).
         return img["Id"]
