@@ -23,6 +23,7 @@ from devenv.drivers.virtualbox.driver import VirtualBoxDriver
 from devenv.model import devfile
 from devenv.model.networks import Attachment, Network
 from devenv.plugins import driver_class, driver_names, get_driver
+from tests.support import require_module
 from tests.unit.test_virtualbox import VBox, make_box, meta, seed_iso, up, use_stand_in
 
 SUBNET = "192.168.57.0/24"  # inside 192.168.56.0/21, what VirtualBox 7 allows without networks.conf
@@ -139,7 +140,7 @@ def test_a_fixed_ip_network_and_the_default_network(proj, vbox, tmp_path):
     assert st["web"]["addresses"] == web_addr and st["db"]["addresses"] == db_addr
 
     # The guest is configured from its seed: each NIC by the MAC VirtualBox has for it.
-    yaml = pytest.importorskip("yaml")
+    yaml = require_module("yaml", "pip install pyyaml (ansible brings it)")
     cfg = yaml.safe_load(seed_file(web_vm, "network-config"))
     by_mac = {e["match"]["macaddress"]: e for e in cfg["ethernets"].values()}
     assert by_mac[colon(web["nic_opts"]["1"]["macaddress"])] == {
