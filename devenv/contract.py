@@ -352,6 +352,7 @@ class Features(NamedTuple):
     box_images: bool = False  # BoxImages: boxes live in the engine (images), listed/removed there
     box_sources: bool = False  # BoxSources: base images for box builds (pull one, import a root fs)
     networks: bool = False  # Networks: the machine joins the project's private networks (Machine.networks)
+    host_access: bool = False  # HostAccess: the machine reaches a service devenv runs on the host (package cache)
     # Whether ``create`` fixes the machine's env (a container's environment). When False the core
     # passes the env with every command the transport runs instead.
     env_at_create: bool = True
@@ -522,6 +523,24 @@ class Networks(Protocol):
         ...
 
 
+class HostEndpoint(NamedTuple):
+    """Where a host service must listen for a machine to reach it, and the address the machine
+    uses for it: ("127.0.0.1", "10.0.2.2") under user-mode networking, the bridge's gateway twice
+    for a container. Never a wildcard address: the service stays off the host's other networks."""
+
+    bind: str
+    address: str
+
+
+@runtime_checkable
+class HostAccess(Protocol):
+    """The machine can reach a TCP service devenv runs on this host (the package cache)."""
+
+    def host_endpoint(self, handle: str) -> HostEndpoint | None:
+        """How this machine reaches the host, or None when it cannot (no network, a remote engine)."""
+        ...
+
+
 _ROLES: dict[str, type] = {
     "snapshots": Snapshots,
     "suspend": Suspend,
@@ -531,6 +550,7 @@ _ROLES: dict[str, type] = {
     "box_images": BoxImages,
     "box_sources": BoxSources,
     "networks": Networks,
+    "host_access": HostAccess,
 }
 R = TypeVar("R")
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make the engines devenv's tests and example need available on this machine:
 # the Docker engine (installed from Debian's docker.io when missing, started when not running),
-# plus the host tools boxes are built with (debootstrap, busybox-static).
+# plus the host tools boxes are built with (debootstrap, busybox-static) and the package cache
+# every machine shares (apt-cacher-ng).
 # Safe to run again: it only does what is missing. Needs root to install or start anything.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -23,7 +24,20 @@ ensure_host_tools() {
   fi
   command -v file >/dev/null || missing+=(file)
   command -v rsync >/dev/null || missing+=(rsync)
+  local fresh_cache=0
+  if ! [ -x /usr/sbin/apt-cacher-ng ]; then missing+=(apt-cacher-ng); fresh_cache=1; fi
   if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+  if [ "$fresh_cache" = 1 ]; then quiet_system_cache; fi
+}
+
+quiet_system_cache() {
+  # devenv runs its own apt-cacher-ng (the package cache), on 127.0.0.1 and the Docker bridge only.
+  # Debian's package also enables a system-wide one on every interface: on a host with systemd,
+  # the one we just installed is stopped and disabled again (a cache that was there stays as it was).
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now apt-cacher-ng >/dev/null 2>&1 || true
+    log "apt-cacher-ng installed for devenv's package cache; its system service (all interfaces) is disabled"
+  fi
 }
 
 ensure_docker() {

@@ -38,6 +38,9 @@ app.add_typer(box_app, name="box")
 from devenv.cli.snapshot import snapshot_app  # noqa: E402
 
 app.add_typer(snapshot_app, name="snapshot")
+from devenv.cli.cache import cache_app  # noqa: E402
+
+app.add_typer(cache_app, name="cache")
 
 
 def _version(value: bool) -> None:

@@ -52,6 +52,19 @@ def _tool(name: str, cmd: list[str], fix: str, needed: bool, what: str, path: st
     return Check(name, "ok", f"{path} {version}".strip(), "", needed)
 
 
+def _package_cache() -> Check:
+    # Not `apt-cacher-ng --version`: that starts a daemon on port 3142.
+    path = shutil.which("apt-cacher-ng", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path is None:
+        return Check(
+            "apt-cacher-ng",
+            "warn",
+            "not found (the package cache: without it apt in every machine fetches every package again)",
+            "apt-get install apt-cacher-ng",
+        )
+    return Check("apt-cacher-ng", "ok", f"{path} (the package cache every machine shares)")
+
+
 def _ansible_playbook() -> str | None:
     """Where the ansible provisioner will find it: beside devenv's Python (its venv) first."""
     from devenv.errors import DevenvError
@@ -129,6 +142,7 @@ def run_checks(project=None) -> list[Check]:
             "debootstrap", ["debootstrap", "--version"], "apt-get install debootstrap", False, "building Debian boxes"
         ),
     ]
+    checks.append(_package_cache())
     base = data_dir()
     probe = base if base.exists() else Path.home()
     free = shutil.disk_usage(probe).free

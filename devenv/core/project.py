@@ -152,6 +152,9 @@ class Project:
         from devenv.boxes.lockfile import Lockfile
 
         self.lock = Lockfile(devfile.path)
+        from devenv.pkgcache.use import CacheUse
+
+        self.cache = CacheUse(reporter, enabled=devfile.package_cache)
         self._mask_secrets()
 
     def _mask_secrets(self) -> None:
@@ -294,6 +297,8 @@ class Project:
             except KeyboardInterrupt:
                 self._undo_created()
                 raise
+            finally:
+                self.cache.close()
 
     def _preflight(self, levels: list[list[str]]) -> None:
         """Host checks that change nothing, for every machine, before the lock or any file is written."""
@@ -537,6 +542,19 @@ class Project:
                 self.reporter.info(name, "provisioning is up to date")
             return
         transport = self._transport(name, handle)
+        # apt through the host's package cache from the first step on; gone again after the last.
+        cached = self.cache.configure(name, self.driver(name), handle, transport)
+        try:
+            self._run_steps(name, plans, todo, st, transport, only=only, cached=cached)
+        finally:
+            if cached:
+                self.cache.unconfigure(transport)
+
+    def _run_steps(
+        self, name: str, plans: list[StepPlan], todo: list[StepPlan], st: dict, transport, *, only, cached: bool
+    ) -> None:
+        from devenv.pkgcache.use import FetchSigns
+
         applied: list = list(st.get("steps", []))
         stale = [p.step.index for p in todo if p.step.run != "always"]
         if only is None and stale:
@@ -550,14 +568,25 @@ class Project:
             self._check_cancel()
             info = {"index": step.index, "step": step.label, "fingerprint": p.fingerprint}
             self.reporter.phase(name, "step", f"provision {step.label} ({p.reason})", **info, reason=p.reason)
-            signs = NoInitSigns(self.reporter)
-            try:
-                run_step(step, name, self.root, transport, signs.reporter)
-            except ProvisionError as exc:
-                self.state.save(name, {**st, "steps": applied, "failed_step": step.index})
-                self.reporter.phase(name, "step-failed", "", **info)
-                signs.warn(name, step.label)
-                raise ProvisionError(f"{name}: step {step.label} failed: {exc.message}", hint=exc.hint) from exc
+            attempt = 0
+            while True:
+                fetch = FetchSigns(self.reporter)
+                signs = NoInitSigns(fetch.reporter)
+                try:
+                    run_step(step, name, self.root, transport, signs.reporter)
+                except ProvisionError as exc:
+                    again = self.cache.retry_plan(name, step.label, fetch, attempt) if cached else None
+                    if again is not None:
+                        attempt += 1
+                        if again == "direct":
+                            self.cache.unconfigure(transport)
+                            cached = False
+                        continue  # the cache never fails a step: once more, as retry_plan said
+                    self.state.save(name, {**st, "steps": applied, "failed_step": step.index})
+                    self.reporter.phase(name, "step-failed", "", **info)
+                    signs.warn(name, step.label)
+                    raise ProvisionError(f"{name}: step {step.label} failed: {exc.message}", hint=exc.hint) from exc
+                break
             signs.warn(name, step.label)
             self.reporter.phase(name, "step-done", "", **info)
             while len(applied) <= step.index:
@@ -569,10 +598,13 @@ class Project:
     def provision(self, names: list[str] | None = None, *, force: bool = False, only: list[str] | None = None) -> None:
         wanted = self.names(names)
         with self.state.lock("provision"):
-            for n in wanted:
-                self.driver(n).check_available(self.devfile.machines[n])
-                handle = self.require_running(n)
-                self._provision(n, handle, force=force, only=only)
+            try:
+                for n in wanted:
+                    self.driver(n).check_available(self.devfile.machines[n])
+                    handle = self.require_running(n)
+                    self._provision(n, handle, force=force, only=only)
+            finally:
+                self.cache.close()
 
     # -- other verbs -----------------------------------------------------------------------------
     def halt(self, names: list[str] | None = None, *, force: bool = False) -> None:
@@ -671,6 +703,11 @@ class Project:
             baked.append(p.fingerprint)
         assert h is not None  # created: it has a handle
         with self.state.lock("package"):
+            if live is MachineState.RUNNING:
+                # A box must not point at this laptop's package cache (a killed devenv may have left it).
+                from devenv.pkgcache.use import CacheUse
+
+                CacheUse(self.reporter).unconfigure(self._transport(name, h))
             self.reporter.info(name, f"packaging as box {box_name}@{version}")
             return packer.package(h, self.target(name), box_name, version, baked)
 
@@ -733,7 +770,10 @@ class Project:
                 elif live is MachineState.RUNNING:
                     self.reporter.info(n, "stopping")
                     driver.stop(h)
-            self._run_levels(self.devfile.levels(wanted), lambda n: self._up_one(n, provision=provision))
+            try:
+                self._run_levels(self.devfile.levels(wanted), lambda n: self._up_one(n, provision=provision))
+            finally:
+                self.cache.close()
 
     def suspend(self, names: list[str] | None = None) -> None:
         for n in self.names(names):

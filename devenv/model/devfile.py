@@ -156,6 +156,7 @@ class Devfile:
     machines: dict[str, Machine] = field(hash=False)
     networks: dict[str, Network] = field(default_factory=dict, hash=False)
     box_registry: str | None = None  # [project] box_registry: oci://HOST/PATH
+    package_cache: bool = True  # [project] package_cache = false: provision without the host's cache
 
     @property
     def project_id(self) -> str:
@@ -499,6 +500,11 @@ _PROJECT = Table(
                 description="Where the team's published boxes are (devenv box publish): tried before building",
             )
         ),
+        # The host's shared package cache (apt through apt-cacher-ng) while devenv provisions.
+        "package_cache": Field(
+            Bool(description="apt in this project's machines goes through the host's package cache while provisioning"),
+            default=True,
+        ),
     },
     description="The project",
 )
@@ -757,6 +763,7 @@ def _build(data: dict, path: Path, problems: list[Problem]) -> Devfile | None:
         machines=machines,
         networks=networks,
         box_registry=(project or {}).get("box_registry"),
+        package_cache=(project or {}).get("package_cache", True) is not False,
     )
 
 

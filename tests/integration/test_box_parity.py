@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from devenv.model.recipe import BUNDLED, load_recipe
+from devenv.pkgcache import guest
 from tests.integration.conftest import DEVENV, run_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt]
@@ -62,7 +63,8 @@ def _closure(roots: list[str], installed: dict[str, dict]) -> set[str]:
     return seen
 
 
-def _vm_listing(disk: Path, tmp: Path) -> str:
+def _vm_listing(disk: Path, tmp: Path, absent: tuple[str, ...] = ()) -> str:
+    """The disk's dpkg listing; each of ``absent`` must not be on the disk (debugfs cannot find it)."""
     raw = tmp / "disk.raw"
     subprocess.run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", str(disk), str(raw)], check=True)
     admin = tmp / "dpkg"
@@ -71,6 +73,9 @@ def _vm_listing(disk: Path, tmp: Path) -> str:
     subprocess.run(
         ["debugfs", "-R", f"dump /var/lib/dpkg/status {admin / 'status'}", str(raw)], check=True, capture_output=True
     )
+    for path in absent:
+        found = subprocess.run(["debugfs", "-R", f"stat {path}", str(raw)], capture_output=True, text=True)
+        assert "not found" in found.stderr + found.stdout, f"{path} is on the VM disk"
     raw.unlink()
     r = subprocess.run(
         ["dpkg-query", f"--admindir={admin}", "-W", f"-f={FORMAT}"], check=True, capture_output=True, text=True
@@ -86,7 +91,10 @@ def test_debian_12_has_the_same_packages_in_its_docker_image_and_its_vm_disk(deb
     assert r.returncode == 0, r.stderr
     docker = _parse(run_image(docker_client, recipe.docker_tag, ["dpkg-query", "-W", f"-f={FORMAT}"]).decode())
     [disk] = (debian_vm_store / "debian-12" / recipe.version / "libvirt").glob("disk.qcow2")
-    vm = _parse(_vm_listing(disk, tmp_path))
+    # Built through the host's package cache, neither output points at it (a production image must not).
+    vm = _parse(_vm_listing(disk, tmp_path, absent=(*guest.PATHS, "/var/lib/devenv")))
+    script = " && ".join(f"! test -e {p}" for p in guest.PATHS) + " && echo clean"
+    assert run_image(docker_client, recipe.docker_tag, ["/bin/sh", "-c", script]).strip() == b"clean"
 
     assert set(recipe.packages) <= set(docker) and set(recipe.packages) <= set(vm)
     assert set(recipe.vm_packages) <= set(vm) and not set(recipe.vm_packages) & set(docker)

@@ -82,6 +82,13 @@ def _page(port: int, attempts: int = 30) -> str:
     raise AssertionError(f"no answer on 127.0.0.1:{port}: {last}")
 
 
+def _cache_log() -> list[list[str]]:
+    from devenv.pkgcache.proxy import CacheProxy, CacheSettings
+
+    log = CacheProxy(CacheSettings.from_env()).logs / "apt-cacher.log"
+    return [ln.split("|") for ln in log.read_text().splitlines() if ln.count("|") >= 4]
+
+
 def _leftovers(project, driver: str, libvirt_driver=None) -> dict:
     left = project.labelled()
     if driver == "libvirt":
@@ -119,6 +126,10 @@ def test_proxy_reaches_web_by_name_and_comes_back_after_halt(driver, request):
     print(f"\ntwo-machine nginx project on {driver}: up {took:.1f}s")
     assert "init system" not in r.stderr  # the boxes boot systemd: no no-init warning
     assert _page(port) == "<h1>hello from web-1</h1>\n"
+    # The host's package cache: nginx came from the mirror once (for web), then from the cache.
+    assert r.stderr.count("apt goes through the package cache on the host") == 2, r.stderr
+    nginx = [row for row in _cache_log() if "/nginx_" in row[4] and row[4].endswith(".deb")]
+    assert [row[1] for row in nginx].count("I") == 1 and [row[1] for row in nginx].count("O") == 2, nginx
 
     st = vm.status()
     assert set(st["web"]["addresses"]) == {"default"} and set(st["proxy"]["addresses"]) == {"default"}

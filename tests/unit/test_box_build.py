@@ -17,6 +17,7 @@ from devenv.boxes.builders import docker as docker_builder
 from devenv.contract import BoxArtifact, BuildTarget, Event, Features, MachineState, Reporter, supports
 from devenv.errors import BoxError
 from devenv.model.recipe import load_recipe
+from devenv.pkgcache import guest
 from tests.unit.fakes import FakeDriver
 
 STEPS = """\
@@ -111,9 +112,11 @@ def test_the_steps_run_in_order_in_a_build_machine_that_package_stores_and_then_
     assert stored["box"] == "base:1"
     # The lifecycle in order, each step once and in recipe order, then the machine is gone.
     ops = [entry[0] for entry in d.log]
-    assert ops == ["create", "start", "run", "run", "stop", "destroy"]
+    # The last run takes the package cache's apt setting out of the machine (always, before the stop).
+    assert ops == ["create", "start", "run", "run", "run", "stop", "destroy"]
     runs = [entry[2] for entry in d.log if entry[0] == "run"]
     assert "echo one" in runs[0] and "echo two" in runs[1]
+    assert runs[2] == " ".join(guest.remove_argv()) or guest.REMOVE in runs[2]
     assert d.machines == {}
     # Reported, not printed: one bake phase per step (in order), the steps' output lines.
     bakes = [e for e in events if e.kind == "phase"]
@@ -159,7 +162,7 @@ def test_slow_boots_are_progress_and_a_finish_command_runs_after_the_steps(tmp_p
     bake(d, r, tmp_path, events, boot="booting", finish=["/bin/sh", "-c", "echo scrub"])
     assert kinds(events)[:2] == [("begin", "build"), ("end", "build")]  # create + start, as progress
     runs = [entry[2] for entry in d.log if entry[0] == "run"]
-    assert len(runs) == 3 and "echo scrub" in runs[-1]
+    assert len(runs) == 4 and guest.REMOVE in runs[2] and "echo scrub" in runs[-1]
 
 
 def test_a_driver_without_package_cannot_bake(tmp_path):

@@ -199,20 +199,35 @@ def build_target(
     return BuildTarget(project_id, root, m)
 
 
-def bake_steps(recipe: Recipe, transport: Any, label: str, reporter: Reporter = QUIET) -> None:
-    """Run the recipe's steps in order through ``transport``; a failure means nothing is stored."""
+def bake_steps(recipe: Recipe, transport: Any, label: str, reporter: Reporter = QUIET, cache: Any = None) -> None:
+    """Run the recipe's steps in order through ``transport``; a failure means nothing is stored.
+
+    ``cache``: the command's CacheUse when apt in the build machine goes through the package
+    cache; a step that fails fetching through it runs once more as the cache says (see pkgcache)."""
+    from devenv.pkgcache.use import FetchSigns
     from devenv.provisioners import run_step
 
     for step in recipe.provision:
         reporter.phase(label, "bake", f"bake {step.label}", step=step.index)
-        try:
-            run_step(step, label, recipe.root, transport, reporter=reporter)
-        except ProvisionError as exc:
-            raise BoxError(
-                f"box {recipe.name}@{recipe.version}: baked step {step.label} failed; nothing was stored\n"
-                + exc.message,
-                hint=f"fix the step in {recipe.path} and build again",
-            ) from exc
+        attempt = 0
+        while True:
+            signs = FetchSigns(reporter)
+            try:
+                run_step(step, label, recipe.root, transport, reporter=signs.reporter)
+            except ProvisionError as exc:
+                again = cache.retry_plan(label, step.label, signs, attempt) if cache is not None else None
+                if again is not None:
+                    attempt += 1
+                    if again == "direct":
+                        cache.unconfigure(transport)
+                        cache = None
+                    continue
+                raise BoxError(
+                    f"box {recipe.name}@{recipe.version}: baked step {step.label} failed; nothing was stored\n"
+                    + exc.message,
+                    hint=f"fix the step in {recipe.path} and build again",
+                ) from exc
+            break
 
 
 def bake(
@@ -239,6 +254,10 @@ def bake(
     is ever stored."""
     if not supports(driver, "package"):
         raise BoxError(f"the {driver.name} driver cannot store a build machine as a box (it has no package role)")
+    from devenv.pkgcache import guest
+    from devenv.pkgcache.use import CacheUse
+
+    cache = CacheUse(reporter)
     handle = None
     try:
         if boot:
@@ -249,17 +268,33 @@ def bake(
             handle = driver.create(target, box)
             driver.start(handle)
         transport = driver.transport(handle)
+        # The build goes through the host's package cache too; the box never keeps the setting.
+        cached = cache.configure(label, driver, handle, transport)
         if prepare:
-            lines: list[str] = []
-            with reporter.progress(label, f"installing the recipe's packages ({len(recipe.packages)})", phase="build"):
-                code = transport.run(list(prepare), on_output=lines.append)
+            for attempt in (1, 2):
+                lines: list[str] = []
+                with reporter.progress(
+                    label, f"installing the recipe's packages ({len(recipe.packages)})", phase="build"
+                ):
+                    code = transport.run(list(prepare), on_output=lines.append)
+                if code != 0 and cached and attempt == 1 and any(guest.FETCH_FAILED.search(ln) for ln in lines):
+                    reporter.warn(
+                        f"{label}: fetching the recipe's packages through the package cache failed; again without it"
+                    )
+                    cache.unconfigure(transport)
+                    cached = False
+                    continue
+                break
             if code != 0:
                 raise BoxError(
                     f"box {recipe.label}: installing its packages failed (exit {code}); nothing was stored\n"
                     + "\n".join(lines[-15:]),
                     hint=f"check the package names in {recipe.path} and the Debian mirror",
                 )
-        bake_steps(recipe, transport, label, reporter)
+        bake_steps(recipe, transport, label, reporter, cache if cached else None)
+        # Always, cached or not: a production image must not point at a developer's laptop.
+        if transport.run(guest.remove_argv(), user="root") != 0:
+            raise BoxError(f"box {recipe.label}: removing the package cache setting failed; nothing was stored")
         if finish:
             transport.run(list(finish))
         driver.stop(handle)
@@ -274,3 +309,4 @@ def bake(
                 handle = None
         if handle is not None:
             driver.destroy(handle)
+        cache.close()

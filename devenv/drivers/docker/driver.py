@@ -27,6 +27,7 @@ from devenv.contract import (
     QUIET,
     BoxArtifact,
     Features,
+    HostEndpoint,
     MachineState,
     Ownership,
     PortBinding,
@@ -142,7 +143,7 @@ def image_name_ok(name: str) -> bool:
 class DockerDriver:
     name: ClassVar[str] = "docker"
     features: ClassVar[Features] = Features(
-        suspend=True, package=True, box_images=True, box_sources=True, networks=True
+        suspend=True, package=True, box_images=True, box_sources=True, networks=True, host_access=True
     )
     reporter: Reporter = QUIET  # set by the core before use
     options: ClassVar[Table] = _OPTIONS
@@ -953,6 +954,31 @@ class DockerDriver:
 
     def _inspect(self, handle: str) -> dict | None:
         return self._eng(self.engine.inspect_container, handle)
+
+    # -- the host's services (contract.HostAccess) ----------------------------------------------
+    def host_endpoint(self, handle: str) -> HostEndpoint | None:
+        """The default bridge's gateway: every container with a route off its networks reaches it
+        (the host's own address, delivered locally, whichever bridge the container sits on), while
+        an internal-only network keeps its containers off it as off everything else."""
+        if not self._engine_is_local():
+            return None  # a remote engine's bridge is on another host
+        info = self._inspect(handle) or {}
+        mode = str((info.get("HostConfig") or {}).get("NetworkMode") or "")
+        if mode == "host":
+            return HostEndpoint("127.0.0.1", "127.0.0.1")
+        if mode == "none" or mode.startswith("container:"):
+            return None
+        routed = [
+            ep.get("Gateway")
+            for ep in ((info.get("NetworkSettings") or {}).get("Networks") or {}).values()
+            if ep.get("Gateway")
+        ]
+        if not routed:
+            return None
+        bridge = self._eng(self.engine.inspect_network, "bridge") or {}
+        gateways = [c.get("Gateway") for c in ((bridge.get("IPAM") or {}).get("Config") or []) if c.get("Gateway")]
+        gateway = next((g for g in gateways if ":" not in g), None) or routed[0]
+        return HostEndpoint(gateway, gateway)
 
     def state(self, handle: str) -> MachineState:
         info = self._inspect(handle)

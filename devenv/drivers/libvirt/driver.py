@@ -34,6 +34,7 @@ from devenv.contract import (
     BoxArtifact,
     BuildTarget,
     Features,
+    HostEndpoint,
     MachineState,
     Ownership,
     Reporter,
@@ -198,6 +199,7 @@ class LibvirtDriver(VmMetadataMixin):
         package=True,
         copy_sync=True,
         networks=True,
+        host_access=True,
         env_at_create=False,
     )
     reporter: Reporter = QUIET  # set by the core before use
@@ -598,6 +600,11 @@ class LibvirtDriver(VmMetadataMixin):
         keep = {a.name for a in target.machine.networks}
         nets.release(conn, target.project_id, str(target.project_root), target.resource_name, keep=keep)
         return [nets.ensure(conn, target, att, uri) for att in target.machine.networks]
+
+    def host_endpoint(self, handle: str) -> HostEndpoint:
+        """User-mode networking (the first NIC) takes 10.0.2.2 to the host's 127.0.0.1: the
+        host's service listens on loopback only, reachable from this host's VMs and nothing else."""
+        return HostEndpoint("127.0.0.1", "10.0.2.2")
 
     def addresses(self, handle: str) -> dict[str, str]:
         return {n["name"]: n["ip"] for n in (self.metadata(handle) or {}).get("nets", []) if n.get("ip")}

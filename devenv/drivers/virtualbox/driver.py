@@ -40,7 +40,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from devenv.boxes import store
-from devenv.contract import QUIET, BoxArtifact, Features, MachineState, Ownership, Reporter, Target, safe_handle
+from devenv.contract import (
+    QUIET,
+    BoxArtifact,
+    Features,
+    HostEndpoint,
+    MachineState,
+    Ownership,
+    Reporter,
+    Target,
+    safe_handle,
+)
 from devenv.drivers.hostports import check_host_addresses, plan_forwards, ssh_banner
 from devenv.drivers.hostports import free_port as _free_port
 from devenv.drivers.hostports import port_free as _port_free
@@ -194,7 +204,13 @@ class VirtualBoxDriver(VmMetadataMixin):
 
     name: ClassVar[str] = "virtualbox"
     features: ClassVar[Features] = Features(
-        snapshots=True, suspend=True, apply_settings=True, copy_sync=True, networks=True, env_at_create=False
+        snapshots=True,
+        suspend=True,
+        apply_settings=True,
+        copy_sync=True,
+        networks=True,
+        host_access=True,
+        env_at_create=False,
     )
     reporter: Reporter = QUIET  # set by the core before use
     options: ClassVar[Table] = _OPTIONS
@@ -1023,6 +1039,11 @@ class VirtualBoxDriver(VmMetadataMixin):
             f"network '{att.name}' ({subnet}) has no free address left for machine '{machine}'",
             hint=f"give the machine a fixed ip on '{att.name}', or the network a larger subnet",
         )
+
+    def host_endpoint(self, handle: str) -> HostEndpoint:
+        """User-mode networking (the first NIC) takes 10.0.2.2 to the host's 127.0.0.1: the
+        host's service listens on loopback only, reachable from this host's VMs and nothing else."""
+        return HostEndpoint("127.0.0.1", "10.0.2.2")
 
     def addresses(self, handle: str) -> dict[str, str]:
         """The machine's address per private network, as its metadata records them."""
