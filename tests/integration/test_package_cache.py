@@ -305,3 +305,23 @@ def test_a_box_built_through_the_cache_carries_no_cache_setting(proj, docker_cli
                 docker_client.images.remove(tag, force=True)
             except Exception:  # noqa: BLE001 -- not made when the test failed early
                 pass
+
+
+def test_the_proxy_listens_on_loopback_and_the_bridge_address_containers_use(proj, docker_driver):
+    """Never on every interface: 127.0.0.1 for VMs (10.0.2.2) and the bridge gateway for containers."""
+    from tests.unit.test_package_cache import _listening
+
+    proj.devfile('[machines.m]\nbox = "debian-12"\ndriver = "docker"\n')
+    proj.run("up", check=True, timeout=600)
+    handle = _container(proj, "m").id
+    endpoint = docker_driver.host_endpoint(handle)
+    assert endpoint is not None and endpoint.bind == endpoint.address and endpoint.bind != "0.0.0.0"
+    gateway = proj.client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    assert endpoint.bind == gateway
+    cache = _cache()
+    cache.acquire()
+    try:
+        port = cache.ensure({endpoint.bind})
+        assert sorted(_listening(port)) == sorted(["127.0.0.1", gateway])
+    finally:
+        cache.release()
