@@ -70,11 +70,14 @@ def remove_command() -> str:
     return REMOVE
 
 
-# What apt prints when a fetch failed; with the cache in the way, the step runs again without it.
+# What apt prints when a fetch failed (its own E:/W:/Err: lines, so another tool's "could not
+# connect" never counts); with the cache in the way, the step runs again without it.
 FETCH_FAILED = re.compile(
-    r"Failed to fetch |Unable to fetch some archives|Some index files failed to download|Hash Sum mismatch"
-    r"|File has unexpected size|Could not connect to|Connection failed|Undetermined Error|503\s+Service Unavailable"
+    r"^\s*(?:E|W): (?:Failed to fetch |Unable to fetch some archives|Some index files failed to download)"
+    r"|^\s*Err:\d+ http://|Hash Sum mismatch|File has unexpected size"
 )
+# Machines with apt: the probe that comes before the cache is started for them.
+PROBE = "[ -d /etc/apt/apt.conf.d ] && command -v apt-get >/dev/null 2>&1 && echo devenv:apt || echo devenv:no-apt"
 _CORRUPT = re.compile(r"Failed to fetch (\S+)\s+(?:Hash Sum mismatch|File has unexpected size)")
 
 

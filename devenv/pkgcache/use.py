@@ -84,6 +84,12 @@ class CacheUse:
         if endpoint is None:
             self.reporter.debug(f"package cache: the {driver.name} driver gives this machine no way to the host", name)
             return False
+        # Machines without apt (busybox, Alpine) never start the proxy, nor hear about it.
+        probe: list[str] = []
+        if transport.run(["/bin/sh", "-c", guest.PROBE], user="root", on_output=probe.append) != 0 or (
+            "devenv:apt" not in probe
+        ):
+            return False
         port = self._port(endpoint.bind)
         if port is None:
             return False

@@ -344,6 +344,26 @@ class Registry:
         self.proc.terminate()
         self.proc.wait(10)
         self.log.close()
+        self.forget_images()
+
+    def forget_images(self) -> None:
+        """Images pulled from (or tagged for) this registry leave the engine with it: the port
+        is never used again, so its tags would only pile up run after run."""
+        try:
+            import docker
+
+            client = docker.from_env()
+            for img in client.images.list():
+                refs = [*img.tags, *(img.attrs.get("RepoDigests") or [])]
+                ours = [r for r in refs if r.startswith(f"{self.host}/")]
+                if refs and len(ours) == len(refs):
+                    client.images.remove(img.id, force=True)
+                else:
+                    for tag in ours:
+                        if "@" not in tag:
+                            client.images.remove(tag)
+        except Exception:  # noqa: BLE001 -- best-effort cleanup; no engine means nothing was pulled
+            pass
 
 
 @pytest.fixture

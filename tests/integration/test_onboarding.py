@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 
 from devenv.model.recipe import BUNDLED, load_recipe
-from tests.integration.conftest import DEVENV, REPO, Proj, free_port
+from devenv.pkgcache import guest
+from tests.integration.conftest import DEVENV, REPO, Proj, free_port, run_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.slow]
 
@@ -84,6 +85,9 @@ def test_a_new_laptop_comes_up_from_the_published_boxes_without_building(
         assert "hello from devenv" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
         st = example.status()
         assert st["app"]["baked_steps"] == [0]  # the published box's baked step, skipped as on CI
+        # Published boxes never point at the package cache of the machine that built them.
+        clean = " && ".join(f"! test -e {p}" for p in guest.PATHS) + " && echo clean"
+        assert run_image(docker_client, debian.docker_tag, ["/bin/sh", "-c", clean]).strip() == b"clean"
         example.run("destroy", "-f", env={"DEVENV_HOME": str(laptop)}, check=True)
     finally:
         example.sweep()
@@ -105,6 +109,7 @@ def test_a_new_laptop_comes_up_from_the_published_boxes_without_building(
         )
         assert "building box" not in r.stderr
         assert vmproj.run("ssh", "deb", "-c", "id -un dev", env={"DEVENV_HOME": str(laptop)}).stdout == "dev\n"
+        assert vmproj.run("ssh", "deb", "-c", clean, env={"DEVENV_HOME": str(laptop)}).stdout == "clean\n"
         box = json.loads((laptop / "boxes" / "debian-12" / debian.version / "libvirt" / "box.json").read_text())
         assert box["source"]["manifest"] == published["libvirt"]["digest"]
         vmproj.run("destroy", "-f", env={"DEVENV_HOME": str(laptop)}, check=True)

@@ -325,3 +325,14 @@ def test_the_proxy_listens_on_loopback_and_the_bridge_address_containers_use(pro
         assert sorted(_listening(port)) == sorted(["127.0.0.1", gateway])
     finally:
         cache.release()
+
+
+def test_a_machine_without_apt_never_starts_the_proxy(proj):
+    proj.devfile(
+        '[machines.m]\nbox = "busybox"\ndriver = "docker"\nprovision = [{ type = "shell", inline = "echo hi" }]\n'
+    )
+    r = proj.run("up", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "package cache" not in r.stderr
+    cache = _cache()
+    assert not (cache.logs / "apt-cacher.log").exists() and not cache.record.exists()
