@@ -336,3 +336,41 @@ def test_a_machine_without_apt_never_starts_the_proxy(proj):
     assert "package cache" not in r.stderr
     cache = _cache()
     assert not (cache.logs / "apt-cacher.log").exists() and not cache.record.exists()
+
+
+THIRD_PARTY = """\
+#!/bin/bash
+# A team's own apt repository on port 80 of a host that is not a Debian mirror (served from the
+# machine itself here): apt must reach it directly while the cache is in use.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+mkdir -p /srv/repo /tmp/pkg/DEBIAN /tmp/pkg/usr/share/team-tool
+printf 'Package: team-tool\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: Team <team@example.test>\\nDescription: x\\n' \\
+  > /tmp/pkg/DEBIAN/control
+echo v1 > /tmp/pkg/usr/share/team-tool/VERSION
+dpkg-deb --build /tmp/pkg /srv/repo/team-tool_1.0_all.deb >/dev/null
+cd /srv/repo
+{ printf 'Package: team-tool\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: Team <team@example.test>\\n'
+  printf 'Filename: ./team-tool_1.0_all.deb\\nSize: %s\\nSHA256: %s\\nDescription: x\\n\\n' \\
+    "$(stat -c %s team-tool_1.0_all.deb)" "$(sha256sum team-tool_1.0_all.deb | cut -d' ' -f1)"; } > Packages
+echo "127.0.0.1 apt.team.example.test" >> /etc/hosts
+python3 -m http.server 80 --bind 127.0.0.1 >/dev/null 2>&1 &
+sleep 1
+echo "deb [trusted=yes] http://apt.team.example.test/ ./" > /etc/apt/sources.list.d/team.list
+apt-get update -qq
+apt-get install -y -qq team-tool >/dev/null
+cat /usr/share/team-tool/VERSION
+kill %1
+"""
+
+
+def test_a_third_party_repository_keeps_working_beside_the_cache(proj):
+    proj.write("install.sh", THIRD_PARTY, mode=0o755)
+    proj.devfile(ONE)
+    r = proj.run("up", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "apt goes through the package cache" in r.stderr and "warning" not in r.stderr.lower(), r.stderr
+    assert "one: v1" in r.stderr
+    # The Debian indexes came through the cache; the team's repository never did.
+    paths = [row[4] for row in _log(_cache())]
+    assert any(p.startswith("debrep/") for p in paths) and not any("team" in p for p in paths), paths
