@@ -173,17 +173,20 @@ class CacheProxy:
         except (OSError, ValueError):
             return {}
 
-    def _alive(self, rec: dict) -> bool:
-        pid, port = rec.get("pid"), rec.get("port")
-        if not isinstance(pid, int) or not isinstance(port, int):
+    def _ours(self, rec: dict) -> bool:
+        """The recorded pid is still this folder's apt-cacher-ng (not a reused pid)."""
+        pid = rec.get("pid")
+        if not isinstance(pid, int):
             return False
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        if not any(b"apt-cacher-ng" in part for part in cmdline[:1]) or str(self.conf_dir).encode() not in cmdline:
-            return False  # the pid is another process now
-        return _answers("127.0.0.1", port)
+        return any(b"apt-cacher-ng" in part for part in cmdline[:1]) and str(self.conf_dir).encode() in cmdline
+
+    def _alive(self, rec: dict) -> bool:
+        port = rec.get("port")
+        return isinstance(port, int) and self._ours(rec) and _answers("127.0.0.1", port)
 
     def running(self) -> dict | None:
         rec = self._read_record()
@@ -196,7 +199,7 @@ class CacheProxy:
             wanted = {"127.0.0.1", *binds}
             if self._alive(rec) and wanted <= set(rec.get("binds") or []):
                 return int(rec["port"])
-            if self._alive(rec):
+            if self._ours(rec):  # up but not listening where wanted, or not answering: replaced
                 wanted |= set(rec.get("binds") or [])
                 self.stop()
             return self._start(sorted(wanted), rec.get("port"))
@@ -307,7 +310,7 @@ class CacheProxy:
 
     def stop(self) -> None:
         rec = self._read_record()
-        if self._alive(rec):
+        if self._ours(rec):  # answering or not (a busy proxy is stopped all the same)
             _kill(int(rec["pid"]))
         with contextlib.suppress(OSError):
             self.record.unlink()
