@@ -39,3 +39,21 @@ def require_module(name: str, install: str):
         return importlib.import_module(name)
     except ImportError:
         missing(f"the Python module {name} is not installed ({install})")
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The local addresses something listens on at TCP ``port`` (from /proc, as ss reads it)."""
+    import socket
+    from pathlib import Path
+
+    out = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if state == "0A" and int(p, 16) == port:
+            out.append(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+    for line in Path("/proc/net/tcp6").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            out.append("v6:" + local.split(":")[0])
+    return out

@@ -15,12 +15,6 @@ cache_app = typer.Typer(
 )
 
 
-def human_size(n: float) -> str:
-    from devenv.pkgcache.proxy import human_size as size
-
-    return size(n)
-
-
 def _proxy():
     from devenv.errors import StateError
     from devenv.pkgcache.proxy import CacheProxy, CacheSettings
@@ -35,6 +29,8 @@ def _proxy():
 @handle_errors
 def cache_status(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Where the cache is, its size, whether the proxy runs, and how much it served."""
+    from devenv.pkgcache.proxy import human_size
+
     st = _proxy().status()
     if json_out:
         print(json.dumps(st, indent=2))
@@ -59,7 +55,7 @@ def cache_status(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
 def cache_clean() -> None:
     """Empty the cache (refused while another devenv command uses it)."""
     from devenv.errors import StateError
-    from devenv.pkgcache.proxy import CacheUnavailable
+    from devenv.pkgcache.proxy import CacheUnavailable, human_size
 
     proxy = _proxy()
     try:

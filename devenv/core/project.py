@@ -705,9 +705,7 @@ class Project:
         with self.state.lock("package"):
             if live is MachineState.RUNNING:
                 # A box must not point at this laptop's package cache (a killed devenv may have left it).
-                from devenv.pkgcache.use import CacheUse
-
-                CacheUse(self.reporter).unconfigure(self._transport(name, h))
+                self.cache.unconfigure(self._transport(name, h))
             self.reporter.info(name, f"packaging as box {box_name}@{version}")
             return packer.package(h, self.target(name), box_name, version, baked)
 

@@ -65,11 +65,6 @@ def remove_argv() -> list[str]:
     return ["/bin/sh", "-c", REMOVE]
 
 
-def remove_command() -> str:
-    """The same removal as one shell command line (a box build's scrub runs it)."""
-    return REMOVE
-
-
 # What apt prints when a fetch failed (its own E:/W:/Err: lines, so another tool's "could not
 # connect" never counts); with the cache in the way, the step runs again without it.
 FETCH_FAILED = re.compile(

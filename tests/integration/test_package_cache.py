@@ -309,7 +309,7 @@ def test_a_box_built_through_the_cache_carries_no_cache_setting(proj, docker_cli
 
 def test_the_proxy_listens_on_loopback_and_the_bridge_address_containers_use(proj, docker_driver):
     """Never on every interface: 127.0.0.1 for VMs (10.0.2.2) and the bridge gateway for containers."""
-    from tests.unit.test_package_cache import _listening
+    from tests.support import listening_addresses
 
     proj.devfile('[machines.m]\nbox = "debian-12"\ndriver = "docker"\n')
     proj.run("up", check=True, timeout=600)
@@ -322,7 +322,7 @@ def test_the_proxy_listens_on_loopback_and_the_bridge_address_containers_use(pro
     cache.acquire()
     try:
         port = cache.ensure({endpoint.bind})
-        assert sorted(_listening(port)) == sorted(["127.0.0.1", gateway])
+        assert sorted(listening_addresses(port)) == sorted(["127.0.0.1", gateway])
     finally:
         cache.release()
 

@@ -16,22 +16,8 @@ import pytest
 from devenv.errors import LockTimeout
 from devenv.pkgcache import guest
 from devenv.pkgcache.proxy import CacheProxy, CacheSettings, CacheUnavailable, parse_size
+from tests.support import listening_addresses as _listening
 from tests.support import require_tool
-
-
-def _listening(port: int) -> list[str]:
-    """The local addresses something listens on at ``port`` (from /proc, as ss reads it)."""
-    out = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        addr, p = local.split(":")
-        if state == "0A" and int(p, 16) == port:
-            out.append(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
-    for line in Path("/proc/net/tcp6").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        if state == "0A" and int(local.split(":")[1], 16) == port:
-            out.append("v6:" + local.split(":")[0])
-    return out
 
 
 @pytest.fixture
